@@ -1,3 +1,20 @@
 //! ringwait: thread-per-core, io_uring async I/O operators with Flink Async I/O semantics.
+//!
+//! * [`operator`] — the async wait operator, a pure state machine (no I/O, no clock);
+//! * [`function`] — what users implement: [`AsyncFunction`] and its [`ResultFuture`];
+//! * [`config`] — operator configuration, validated when the pipeline is built;
+//! * [`metrics`] — counters, gauges and latency histograms.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+pub mod config;
+pub mod element;
+pub mod function;
+pub mod metrics;
+pub mod operator;
+pub mod time;
+
+pub use config::{ConfigError, ErrorPolicy, OperatorConfig, OrderMode, RetryStrategy};
+pub use element::{Emitted, RequestId, StreamElement};
+pub use function::{AsyncError, AsyncFunction, Completion, Outputs, ResultFuture, TimeoutOutcome};
+pub use operator::{AsyncWaitOperator, OperatorError, ProcessError, RecordError};

@@ -1,0 +1,706 @@
+//! The async wait operator: a pure state machine (no I/O, no clock).
+//!
+//! [`AsyncWaitOperator`] takes input elements, invokes the [`AsyncFunction`] once per record,
+//! collects completions from the [`ResultFuture`]s it handed out, applies retries, timeouts and
+//! the error policy, and releases outputs in the order the [`OrderMode`] promises. Time is an
+//! argument of every call, so tests drive it deterministically; the runtime
+//! ([`crate::runtime`]) owns the executor, timers and queues.
+//!
+//! Emission rules, one for each mode (an entry is *done* when its record has its final result;
+//! a watermark is always done):
+//! * ordered — the oldest entry leaves when it is done;
+//! * unordered — a done record leaves at once if no watermark precedes it; a watermark leaves
+//!   when everything before it has left (watermarks are order boundaries);
+//! * key-ordered — as unordered, and additionally a record waits for every earlier record with
+//!   the same key.
+
+pub(crate) mod board;
+mod emit;
+mod error;
+mod slots;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::task::Waker;
+
+use hdrhistogram::Histogram;
+
+pub use error::{OperatorError, RecordError};
+
+use crate::config::{ErrorPolicy, OperatorConfig, OrderMode};
+use crate::element::{Emitted, RequestId, StreamElement};
+use crate::function::{AsyncFunction, Outputs, ResultFuture, TimeoutOutcome};
+use crate::metrics::{latency_histogram, OperatorMetrics};
+use crate::time::Nanos;
+use board::{CompletionBoard, Delivered};
+use emit::KeyMix;
+use slots::{ListId, Resolution, SlotState, SlotTable};
+
+/// A function that maps an input to its ordering key (key-ordered mode).
+pub type KeyFn<In> = Box<dyn Fn(&In) -> u64>;
+
+/// Why [`AsyncWaitOperator::process`] did not take an element.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError<In> {
+    /// The operator is at capacity; the element is handed back untouched.
+    #[error("operator is at capacity")]
+    Full(StreamElement<In>),
+    /// The operator failed (a record failed under `ErrorPolicy::Fail`, or a watermark
+    /// regressed).
+    #[error(transparent)]
+    Failed(#[from] OperatorError),
+}
+
+/// One entry of a snapshot: an input the operator has taken but not yet emitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PendingEntry<'a, In> {
+    /// A record and its sequence number.
+    Record {
+        /// Sequence number on the partition.
+        sequence: u64,
+        /// The input.
+        input: &'a In,
+        /// Its event time.
+        timestamp: Option<i64>,
+    },
+    /// A watermark not yet emitted.
+    Watermark(i64),
+}
+
+#[derive(Default)]
+struct Counters {
+    records_in: u64,
+    watermarks_in: u64,
+    outputs: u64,
+    records_done: u64,
+    completions: u64,
+    timeouts: u64,
+    retries: u64,
+    errors: u64,
+    skipped: u64,
+    side_outputs: u64,
+    panics: u64,
+}
+
+/// Outputs of a record with several outputs, handed out one per `pop_output` call.
+struct Draining<Out> {
+    rest: std::vec::IntoIter<Out>,
+    timestamp: Option<i64>,
+    sequence: u64,
+}
+
+/// The operator of one partition. See the [module docs](self) for the rules.
+///
+/// ```
+/// use ringwait::{AsyncWaitOperator, OperatorConfig, StreamElement, Emitted};
+/// use ringwait::function::from_fn;
+/// use ringwait::time::Nanos;
+///
+/// let config = OperatorConfig::builder().capacity(2).build().unwrap();
+/// let double = from_fn(|x: &u64, result| { let _ = result.complete_one(x * 2); });
+/// let mut op = AsyncWaitOperator::new(config, double, 0).unwrap();
+/// op.process(StreamElement::record(21), Nanos(0)).unwrap();
+/// op.advance(Nanos(1)).unwrap();
+/// match op.pop_output(Nanos(2)) {
+///     Some(Emitted::Record { value, .. }) => assert_eq!(value, 42),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// assert!(op.is_empty());
+/// ```
+pub struct AsyncWaitOperator<F: AsyncFunction> {
+    config: OperatorConfig,
+    function: F,
+    key_fn: Option<KeyFn<F::In>>,
+    partition: u32,
+    board: Rc<CompletionBoard<F::Out>>,
+    slots: SlotTable<F::In, F::Out>,
+    /// Entries that may leave now, in the order they became ready.
+    ready: VecDeque<u32>,
+    /// Scheduled retries: (due, slot, sequence); stale entries are skipped when popped.
+    retries: BinaryHeap<Reverse<(Nanos, u32, u64)>>,
+    /// Key → newest live record with that key (key-ordered mode).
+    key_tails: HashMap<u64, u32, BuildHasherDefault<KeyMix>>,
+    next_sequence: u64,
+    /// Watermarks taken so far: the segment of the next entry.
+    segments_in: u64,
+    /// Watermarks emitted so far: the segment whose records may leave.
+    active_segment: u64,
+    last_watermark: Option<i64>,
+    draining: Option<Draining<F::Out>>,
+    counters: Counters,
+    latency: Histogram<u64>,
+}
+
+impl<F: AsyncFunction> AsyncWaitOperator<F> {
+    /// An operator for `partition` with a validated configuration. Key-ordered mode needs
+    /// [`with_key_fn`](Self::with_key_fn) instead.
+    pub fn new(
+        config: OperatorConfig,
+        function: F,
+        partition: u32,
+    ) -> Result<Self, crate::ConfigError> {
+        Self::build(config, function, None, partition)
+    }
+
+    /// An operator whose records are keyed by `key_fn` (required in key-ordered mode, ignored
+    /// otherwise).
+    pub fn with_key_fn(
+        config: OperatorConfig,
+        function: F,
+        key_fn: KeyFn<F::In>,
+        partition: u32,
+    ) -> Result<Self, crate::ConfigError> {
+        Self::build(config, function, Some(key_fn), partition)
+    }
+
+    fn build(
+        config: OperatorConfig,
+        function: F,
+        key_fn: Option<KeyFn<F::In>>,
+        partition: u32,
+    ) -> Result<Self, crate::ConfigError> {
+        if config.mode() == OrderMode::KeyOrdered && key_fn.is_none() {
+            return Err(crate::ConfigError::MissingKeyFunction);
+        }
+        let capacity = config.capacity();
+        let key_tails = if config.mode() == OrderMode::KeyOrdered {
+            HashMap::with_capacity_and_hasher(capacity, Default::default())
+        } else {
+            HashMap::default()
+        };
+        Ok(AsyncWaitOperator {
+            board: Rc::new(CompletionBoard::new(
+                capacity,
+                config.operator_id(),
+                partition,
+            )),
+            slots: SlotTable::new(capacity),
+            ready: VecDeque::with_capacity(capacity),
+            retries: BinaryHeap::with_capacity(if config.retry().is_enabled() {
+                capacity
+            } else {
+                0
+            }),
+            key_tails,
+            config,
+            function,
+            key_fn,
+            partition,
+            next_sequence: 0,
+            segments_in: 0,
+            active_segment: 0,
+            last_watermark: None,
+            draining: None,
+            counters: Counters::default(),
+            latency: latency_histogram(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OperatorConfig {
+        &self.config
+    }
+
+    /// The user's function.
+    pub fn function(&self) -> &F {
+        &self.function
+    }
+
+    /// Whether another element can be taken now (SPEC S3: at capacity the caller must stop
+    /// reading its input).
+    #[inline]
+    pub fn has_capacity(&self) -> bool {
+        !self.slots.is_full()
+    }
+
+    /// Whether the operator holds nothing (everything taken has been emitted).
+    pub fn is_empty(&self) -> bool {
+        self.slots.len() == 0 && self.draining.is_none()
+    }
+
+    /// Entries held: in flight, done but not emitted, and watermarks.
+    pub fn occupancy(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Records waiting for their final result.
+    pub fn in_flight(&self) -> usize {
+        self.slots.list_len(ListId::Pending)
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// Registers the task to wake when a completion arrives.
+    pub fn register_waker(&self, waker: &Waker) {
+        self.board.register_waker(waker);
+    }
+
+    /// Whether completions have arrived that [`advance`](Self::advance) has not collected.
+    pub fn has_completions(&self) -> bool {
+        self.board.has_landed()
+    }
+
+    /// Whether [`pop_output`](Self::pop_output) has something to return.
+    pub fn has_output(&self) -> bool {
+        !self.ready.is_empty() || self.draining.is_some()
+    }
+
+    /// The earliest time at which [`advance`](Self::advance) has timer work (a timeout or a
+    /// retry), if any.
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        let timeout = self
+            .slots
+            .head(ListId::Pending)
+            .map(|h| self.slots.get(h).deadline)
+            .filter(|d| *d != Nanos::NEVER);
+        let retry = self.retries.peek().map(|Reverse((due, _, _))| *due);
+        match (timeout, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes one element (SPEC S1): a record is invoked right away; a watermark is queued.
+    /// When full the element is handed back in [`ProcessError::Full`].
+    pub fn process(
+        &mut self,
+        element: StreamElement<F::In>,
+        now: Nanos,
+    ) -> Result<(), ProcessError<F::In>> {
+        if self.slots.is_full() {
+            return Err(ProcessError::Full(element));
+        }
+        match element {
+            StreamElement::Record { value, timestamp } => {
+                let sequence = self.next_sequence;
+                self.admit_record(sequence, value, timestamp, now)?;
+            }
+            StreamElement::Watermark(wm) => self.admit_watermark(wm)?,
+        }
+        Ok(())
+    }
+
+    /// Re-takes a record from a snapshot with its original sequence number (SPEC S11), so its
+    /// request id stays the same. Sequence numbers must increase.
+    pub fn restore_record(
+        &mut self,
+        sequence: u64,
+        value: F::In,
+        timestamp: Option<i64>,
+        now: Nanos,
+    ) -> Result<(), ProcessError<F::In>> {
+        if self.slots.is_full() {
+            return Err(ProcessError::Full(StreamElement::Record {
+                value,
+                timestamp,
+            }));
+        }
+        debug_assert!(
+            sequence >= self.next_sequence,
+            "restored sequences must increase"
+        );
+        self.admit_record(sequence.max(self.next_sequence), value, timestamp, now)
+    }
+
+    fn admit_record(
+        &mut self,
+        sequence: u64,
+        value: F::In,
+        timestamp: Option<i64>,
+        now: Nanos,
+    ) -> Result<(), ProcessError<F::In>> {
+        let idx = self
+            .slots
+            .allocate(SlotState::InFlight)
+            .expect("capacity checked by the caller");
+        self.next_sequence = sequence + 1;
+        self.counters.records_in += 1;
+        let deadline = match self.config.timeout() {
+            Some(t) => now + t,
+            None => Nanos::NEVER,
+        };
+        let key = match &self.key_fn {
+            Some(f) if self.config.mode() == OrderMode::KeyOrdered => f(&value),
+            _ => 0,
+        };
+        let slot = self.slots.get_mut(idx);
+        slot.sequence = sequence;
+        slot.input = Some(value);
+        slot.timestamp = timestamp;
+        slot.intake = now;
+        slot.deadline = deadline;
+        slot.attempts = 1;
+        slot.segment = self.segments_in;
+        slot.key = key;
+        self.slots.push_back(ListId::Pending, idx);
+        if self.config.mode() == OrderMode::KeyOrdered {
+            self.link_key(idx, key);
+        }
+        self.invoke(idx, now)?;
+        if self.board.has_landed() {
+            self.collect(now)?;
+        }
+        Ok(())
+    }
+
+    fn admit_watermark(&mut self, wm: i64) -> Result<(), OperatorError> {
+        if let Some(previous) = self.last_watermark {
+            if wm < previous {
+                return Err(OperatorError::WatermarkRegression { previous, got: wm });
+            }
+        }
+        self.last_watermark = Some(wm);
+        self.counters.watermarks_in += 1;
+        let idx = self
+            .slots
+            .allocate(SlotState::Watermark)
+            .expect("capacity checked by the caller");
+        let slot = self.slots.get_mut(idx);
+        slot.timestamp = Some(wm);
+        slot.segment = self.segments_in;
+        slot.sequence = self.next_sequence;
+        self.segments_in += 1;
+        if self.slots.head(ListId::Order) == Some(idx) {
+            self.push_ready(idx);
+        }
+        Ok(())
+    }
+
+    /// Runs one attempt of the function for the record in `idx`; a panic fails the record.
+    fn invoke(&mut self, idx: u32, now: Nanos) -> Result<(), OperatorError> {
+        let slot = self.slots.get(idx);
+        let generation = self.board.arm(idx, slot.sequence);
+        let handle = ResultFuture::new(self.board.clone(), idx, generation, slot.sequence);
+        let input = slot.input.as_ref().expect("a record slot holds its input");
+        let function = &self.function;
+        let outcome = catch_unwind(AssertUnwindSafe(|| function.invoke(input, handle)));
+        if let Err(payload) = outcome {
+            self.counters.panics += 1;
+            if !self.board.is_landed(idx) {
+                // Completions the function may still make for this attempt are late.
+                self.board.time_out(idx);
+                return self.resolve(idx, Err(RecordError::from_panic(payload)), now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects arrived completions, starts due retries and fires expired timeouts.
+    pub fn advance(&mut self, now: Nanos) -> Result<(), OperatorError> {
+        self.collect(now)?;
+        self.fire_retries(now)?;
+        self.fire_timeouts(now)?;
+        self.collect(now)
+    }
+
+    fn collect(&mut self, now: Nanos) -> Result<(), OperatorError> {
+        while let Some((idx, delivered)) = self.board.next_landed() {
+            self.counters.completions += 1;
+            self.on_delivered(idx, delivered, now)?;
+        }
+        Ok(())
+    }
+
+    fn on_delivered(
+        &mut self,
+        idx: u32,
+        delivered: Delivered<F::Out>,
+        now: Nanos,
+    ) -> Result<(), OperatorError> {
+        debug_assert_eq!(self.slots.get(idx).state, SlotState::InFlight);
+        let retry_wanted = if self.config.retry().is_enabled() {
+            let function = &self.function;
+            let asked = catch_unwind(AssertUnwindSafe(|| match &delivered {
+                Ok(outputs) => function.retry_on_result(outputs),
+                Err(error) => function.retry_on_error(error),
+            }));
+            match asked {
+                Ok(wanted) => wanted,
+                Err(payload) => {
+                    self.counters.panics += 1;
+                    return self.resolve(idx, Err(RecordError::from_panic(payload)), now);
+                }
+            }
+        } else {
+            false
+        };
+        if retry_wanted && self.schedule_retry(idx, now) {
+            return Ok(());
+        }
+        self.resolve(idx, delivered.map_err(RecordError::Function), now)
+    }
+
+    /// Schedules the next attempt if the strategy allows one that starts before the deadline.
+    fn schedule_retry(&mut self, idx: u32, now: Nanos) -> bool {
+        let slot = self.slots.get_mut(idx);
+        let Some(delay) = self.config.retry().delay_before_retry(slot.attempts) else {
+            return false;
+        };
+        let due = now + delay;
+        if due >= slot.deadline {
+            return false; // no retry starts past the timeout (SPEC S8)
+        }
+        slot.state = SlotState::RetryWait;
+        self.retries.push(Reverse((due, idx, slot.sequence)));
+        self.board.retire(idx);
+        self.counters.retries += 1;
+        true
+    }
+
+    fn fire_retries(&mut self, now: Nanos) -> Result<(), OperatorError> {
+        while let Some(&Reverse((due, idx, sequence))) = self.retries.peek() {
+            if due > now {
+                break;
+            }
+            self.retries.pop();
+            let slot = self.slots.get_mut(idx);
+            if slot.state != SlotState::RetryWait || slot.sequence != sequence {
+                continue; // resolved meanwhile (timed out)
+            }
+            if now >= slot.deadline {
+                continue; // no retry starts past the timeout; the timeout resolves it
+            }
+            slot.state = SlotState::InFlight;
+            slot.attempts += 1;
+            self.invoke(idx, now)?;
+        }
+        Ok(())
+    }
+
+    fn fire_timeouts(&mut self, now: Nanos) -> Result<(), OperatorError> {
+        while let Some(idx) = self.slots.head(ListId::Pending) {
+            if self.slots.get(idx).deadline > now {
+                break;
+            }
+            if self.board.is_landed(idx) {
+                // The completion arrived before the timeout was noticed: it wins.
+                self.collect(now)?;
+                continue;
+            }
+            self.counters.timeouts += 1;
+            if self.slots.get(idx).state == SlotState::InFlight {
+                self.board.time_out(idx);
+            }
+            let input = self.slots.get(idx).input.as_ref().expect("record input");
+            let function = &self.function;
+            let resolution = match catch_unwind(AssertUnwindSafe(|| function.timeout(input))) {
+                Ok(TimeoutOutcome::Fail) => Err(RecordError::TimedOut {
+                    after: self.config.timeout().unwrap_or_default(),
+                }),
+                Ok(TimeoutOutcome::Complete(outputs)) => Ok(outputs),
+                Ok(TimeoutOutcome::Error(e)) => Err(RecordError::Function(e)),
+                Err(payload) => {
+                    self.counters.panics += 1;
+                    Err(RecordError::from_panic(payload))
+                }
+            };
+            self.resolve(idx, resolution, now)?;
+        }
+        Ok(())
+    }
+
+    /// Gives a record its final result and makes it emittable when its mode allows.
+    fn resolve(
+        &mut self,
+        idx: u32,
+        resolution: Resolution<F::Out>,
+        _now: Nanos,
+    ) -> Result<(), OperatorError> {
+        if self.slots.is_linked(ListId::Pending, idx) {
+            self.slots.unlink(ListId::Pending, idx);
+        }
+        self.counters.records_done += 1;
+        let failed = resolution.is_err();
+        if failed {
+            self.counters.errors += 1;
+        }
+        let failed = failed && self.config.error_policy() == ErrorPolicy::Fail;
+        let slot = self.slots.get_mut(idx);
+        slot.state = SlotState::Done;
+        if failed {
+            let sequence = slot.sequence;
+            let id = self.request_id(sequence);
+            let error = resolution.err().expect("failed implies an error");
+            return Err(OperatorError::RecordFailed { id, error });
+        }
+        slot.resolution = Some(resolution);
+        if self.emittable(idx) {
+            self.push_ready(idx);
+        }
+        Ok(())
+    }
+
+    fn request_id(&self, sequence: u64) -> RequestId {
+        RequestId {
+            operator: self.config.operator_id(),
+            partition: self.partition,
+            sequence,
+        }
+    }
+
+    /// Takes the next output that may leave now, if any. Call until `None` after
+    /// [`process`](Self::process) and [`advance`](Self::advance).
+    #[inline]
+    pub fn pop_output(&mut self, now: Nanos) -> Option<Emitted<F::Out, F::In>> {
+        if let Some(out) = self.next_drained() {
+            return Some(out);
+        }
+        while let Some(idx) = self.ready.pop_front() {
+            if let Some(out) = self.emit(idx, now) {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    fn next_drained(&mut self) -> Option<Emitted<F::Out, F::In>> {
+        let d = self.draining.as_mut()?;
+        match d.rest.next() {
+            Some(value) => {
+                let out = Emitted::Record {
+                    value,
+                    timestamp: d.timestamp,
+                    sequence: d.sequence,
+                };
+                if d.rest.len() == 0 {
+                    self.draining = None;
+                }
+                self.counters.outputs += 1;
+                Some(out)
+            }
+            None => {
+                self.draining = None;
+                None
+            }
+        }
+    }
+
+    /// Releases entry `idx` and returns what it emits (nothing for a skipped record or a record
+    /// with no outputs).
+    fn emit(&mut self, idx: u32, now: Nanos) -> Option<Emitted<F::Out, F::In>> {
+        let slot = self.slots.get_mut(idx);
+        slot.queued = false;
+        if slot.state == SlotState::Watermark {
+            let wm = slot.timestamp.expect("watermark value");
+            self.slots.release(idx);
+            self.on_watermark_left();
+            return Some(Emitted::Watermark(wm));
+        }
+        debug_assert_eq!(slot.state, SlotState::Done);
+        let sequence = slot.sequence;
+        let timestamp = slot.timestamp;
+        let resolution = slot
+            .resolution
+            .take()
+            .expect("done record has a resolution");
+        self.latency
+            .saturating_record(now.nanos_since(slot.intake).max(1));
+        let next_of_key =
+            (self.config.mode() == OrderMode::KeyOrdered).then(|| self.unlink_key(idx));
+        self.board.retire(idx); // handles of this record are stale from now on
+        let input = self.slots.release(idx);
+        self.after_record_left(next_of_key.flatten());
+        match resolution {
+            Ok(Outputs::One(value)) => {
+                self.counters.outputs += 1;
+                Some(Emitted::Record {
+                    value,
+                    timestamp,
+                    sequence,
+                })
+            }
+            Ok(Outputs::Empty) => None,
+            Ok(Outputs::Many(values)) => {
+                self.draining = Some(Draining {
+                    rest: values.into_iter(),
+                    timestamp,
+                    sequence,
+                });
+                self.next_drained()
+            }
+            Err(error) => match self.config.error_policy() {
+                ErrorPolicy::SideOutput => {
+                    self.counters.side_outputs += 1;
+                    Some(Emitted::Failed {
+                        input: input.expect("record input"),
+                        sequence,
+                        error,
+                    })
+                }
+                _ => {
+                    self.counters.skipped += 1;
+                    None
+                }
+            },
+        }
+    }
+
+    #[inline]
+    fn push_ready(&mut self, idx: u32) {
+        let slot = self.slots.get_mut(idx);
+        if !slot.queued {
+            slot.queued = true;
+            debug_assert!(self.ready.len() < self.ready.capacity());
+            self.ready.push_back(idx);
+        }
+    }
+
+    /// The current metrics of this partition.
+    pub fn metrics(&self, now: Nanos) -> OperatorMetrics {
+        let ignored = self.board.ignored();
+        let c = &self.counters;
+        OperatorMetrics {
+            records_in: c.records_in,
+            watermarks_in: c.watermarks_in,
+            outputs: c.outputs,
+            records_done: c.records_done,
+            completions: c.completions,
+            duplicates: ignored.duplicates,
+            late: ignored.late,
+            timeouts: c.timeouts,
+            retries: c.retries,
+            errors: c.errors,
+            skipped: c.skipped,
+            side_outputs: c.side_outputs,
+            panics: c.panics,
+            in_flight: self.in_flight() as u64,
+            occupancy: self.occupancy() as u64,
+            capacity: self.config.capacity() as u64,
+            oldest_age_ns: self
+                .slots
+                .head(ListId::Order)
+                .map(|h| now.nanos_since(self.slots.get(h).intake))
+                .unwrap_or(0),
+            latency: self.latency.clone(),
+        }
+    }
+
+    /// The latency histogram (intake to emit, nanoseconds).
+    pub fn latency(&self) -> &Histogram<u64> {
+        &self.latency
+    }
+
+    /// Every input taken and not yet emitted, in input order (SPEC S10): records in flight,
+    /// records done but waiting, and watermarks. Reading it does not wait for anything.
+    pub fn pending_entries(&self) -> impl Iterator<Item = PendingEntry<'_, F::In>> + '_ {
+        self.slots.iter(ListId::Order).map(|idx| {
+            let slot = self.slots.get(idx);
+            match slot.state {
+                SlotState::Watermark => {
+                    PendingEntry::Watermark(slot.timestamp.expect("watermark value"))
+                }
+                _ => PendingEntry::Record {
+                    sequence: slot.sequence,
+                    input: slot.input.as_ref().expect("record input"),
+                    timestamp: slot.timestamp,
+                },
+            }
+        })
+    }
+}

@@ -1,0 +1,289 @@
+//! The slot table: the operator's fixed set of `capacity` entries.
+//!
+//! Every element the operator holds (a record in flight, a finished record waiting to be
+//! emitted, a watermark) occupies one slot. Slots are allocated from a free list and threaded
+//! onto two intrusive doubly-linked lists:
+//!
+//! * **order** — every live entry in input order (what ordered emission and snapshots walk);
+//! * **pending** — records still waiting for their final result, in input order, which is also
+//!   deadline order because every record gets the same timeout from its first invocation.
+//!
+//! Nothing here allocates after construction; indices are `u32` with [`NIL`] for "none".
+
+use crate::function::Outputs;
+use crate::operator::RecordError;
+use crate::time::Nanos;
+
+/// "No slot".
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// Life cycle of a slot: `Free → InFlight ⇄ RetryWait → Done → Free`, or `Free → Watermark →
+/// Free`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SlotState {
+    Free,
+    InFlight,
+    RetryWait,
+    Done,
+    Watermark,
+}
+
+/// The two intrusive lists a slot can be on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ListId {
+    Order = 0,
+    Pending = 1,
+}
+
+#[derive(Copy, Clone, Debug)]
+struct Links {
+    prev: u32,
+    next: u32,
+    linked: bool,
+}
+
+const UNLINKED: Links = Links {
+    prev: NIL,
+    next: NIL,
+    linked: false,
+};
+
+#[derive(Copy, Clone, Debug)]
+struct List {
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+const EMPTY: List = List {
+    head: NIL,
+    tail: NIL,
+    len: 0,
+};
+
+pub(crate) type Resolution<Out> = Result<Outputs<Out>, RecordError>;
+
+pub(crate) struct Slot<In, Out> {
+    pub state: SlotState,
+    pub sequence: u64,
+    pub input: Option<In>,
+    /// Event time of a record, or the value of a watermark.
+    pub timestamp: Option<i64>,
+    /// The final result of a `Done` record.
+    pub resolution: Option<Resolution<Out>>,
+    pub intake: Nanos,
+    pub deadline: Nanos,
+    pub attempts: u32,
+    /// Watermarks admitted before this entry (its order segment).
+    pub segment: u64,
+    pub key: u64,
+    /// Next record with the same key, in input order (key-ordered mode).
+    pub key_next: u32,
+    /// Whether this record is the oldest live record of its key.
+    pub key_head: bool,
+    /// Whether the slot sits in the ready queue.
+    pub queued: bool,
+    links: [Links; 2],
+}
+
+impl<In, Out> Slot<In, Out> {
+    fn vacant() -> Self {
+        Slot {
+            state: SlotState::Free,
+            sequence: 0,
+            input: None,
+            timestamp: None,
+            resolution: None,
+            intake: Nanos::ZERO,
+            deadline: Nanos::NEVER,
+            attempts: 0,
+            segment: 0,
+            key: 0,
+            key_next: NIL,
+            key_head: false,
+            queued: false,
+            links: [UNLINKED; 2],
+        }
+    }
+}
+
+pub(crate) struct SlotTable<In, Out> {
+    slots: Box<[Slot<In, Out>]>,
+    free: Vec<u32>,
+    lists: [List; 2],
+}
+
+impl<In, Out> SlotTable<In, Out> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        assert!(capacity >= 1 && capacity < NIL as usize);
+        SlotTable {
+            slots: (0..capacity).map(|_| Slot::vacant()).collect(),
+            // Popped from the end: slot 0 first, and recently freed slots are reused first
+            // (they are warm in the cache).
+            free: (0..capacity as u32).rev().collect(),
+            lists: [EMPTY; 2],
+        }
+    }
+
+    /// Live entries (the operator's queue occupancy).
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    pub(crate) fn list_len(&self, list: ListId) -> usize {
+        self.lists[list as usize].len
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, idx: u32) -> &Slot<In, Out> {
+        &self.slots[idx as usize]
+    }
+
+    #[inline]
+    pub(crate) fn get_mut(&mut self, idx: u32) -> &mut Slot<In, Out> {
+        &mut self.slots[idx as usize]
+    }
+
+    /// Takes a free slot and appends it to the order list; `None` when full.
+    #[inline]
+    pub(crate) fn allocate(&mut self, state: SlotState) -> Option<u32> {
+        let idx = self.free.pop()?;
+        let slot = &mut self.slots[idx as usize];
+        debug_assert_eq!(slot.state, SlotState::Free);
+        slot.state = state;
+        self.push_back(ListId::Order, idx);
+        Some(idx)
+    }
+
+    /// Unlinks the slot from every list, clears it and returns it to the free list.
+    /// Returns the input it held.
+    #[inline]
+    pub(crate) fn release(&mut self, idx: u32) -> Option<In> {
+        for list in [ListId::Order, ListId::Pending] {
+            if self.slots[idx as usize].links[list as usize].linked {
+                self.unlink(list, idx);
+            }
+        }
+        let slot = &mut self.slots[idx as usize];
+        debug_assert_ne!(slot.state, SlotState::Free);
+        slot.state = SlotState::Free;
+        slot.resolution = None;
+        slot.key_next = NIL;
+        slot.key_head = false;
+        slot.queued = false;
+        slot.deadline = Nanos::NEVER;
+        let input = slot.input.take();
+        self.free.push(idx);
+        input
+    }
+
+    pub(crate) fn head(&self, list: ListId) -> Option<u32> {
+        let h = self.lists[list as usize].head;
+        (h != NIL).then_some(h)
+    }
+
+    pub(crate) fn next(&self, list: ListId, idx: u32) -> Option<u32> {
+        let n = self.slots[idx as usize].links[list as usize].next;
+        (n != NIL).then_some(n)
+    }
+
+    pub(crate) fn is_linked(&self, list: ListId, idx: u32) -> bool {
+        self.slots[idx as usize].links[list as usize].linked
+    }
+
+    #[inline]
+    pub(crate) fn push_back(&mut self, list: ListId, idx: u32) {
+        let l = list as usize;
+        debug_assert!(!self.slots[idx as usize].links[l].linked);
+        let tail = self.lists[l].tail;
+        self.slots[idx as usize].links[l] = Links {
+            prev: tail,
+            next: NIL,
+            linked: true,
+        };
+        if tail == NIL {
+            self.lists[l].head = idx;
+        } else {
+            self.slots[tail as usize].links[l].next = idx;
+        }
+        self.lists[l].tail = idx;
+        self.lists[l].len += 1;
+    }
+
+    #[inline]
+    pub(crate) fn unlink(&mut self, list: ListId, idx: u32) {
+        let l = list as usize;
+        let Links { prev, next, linked } = self.slots[idx as usize].links[l];
+        debug_assert!(linked, "unlinking a slot that is not on the list");
+        if prev == NIL {
+            self.lists[l].head = next;
+        } else {
+            self.slots[prev as usize].links[l].next = next;
+        }
+        if next == NIL {
+            self.lists[l].tail = prev;
+        } else {
+            self.slots[next as usize].links[l].prev = prev;
+        }
+        self.slots[idx as usize].links[l] = UNLINKED;
+        self.lists[l].len -= 1;
+    }
+
+    /// Iterates a list from head to tail.
+    pub(crate) fn iter(&self, list: ListId) -> impl Iterator<Item = u32> + '_ {
+        let mut cur = self.lists[list as usize].head;
+        std::iter::from_fn(move || {
+            if cur == NIL {
+                return None;
+            }
+            let idx = cur;
+            cur = self.slots[idx as usize].links[list as usize].next;
+            Some(idx)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_stops_at_capacity_and_release_recycles() {
+        let mut t: SlotTable<u32, u32> = SlotTable::new(3);
+        let a = t.allocate(SlotState::InFlight).unwrap();
+        let b = t.allocate(SlotState::InFlight).unwrap();
+        let c = t.allocate(SlotState::InFlight).unwrap();
+        assert!(t.is_full());
+        assert_eq!(t.allocate(SlotState::InFlight), None);
+        assert_eq!(t.iter(ListId::Order).collect::<Vec<_>>(), vec![a, b, c]);
+        t.release(b);
+        assert_eq!(t.iter(ListId::Order).collect::<Vec<_>>(), vec![a, c]);
+        let d = t.allocate(SlotState::InFlight).unwrap();
+        assert_eq!(d, b, "the freed slot is reused");
+        assert_eq!(t.iter(ListId::Order).collect::<Vec<_>>(), vec![a, c, d]);
+    }
+
+    #[test]
+    fn lists_unlink_head_middle_and_tail() {
+        let mut t: SlotTable<u32, u32> = SlotTable::new(4);
+        let ids: Vec<u32> = (0..4)
+            .map(|_| t.allocate(SlotState::Done).unwrap())
+            .collect();
+        for &i in &ids {
+            t.push_back(ListId::Pending, i);
+        }
+        t.unlink(ListId::Pending, ids[1]);
+        t.unlink(ListId::Pending, ids[0]);
+        t.unlink(ListId::Pending, ids[3]);
+        assert_eq!(t.iter(ListId::Pending).collect::<Vec<_>>(), vec![ids[2]]);
+        assert_eq!(t.list_len(ListId::Pending), 1);
+        t.release(ids[2]);
+        assert_eq!(t.list_len(ListId::Pending), 0);
+        assert_eq!(t.head(ListId::Pending), None);
+        assert_eq!(t.list_len(ListId::Order), 3);
+    }
+}

@@ -106,6 +106,29 @@ impl std::error::Error for AsyncError {
     }
 }
 
+/// A panic caught in a function's asynchronous work (for example a task spawned by
+/// [`crate::runtime::async_fn`]); the operator turns it into [`crate::RecordError::Panicked`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("panicked: {message}")]
+pub struct PanicError {
+    /// The panic message.
+    pub message: String,
+}
+
+impl PanicError {
+    /// From a payload caught by `catch_unwind`.
+    pub fn from_payload(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "non-string panic payload".to_string()
+        };
+        PanicError { message }
+    }
+}
+
 /// What the operator does with a record whose timeout expired; returned by
 /// [`AsyncFunction::timeout`].
 #[derive(Debug)]

@@ -12,9 +12,17 @@ pub mod element;
 pub mod function;
 pub mod metrics;
 pub mod operator;
+pub mod queue;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+mod sync;
 pub mod time;
 
 pub use config::{ConfigError, ErrorPolicy, OperatorConfig, OrderMode, RetryStrategy};
 pub use element::{Emitted, RequestId, StreamElement};
-pub use function::{AsyncError, AsyncFunction, Completion, Outputs, ResultFuture, TimeoutOutcome};
+pub use function::{
+    AsyncError, AsyncFunction, Completion, Outputs, PanicError, ResultFuture, TimeoutOutcome,
+};
 pub use operator::{AsyncWaitOperator, OperatorError, ProcessError, RecordError};
+pub use runtime::{Pipeline, PipelineError, RunReport};

@@ -32,14 +32,18 @@ impl RecordError {
     }
 
     pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_string()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "non-string panic payload".to_string()
-        };
+        let message = crate::function::PanicError::from_payload(payload).message;
         RecordError::Panicked { message }
+    }
+
+    /// A function error, unless it carries a panic caught in the function's async work.
+    pub(crate) fn from_function(error: AsyncError) -> Self {
+        match error.downcast_ref::<crate::function::PanicError>() {
+            Some(p) => RecordError::Panicked {
+                message: p.message.clone(),
+            },
+            None => RecordError::Function(error),
+        }
     }
 }
 

@@ -414,6 +414,13 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         now: Nanos,
     ) -> Result<(), OperatorError> {
         debug_assert_eq!(self.slots.get(idx).state, SlotState::InFlight);
+        if let Err(e) = &delivered {
+            if e.downcast_ref::<crate::function::PanicError>().is_some() {
+                self.counters.panics += 1; // a panic is a bug: never retried
+                let error = delivered.err().map(RecordError::from_function);
+                return self.resolve(idx, Err(error.expect("checked")), now);
+            }
+        }
         let retry_wanted = if self.config.retry().is_enabled() {
             let function = &self.function;
             let asked = catch_unwind(AssertUnwindSafe(|| match &delivered {

@@ -1,0 +1,179 @@
+//! The per-partition loop: pull input while there is capacity, collect completions, fire
+//! timers, emit — and sleep only when none of that has work.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use glommio::timer::Timer;
+
+use super::PipelineError;
+use crate::function::AsyncFunction;
+use crate::operator::{AsyncWaitOperator, ProcessError};
+use crate::sink::Sink;
+use crate::source::{Source, SourceEvent};
+use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::time::{MonotonicClock, Nanos};
+
+/// First pause after a source reported `Idle`; doubles up to [`MAX_IDLE_POLL`].
+const MIN_IDLE_POLL: Duration = Duration::from_micros(20);
+const MAX_IDLE_POLL: Duration = Duration::from_millis(1);
+/// Longest sleep, so an abort (another partition failed) is noticed promptly.
+const MAX_WAIT: Duration = Duration::from_millis(10);
+
+pub(crate) struct DriverSettings {
+    pub partition: usize,
+    pub intake_batch: usize,
+    pub abort: Arc<AtomicBool>,
+}
+
+/// When the partition took its first input and emitted its last output.
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct DriveTimes {
+    pub first_intake: Option<Nanos>,
+    pub last_emit: Option<Nanos>,
+}
+
+/// Runs one partition to the end of its input (or the first error).
+pub(crate) async fn drive<S, F, K>(
+    op: &mut AsyncWaitOperator<F>,
+    source: &mut S,
+    sink: &mut K,
+    clock: MonotonicClock,
+    settings: &DriverSettings,
+) -> Result<DriveTimes, PipelineError>
+where
+    S: Source<Item = F::In>,
+    F: AsyncFunction,
+    K: Sink<F::Out, F::In>,
+{
+    let partition = settings.partition;
+    let mut times = DriveTimes::default();
+    let mut source_done = false;
+    let mut source_idle_until: Option<Nanos> = None;
+    let mut idle_poll = MIN_IDLE_POLL;
+    loop {
+        if settings.abort.load(Ordering::Relaxed) {
+            return Err(PipelineError::Aborted { partition });
+        }
+        let now = clock.now();
+        let mut progressed = false;
+
+        if !source_done && source_idle_until.is_none_or(|t| now >= t) {
+            let mut taken = 0;
+            while taken < settings.intake_batch && op.has_capacity() {
+                let event = source
+                    .next()
+                    .map_err(|source| PipelineError::Source { partition, source })?;
+                match event {
+                    SourceEvent::Element(e) => {
+                        op.process(e, now)
+                            .map_err(|e| process_error(partition, e))?;
+                        taken += 1;
+                    }
+                    SourceEvent::Idle => {
+                        source_idle_until = Some(now + idle_poll);
+                        idle_poll = (idle_poll * 2).min(MAX_IDLE_POLL);
+                        break;
+                    }
+                    SourceEvent::End => {
+                        source_done = true;
+                        break;
+                    }
+                }
+            }
+            if taken > 0 {
+                progressed = true;
+                source_idle_until = None;
+                idle_poll = MIN_IDLE_POLL;
+                times.first_intake.get_or_insert(now);
+            }
+        }
+
+        if op.has_completions() || op.next_deadline().is_some_and(|d| d <= now) {
+            op.advance(now)
+                .map_err(|error| PipelineError::Operator { partition, error })?;
+        }
+
+        if op.has_output() {
+            let t = clock.now();
+            let mut emitted = false;
+            while sink.has_room() {
+                match op.pop_output(t) {
+                    Some(out) => {
+                        sink.accept(out);
+                        emitted = true;
+                    }
+                    None => break,
+                }
+            }
+            if emitted {
+                times.last_emit = Some(t);
+                progressed = true;
+            }
+        }
+
+        if source_done && op.is_empty() {
+            return Ok(times);
+        }
+        if progressed {
+            if op.in_flight() > 0 {
+                // Let the function's I/O tasks (writers, readers, timers) run now: they
+                // flush this batch's requests in one go.
+                futures_lite::future::yield_now().await;
+            } else {
+                glommio::yield_if_needed().await;
+            }
+            continue;
+        }
+
+        let mut wake_at = op.next_deadline();
+        if !source_done && op.has_capacity() {
+            if let Some(t) = source_idle_until {
+                wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+            }
+        }
+        if op.has_output() && !sink.has_room() {
+            let t = now + MIN_IDLE_POLL;
+            wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+        }
+        let wait = wake_at
+            .map(|t| t.saturating_since(now))
+            .unwrap_or(MAX_WAIT)
+            .min(MAX_WAIT);
+        WaitForWork {
+            op,
+            timer: Timer::new(wait),
+        }
+        .await;
+    }
+}
+
+fn process_error<In>(partition: usize, e: ProcessError<In>) -> PipelineError {
+    match e {
+        ProcessError::Failed(error) => PipelineError::Operator { partition, error },
+        ProcessError::Full(_) => unreachable!("capacity is checked before every process call"),
+    }
+}
+
+/// Resolves when a completion lands on the operator or the timer fires.
+struct WaitForWork<'a, F: AsyncFunction> {
+    op: &'a AsyncWaitOperator<F>,
+    timer: Timer,
+}
+
+impl<F: AsyncFunction> Future for WaitForWork<'_, F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.op.has_completions() {
+            return Poll::Ready(());
+        }
+        self.op.register_waker(cx.waker());
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Partition sources: where each core's operator pulls its input from.
+//!
+//! A source belongs to one partition and runs on that partition's core, so it needs no
+//! synchronisation; sources fed from another thread use a [`crate::runtime::queue`].
+//! The operator pulls only while it has capacity, so a full operator leaves the source alone —
+//! that is the backpressure (SPEC S3).
+
+use crate::element::StreamElement;
+
+/// A boxed error from a source or sink, with its context in the message.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a source has for the operator now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SourceEvent<T> {
+    /// The next element.
+    Element(StreamElement<T>),
+    /// Nothing right now; ask again a little later.
+    Idle,
+    /// End of input: the operator drains what it holds and the partition finishes.
+    End,
+}
+
+/// One partition's input.
+///
+/// ```
+/// use ringwait::source::{Source, SourceEvent, IterSource};
+/// use ringwait::StreamElement;
+/// let mut s = IterSource::new((0..2u64).map(StreamElement::record));
+/// assert_eq!(s.next().unwrap(), SourceEvent::Element(StreamElement::record(0)));
+/// assert_eq!(s.next().unwrap(), SourceEvent::Element(StreamElement::record(1)));
+/// assert_eq!(s.next().unwrap(), SourceEvent::End);
+/// assert_eq!(s.position(), 2);
+/// ```
+pub trait Source: 'static {
+    /// Record type.
+    type Item: 'static;
+
+    /// The next event. An error stops the pipeline and names the partition.
+    fn next(&mut self) -> Result<SourceEvent<Self::Item>, BoxError>;
+
+    /// Replay position after the elements returned so far (e.g. an index or a byte offset).
+    fn position(&self) -> u64;
+}
+
+/// A source over an iterator of elements.
+pub struct IterSource<I> {
+    iter: I,
+    taken: u64,
+}
+
+impl<I> IterSource<I> {
+    /// Wraps `iter`.
+    pub fn new(iter: I) -> Self {
+        IterSource { iter, taken: 0 }
+    }
+}
+
+impl<T: 'static, I: Iterator<Item = StreamElement<T>> + 'static> Source for IterSource<I> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
+        Ok(match self.iter.next() {
+            Some(e) => {
+                self.taken += 1;
+                SourceEvent::Element(e)
+            }
+            None => SourceEvent::End,
+        })
+    }
+
+    fn position(&self) -> u64 {
+        self.taken
+    }
+}
+
+/// The records `i` in `0..total` with `i % partitions == partition`, mapped by `make`: the
+/// generated input of the benchmark workloads. Its position is the next global index.
+///
+/// ```
+/// use ringwait::source::{Source, SourceEvent, GeneratorSource};
+/// let mut s = GeneratorSource::new(1, 2, 5, |i| i * 10);
+/// let mut got = vec![];
+/// while let SourceEvent::Element(e) = s.next().unwrap() { got.push(e); }
+/// assert_eq!(got, vec![ringwait::StreamElement::record(10), ringwait::StreamElement::record(30)]);
+/// ```
+pub struct GeneratorSource<F> {
+    next: u64,
+    step: u64,
+    total: u64,
+    make: F,
+}
+
+impl<F> GeneratorSource<F> {
+    /// Partition `partition` of `partitions` over `0..total`.
+    pub fn new(partition: usize, partitions: usize, total: u64, make: F) -> Self {
+        GeneratorSource {
+            next: partition as u64,
+            step: partitions.max(1) as u64,
+            total,
+            make,
+        }
+    }
+
+    /// Resumes at global index `position` (as returned by [`Source::position`]).
+    pub fn resume_at(mut self, position: u64) -> Self {
+        self.next = position;
+        self
+    }
+}
+
+impl<T: 'static, F: FnMut(u64) -> T + 'static> Source for GeneratorSource<F> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
+        if self.next >= self.total {
+            return Ok(SourceEvent::End);
+        }
+        let i = self.next;
+        self.next += self.step;
+        Ok(SourceEvent::Element(StreamElement::record((self.make)(i))))
+    }
+
+    fn position(&self) -> u64 {
+        self.next
+    }
+}
+
+/// A source fed from another thread through a [`crate::queue`] (for example a reader thread
+/// that parses a file and deals records to the partitions).
+pub struct QueueSource<T> {
+    queue: crate::queue::Consumer<StreamElement<T>>,
+    taken: u64,
+}
+
+impl<T> QueueSource<T> {
+    /// Wraps the consumer end of a queue.
+    pub fn new(queue: crate::queue::Consumer<StreamElement<T>>) -> Self {
+        QueueSource { queue, taken: 0 }
+    }
+}
+
+impl<T: 'static> Source for QueueSource<T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
+        Ok(match self.queue.pop() {
+            crate::queue::Pop::Item(e) => {
+                self.taken += 1;
+                SourceEvent::Element(e)
+            }
+            crate::queue::Pop::Empty => SourceEvent::Idle,
+            crate::queue::Pop::Closed => SourceEvent::End,
+        })
+    }
+
+    fn position(&self) -> u64 {
+        self.taken
+    }
+}

@@ -1,0 +1,12 @@
+//! Synchronisation primitives for state shared across cores, switched to loom's models under
+//! `--cfg loom` so the protocols built on them can be model-checked.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::Arc;
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::Arc;

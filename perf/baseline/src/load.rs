@@ -32,9 +32,12 @@ pub fn run(args: &LoadArgs) -> Result<(), BoxError> {
 /// A connection without the default 500 ms response timeout (a 10k-SET pipeline may exceed it).
 async fn connect(url: &str) -> Result<MultiplexedConnection, BoxError> {
     let config = AsyncConnectionConfig::new().set_response_timeout(None);
-    Ok(redis::Client::open(url)?
+    let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url}: {e}"))?;
+    let con = client
         .get_multiplexed_async_connection_with_config(&config)
-        .await?)
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    Ok(con)
 }
 
 async fn dbsize(con: &mut MultiplexedConnection) -> Result<u64, BoxError> {

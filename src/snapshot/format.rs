@@ -31,7 +31,7 @@
 //! Headers carry their payload's offset, so a header and its payload travel together: the writer
 //! always puts a new payload in the half that does *not* hold the latest committed payload, and
 //! when a payload outgrows a half, the file grows so that everything already written lies in the
-//! new lower half and the new payload goes to the new upper half (see [`place`]).
+//! new lower half and the new payload goes to the new upper half.
 #![deny(unsafe_code)]
 
 use super::error::HeaderProblem;

@@ -56,7 +56,6 @@ struct Pending {
     header: [u8; HEADER_LEN],
     meta: SnapshotMeta,
     payload: Extent,
-    grew: bool,
 }
 
 /// The snapshot file of one operator partition: `<dir>/op-<operator_id>-p<partition>.snap`.
@@ -102,6 +101,9 @@ pub struct SnapshotStore {
     region: u64,
     live: Option<Live>,
     pending: Option<Pending>,
+    /// The file grew since its size was last made durable: the next commit syncs it before
+    /// writing a header that may point past the old end.
+    size_dirty: bool,
     fault: Option<Box<dyn FlushFault>>,
     map: MmapMut,
     file: File,
@@ -190,6 +192,7 @@ impl SnapshotStore {
             region,
             live,
             pending: None,
+            size_dirty: false,
             fault: None,
             map,
             file,
@@ -275,8 +278,7 @@ impl SnapshotStore {
             });
         }
         let placement = format::place(self.region, self.live.map(|l| l.payload), len);
-        let grew = placement.region > self.region;
-        if grew {
+        if placement.region > self.region {
             self.grow(placement.region)?;
         }
         let start = to_usize(placement.offset);
@@ -299,7 +301,6 @@ impl SnapshotStore {
             header: format::encode_header(&header),
             meta,
             payload: extent,
-            grew,
         });
         Ok(())
     }
@@ -332,8 +333,9 @@ impl SnapshotStore {
             epoch,
             p.payload.offset,
             p.payload.len,
-            p.grew,
+            self.size_dirty,
         )?;
+        self.size_dirty = false;
         let at = to_usize(format::slot_offset(p.slot));
         let mut previous = [0u8; HEADER_LEN];
         previous.copy_from_slice(&self.map[at..at + HEADER_LEN]);
@@ -458,6 +460,7 @@ impl SnapshotStore {
         self.map =
             sys::map_file(&self.file).map_err(|e| SnapshotError::io("remap", &self.path, e))?;
         self.region = region;
+        self.size_dirty = true;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ pub mod operator;
 pub mod queue;
 pub mod runtime;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 mod sync;
 pub mod time;

@@ -2,5 +2,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+pub mod lookup;
 pub mod resp;
 pub mod server;

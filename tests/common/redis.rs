@@ -305,12 +305,40 @@ impl RedisCluster {
         }
     }
 
-    /// The address of the master serving `slot`, read from `CLUSTER SLOTS` of the first node.
+    /// The master of every slot, from `CLUSTER SLOTS` of the first node.
+    pub fn slot_owners(&self) -> Vec<SocketAddr> {
+        let mut owners = vec![SocketAddr::from(([0, 0, 0, 0], 0)); 16384];
+        for (lo, hi, addr) in self.ranges() {
+            for slot in lo..=hi {
+                owners[slot as usize] = addr;
+            }
+        }
+        owners
+    }
+
+    /// Writes the built-in data set (`k:i`, `h:i` for `i < n`), each key on its master.
+    pub fn populate(&self, n: u64) {
+        let owners = self.slot_owners();
+        for node in &self.nodes {
+            let addr = node.addr();
+            populate(addr, n, |k| {
+                owners[usize::from(ringwait::lookup::key_slot(k))] == addr
+            });
+        }
+    }
+
+    /// The address of the master serving `slot`.
     pub fn owner(&self, slot: u16) -> SocketAddr {
+        self.slot_owners()[usize::from(slot)]
+    }
+
+    /// `(first slot, last slot, master)` from `CLUSTER SLOTS` of the first node.
+    pub fn ranges(&self) -> Vec<(i64, i64, SocketAddr)> {
         let Ok(OwnedFrame::Array(ranges)) = call(self.nodes[0].addr(), &[b"CLUSTER", b"SLOTS"])
         else {
             panic!("CLUSTER SLOTS failed");
         };
+        let mut out = Vec::new();
         for r in ranges {
             let OwnedFrame::Array(r) = r else { continue };
             let (OwnedFrame::Integer(lo), OwnedFrame::Integer(hi), OwnedFrame::Array(master)) =
@@ -318,17 +346,15 @@ impl RedisCluster {
             else {
                 continue;
             };
-            if (*lo..=*hi).contains(&i64::from(slot)) {
-                let (OwnedFrame::Bulk(ip), OwnedFrame::Integer(port)) = (&master[0], &master[1])
-                else {
-                    continue;
-                };
-                return format!("{}:{port}", String::from_utf8_lossy(ip))
-                    .parse()
-                    .unwrap();
-            }
+            let (OwnedFrame::Bulk(ip), OwnedFrame::Integer(port)) = (&master[0], &master[1]) else {
+                continue;
+            };
+            let addr = format!("{}:{port}", String::from_utf8_lossy(ip))
+                .parse()
+                .unwrap();
+            out.push((*lo, *hi, addr));
         }
-        panic!("no owner for slot {slot}");
+        out
     }
 }
 

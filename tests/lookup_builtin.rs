@@ -422,3 +422,40 @@ fn connecting_to_a_closed_port_is_refused_with_the_address() {
     assert_eq!(err, LookupError::Refused { addr });
     assert!(err.to_string().contains(&addr.to_string()));
 }
+
+#[test]
+fn dropping_the_last_handle_fails_pending_requests_with_closed() {
+    let server = server(10);
+    server.set_faults(FaultPlan::only(Fault::BlackHole));
+    let addr = server.addr();
+    let errors = run(move || async move {
+        let conn: Connection<Check> = Connection::connect(addr, ConnectionConfig::default())
+            .await
+            .unwrap();
+        let ledger = Ledger::with(100);
+        for id in 0..100 {
+            let h = Check {
+                id,
+                key_index: 1,
+                keys: 10,
+                ledger: ledger.clone(),
+            };
+            conn.get(b"k:1", h).map_err(|r| r.error).unwrap();
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        assert_eq!(ledger.resolved(), 0, "a black hole answered");
+        drop(conn);
+        until("closed handlers", || ledger.resolved() == 100).await;
+        ledger.assert_each_resolved_once();
+        let errors = ledger.errors.borrow().clone();
+        errors
+    });
+    assert_eq!(errors.len(), 100);
+    assert!(
+        errors
+            .iter()
+            .all(|e| matches!(e, LookupError::Closed { .. })),
+        "{:?}",
+        errors[0]
+    );
+}

@@ -125,6 +125,19 @@ struct Shared<H: ReplyHandler> {
 ///
 /// Handlers are the same as for a [`Connection`]; every request goes to the master of its
 /// key's slot.
+///
+/// ```no_run
+/// use ringwait::lookup::{ClusterClient, ClusterConfig, LookupError, ReplyView};
+///
+/// type H = Box<dyn FnOnce(Result<ReplyView<'_>, LookupError>)>;
+/// # async fn demo() -> Result<(), LookupError> {
+/// let seeds = ["127.0.0.1:7000".parse().unwrap()];
+/// let cluster: ClusterClient<H> = ClusterClient::connect(&seeds, ClusterConfig::default()).await?;
+/// cluster
+///     .get(b"k:1", Box::new(|r: Result<ReplyView<'_>, LookupError>| println!("{:?}", r.map(|v| v.value().map(<[u8]>::len)))))
+///     .map_err(|rejected| rejected.error)?;
+/// # Ok(()) }
+/// ```
 pub struct ClusterClient<H: ReplyHandler> {
     shared: Rc<Shared<H>>,
 }

@@ -131,9 +131,47 @@ impl From<GlommioError<()>> for ServerError {
             GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(limit, needed)) => {
                 ServerError::MemLock { limit, needed }
             }
-            other => ServerError::Executor(other.to_string()),
+            // The executor thread reports it wrapped in an I/O error: "MemLockLimit(a/b)".
+            other => {
+                let text = other.to_string();
+                parse_memlock(&text).unwrap_or(ServerError::Executor(text))
+            }
         }
     }
+}
+
+/// Recognizes glommio's `MemLockLimit(limit/needed)` inside an error message.
+fn parse_memlock(text: &str) -> Option<ServerError> {
+    let rest = &text[text.find("MemLockLimit(")? + "MemLockLimit(".len()..];
+    let (limit, rest) = rest.split_once('/')?;
+    let needed = rest.split(')').next()?;
+    Some(ServerError::MemLock {
+        limit: limit.trim().parse().ok()?,
+        needed: needed.trim().parse().ok()?,
+    })
+}
+
+/// glommio's minimum locked memory per executor.
+pub const MIN_MEMLOCK: u64 = 512 << 10;
+
+/// Fails with [`ServerError::MemLock`] if `RLIMIT_MEMLOCK` is below what glommio needs, so
+/// callers get the actionable message before any thread starts.
+pub fn check_memlock() -> Result<(), ServerError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit struct for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(()); // Unknown: let glommio decide.
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < MIN_MEMLOCK {
+        return Err(ServerError::MemLock {
+            limit: limit.rlim_cur,
+            needed: MIN_MEMLOCK,
+        });
+    }
+    Ok(())
 }
 
 /// Counters of a running server.
@@ -167,12 +205,31 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct BuiltinServer;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glommio_memlock_messages_become_typed_errors() {
+        let e = parse_memlock("IO error occurred: MemLockLimit(65536/524288)");
+        assert!(matches!(
+            e,
+            Some(ServerError::MemLock {
+                limit: 65536,
+                needed: 524288
+            })
+        ));
+        assert!(parse_memlock("IO error occurred: something else").is_none());
+    }
+}
+
 impl BuiltinServer {
     /// Starts the server on a new thread and returns once it listens.
     ///
     /// Errors: [`ServerError::Bind`] if the address is taken, [`ServerError::MemLock`] if
     /// the locked-memory limit is too low for glommio.
     pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+        check_memlock()?;
         if config.keys > i64::MAX as u64 {
             return Err(ServerError::Config(format!(
                 "keys = {} is too large (at most {})",

@@ -284,7 +284,13 @@ fn fault_scenario(plan: FaultPlan, expect_errors: bool) {
     let set = set_faults.clone();
     let (ok, errors) = run(move || async move {
         let config = ConnectionConfig {
-            response_timeout: Some(Duration::from_millis(200)),
+            // Short only where the test needs it (escaping the black hole); elsewhere a
+            // scheduling stall of a loaded machine must not look like a hung server.
+            response_timeout: Some(if plan.fault == Fault::BlackHole {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(5)
+            }),
             connect_timeout: Duration::from_millis(500),
             backoff_max: Duration::from_millis(50),
             ..ConnectionConfig::default()

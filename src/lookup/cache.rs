@@ -96,7 +96,9 @@ struct Slot {
     referenced: bool,
 }
 
-/// See the [module docs](self).
+/// A per-core lookup cache: bounded (CLOCK eviction), with TTL and optional caching of
+/// misses. Core-local (`!Send`, no locks); time is passed in (`now`); value buffers are
+/// reused when a slot is refilled, so a warm cache does not allocate.
 ///
 /// ```
 /// use ringwait::lookup::{CacheConfig, CacheLookup, LookupCache};

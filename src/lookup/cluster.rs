@@ -121,7 +121,10 @@ struct Shared<H: ReplyHandler> {
     redirects: Cell<u64>,
 }
 
-/// A Redis Cluster client on one core (see the [module docs](self)).
+/// A Redis Cluster client on one core: slot map from `CLUSTER SLOTS`, a connection per
+/// master, `MOVED` (update the slot, refresh the map, retry) and `ASK` (`ASKING`, retry once
+/// at the target) followed transparently by re-sending the kept command bytes. MGET batching
+/// and coalescing are off on cluster connections.
 ///
 /// Handlers are the same as for a [`Connection`]; every request goes to the master of its
 /// key's slot.

@@ -45,7 +45,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use glommio::net::TcpStream;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 
 pub use cli::{parse_fault, parse_flap_ms, parse_latency_us, ServeArgs};
@@ -60,8 +62,8 @@ use faults::FaultCell;
 /// glommio's default (10 MiB) exceeds common `ulimit -l` values (8 MiB).
 pub const DEFAULT_IO_MEMORY: usize = 512 << 10;
 
-/// How often the accept loop looks at the shutdown flag and the fault plan.
-const ACCEPT_POLL: Duration = Duration::from_millis(10);
+/// How often the accept loop polls for connections, the shutdown flag and the fault plan.
+const ACCEPT_POLL: Duration = Duration::from_millis(1);
 
 /// Configuration of the built-in server.
 #[derive(Debug, Clone)]
@@ -253,7 +255,7 @@ impl BuiltinServer {
             .name("ringwait-server")
             .io_memory(config.io_memory)
             .spawn(move || async move {
-                let listener = match TcpListener::bind(listen) {
+                let listener = match self::listen(listen) {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
@@ -360,9 +362,29 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Binds a non-blocking std listener (accepts are polled, see [`accept_loop`]).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Hands an accepted socket to glommio.
+fn to_glommio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    stream.set_nonblocking(true)?;
+    let fd = stream.into_raw_fd();
+    // SAFETY: `fd` is an open TCP socket just accepted and released by `into_raw_fd`, so
+    // the new `TcpStream` is its only owner.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
 /// Accepts connections until shutdown; stops listening while the plan refuses.
+///
+/// Accepts are polled (non-blocking `accept`, then a short timer) rather than submitted to
+/// io_uring: an io_uring accept raced against a timer can complete in the kernel while
+/// being cancelled, which would leak an established connection nobody serves.
 async fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
     store: Rc<Store>,
     shared: Arc<Shared>,
@@ -383,22 +405,28 @@ async fn accept_loop(
             if listener.take().is_some() {
                 kill_all();
             }
-            glommio::timer::sleep(ACCEPT_POLL / 2).await;
+            glommio::timer::sleep(ACCEPT_POLL).await;
             continue;
         }
         let Some(l) = listener.as_ref() else {
-            listener = TcpListener::bind(addr).ok();
+            listener = listen(addr).ok();
             if listener.is_none() {
                 glommio::timer::sleep(ACCEPT_POLL).await;
             }
             continue;
         };
-        let accepted = futures_lite::future::or(async { Some(l.accept().await) }, async {
-            glommio::timer::sleep(ACCEPT_POLL).await;
-            None
-        })
-        .await;
-        let Some(Ok(stream)) = accepted else {
+        let stream = match l.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                glommio::timer::sleep(ACCEPT_POLL).await;
+                continue;
+            }
+            Err(_) => {
+                glommio::timer::sleep(ACCEPT_POLL).await;
+                continue;
+            }
+        };
+        let Ok(stream) = to_glommio(stream) else {
             continue;
         };
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);

@@ -416,20 +416,6 @@ fn flapping_resets_lose_nothing() {
 }
 
 #[test]
-fn connecting_to_a_closed_port_is_refused_with_the_address() {
-    let port = common::redis::free_port();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let err = run(move || async move {
-        Client::connect(addr, ConnectionConfig::default())
-            .await
-            .map(|_| ())
-    })
-    .expect_err("nothing listens");
-    assert_eq!(err, LookupError::Refused { addr });
-    assert!(err.to_string().contains(&addr.to_string()));
-}
-
-#[test]
 fn dropping_the_last_handle_fails_pending_requests_with_closed() {
     let server = server(10);
     server.set_faults(FaultPlan::only(Fault::BlackHole));

@@ -281,3 +281,58 @@ fn killing_redis_mid_stream_fails_every_pending_handler_then_reconnects() {
     });
     drop(redis);
 }
+
+#[test]
+fn the_configured_database_is_selected_on_every_connect() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    common::redis::call(addr, &[b"SELECT", b"0"]).unwrap();
+    common::redis::pipeline(
+        addr,
+        &[
+            vec![b"SELECT".to_vec(), b"3".to_vec()],
+            vec![b"SET".to_vec(), b"where".to_vec(), b"db3".to_vec()],
+        ],
+    );
+    let url: ringwait::lookup::RedisUrl = format!("redis://{addr}/3").parse().unwrap();
+    let redis = Arc::new(Mutex::new(redis));
+    let r2 = redis.clone();
+    run(move || async move {
+        let config = ConnectionConfig {
+            db: url.db,
+            backoff_max: Duration::from_millis(20),
+            ..ConnectionConfig::default()
+        };
+        let c = Client::connect(url.addr, config.clone()).await.unwrap();
+        assert_eq!(c.get(b"where").await.unwrap(), Some(b"db3".to_vec()));
+        let bad = ConnectionConfig { db: 99, ..config };
+        let err = Client::connect(url.addr, bad)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, LookupError::ServerError { .. }), "{err}");
+        // After a restart the new connection selects db 3 again (the key is gone with the
+        // data, so write it through db 3 and read it back).
+        r2.lock().unwrap().restart();
+        common::redis::pipeline(
+            addr,
+            &[
+                vec![b"SELECT".to_vec(), b"3".to_vec()],
+                vec![b"SET".to_vec(), b"where".to_vec(), b"db3 again".to_vec()],
+            ],
+        );
+        let deadline = Instant::now() + common::redis::HANG;
+        loop {
+            c.connection().wait_up().await.unwrap();
+            match c.get(b"where").await {
+                Ok(v) => {
+                    assert_eq!(v, Some(b"db3 again".to_vec()));
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    drop(redis);
+}

@@ -13,7 +13,7 @@ use glommio::net::TcpStream;
 
 use super::pipeline::{Pipeline, PipelineOptions, Popped, NIL};
 use super::{LookupError, Rejected, ReplyHandler, ReplyView};
-use crate::resp::{Frame, Limits, Parser};
+use crate::resp::{CommandEncoder, Frame, Limits, Parser};
 use crate::server::sock::{read_some, write_all, Notify};
 
 /// Configuration of a [`Connection`].
@@ -45,6 +45,9 @@ pub struct ConnectionConfig {
     pub coalescing: bool,
     /// Limits on replies. Default [`Limits::default`].
     pub limits: Limits,
+    /// Database selected with `SELECT` after each connect (before any request); 0 (the
+    /// default) sends nothing.
+    pub db: u32,
 }
 
 impl Default for ConnectionConfig {
@@ -61,6 +64,7 @@ impl Default for ConnectionConfig {
             max_batch: 128,
             coalescing: false,
             limits: Limits::default(),
+            db: 0,
         }
     }
 }
@@ -431,7 +435,12 @@ async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
             inner.close.wait().await;
             Err(LookupError::Closed { addr: inner.addr })
         };
-        let error = match or(connect, closed).await {
+        let connected = async {
+            let mut stream = or(connect, closed).await?;
+            select_db(&inner, &mut stream).await?;
+            Ok(stream)
+        };
+        let error = match connected.await {
             Ok(stream) => {
                 failures = 0;
                 inner.bump(|s| s.connects += 1);
@@ -461,6 +470,63 @@ async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
         &LookupError::Closed { addr: inner.addr },
         &mut reader.command,
     );
+}
+
+/// Sends `SELECT db` on a fresh connection and waits for `+OK` (bounded by the response
+/// timeout), before the connection carries requests.
+async fn select_db<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), LookupError> {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let db = inner.config.db;
+    if db == 0 {
+        return Ok(());
+    }
+    let addr = inner.addr;
+    let handshake = async {
+        let mut cmd = Vec::with_capacity(32);
+        let mut enc = CommandEncoder::begin(&mut cmd, 2);
+        enc.arg(b"SELECT").arg_int(i64::from(db));
+        enc.finish();
+        stream
+            .write_all(&cmd)
+            .await
+            .map_err(|e| LookupError::from_io(addr, &e))?;
+        let mut buf = [0u8; 512];
+        let mut len = 0;
+        loop {
+            let n = stream
+                .read(&mut buf[len..])
+                .await
+                .map_err(|e| LookupError::from_io(addr, &e))?;
+            if n == 0 {
+                return Err(LookupError::Disconnected { addr });
+            }
+            len += n;
+            match Parser::new(inner.config.limits).parse(&buf[..len]) {
+                Ok(Some((Frame::Simple(_), _))) => return Ok(()),
+                Ok(Some((frame @ Frame::Error(_), _))) => {
+                    return ReplyView::from_frame(frame, addr).map(|_| ())
+                }
+                Ok(None) if len < buf.len() => continue,
+                Ok(_) => {
+                    return Err(LookupError::UnexpectedReply {
+                        addr,
+                        what: "SELECT must answer +OK",
+                    })
+                }
+                Err(error) => return Err(LookupError::Malformed { addr, error }),
+            }
+        }
+    };
+    match inner.config.response_timeout {
+        None => handshake.await,
+        Some(after) => {
+            or(handshake, async {
+                glommio::timer::sleep(after).await;
+                Err(LookupError::NoResponse { addr, after })
+            })
+            .await
+        }
+    }
 }
 
 fn connect_error(addr: SocketAddr, timeout: Duration, e: std::io::Error) -> LookupError {

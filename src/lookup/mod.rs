@@ -48,6 +48,7 @@ mod connection;
 mod error;
 mod pipeline;
 mod reply;
+mod url;
 
 pub use cache::{
     get_cached, CacheConfig, CacheFill, CacheLookup, CacheStats, CacheTicket, CachedValue,
@@ -58,3 +59,4 @@ pub use cluster::{key_slot, ClusterClient, ClusterConfig, ClusterHandler, Cluste
 pub use connection::{Connection, ConnectionConfig, ConnectionState, ConnectionStats};
 pub use error::LookupError;
 pub use reply::{Rejected, ReplyHandler, ReplyView};
+pub use url::{RedisUrl, UrlError};

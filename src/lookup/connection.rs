@@ -8,13 +8,10 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Duration;
 
-use futures_lite::future::or;
-use glommio::net::TcpStream;
-
-use super::pipeline::{Pipeline, PipelineOptions, Popped, NIL};
-use super::{LookupError, Rejected, ReplyHandler, ReplyView};
-use crate::resp::{CommandEncoder, Frame, Limits, Parser};
-use crate::server::sock::{read_some, write_all, Notify};
+use super::pipeline::{Pipeline, PipelineOptions};
+use super::{LookupError, Rejected, ReplyHandler};
+use crate::resp::Limits;
+use crate::server::sock::Notify;
 
 /// Configuration of a [`Connection`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,19 +105,19 @@ pub(crate) struct Redirect<'a> {
 
 pub(crate) type RedirectHook<H> = Rc<dyn Fn(Redirect<'_>, H)>;
 
-struct Inner<H> {
-    addr: SocketAddr,
-    config: ConnectionConfig,
-    pipe: RefCell<Pipeline<H>>,
-    state: Cell<ConnectionState>,
-    last_error: RefCell<Option<LookupError>>,
-    writer: Notify,
-    close: Notify,
-    state_waiters: RefCell<Vec<Waker>>,
-    stats: Cell<ConnectionStats>,
+pub(super) struct Inner<H> {
+    pub(super) addr: SocketAddr,
+    pub(super) config: ConnectionConfig,
+    pub(super) pipe: RefCell<Pipeline<H>>,
+    pub(super) state: Cell<ConnectionState>,
+    pub(super) last_error: RefCell<Option<LookupError>>,
+    pub(super) writer: Notify,
+    pub(super) close: Notify,
+    pub(super) state_waiters: RefCell<Vec<Waker>>,
+    pub(super) stats: Cell<ConnectionStats>,
     /// Read batches received (progress, for the response watchdog).
-    reads: Cell<u64>,
-    redirect: RefCell<Option<RedirectHook<H>>>,
+    pub(super) reads: Cell<u64>,
+    pub(super) redirect: RefCell<Option<RedirectHook<H>>>,
 }
 
 /// A pipelined connection (see the [module docs](super)). Cheap to clone: clones share the
@@ -195,7 +192,7 @@ impl<H: ReplyHandler> Connection<H> {
             reads: Cell::new(0),
             redirect: RefCell::new(None),
         });
-        glommio::spawn_local(drive(inner.clone())).detach();
+        glommio::spawn_local(super::driver::drive(inner.clone())).detach();
         Connection {
             handle: Rc::new(Handle { inner }),
         }
@@ -365,7 +362,7 @@ impl<H: ReplyHandler> Connection<H> {
 }
 
 impl<H> Inner<H> {
-    fn request_close(&self) {
+    pub(super) fn request_close(&self) {
         if self.state.get() != ConnectionState::Closed {
             self.state.set(ConnectionState::Closed);
             self.close.notify();
@@ -374,7 +371,7 @@ impl<H> Inner<H> {
         }
     }
 
-    fn rejection(&self) -> LookupError {
+    pub(super) fn rejection(&self) -> LookupError {
         match self.state.get() {
             ConnectionState::Closed => LookupError::Closed { addr: self.addr },
             _ => self
@@ -385,488 +382,27 @@ impl<H> Inner<H> {
         }
     }
 
-    fn set_state(&self, state: ConnectionState) {
+    pub(super) fn set_state(&self, state: ConnectionState) {
         if self.state.get() != ConnectionState::Closed {
             self.state.set(state);
         }
         self.wake_state_waiters();
     }
 
-    fn wake_state_waiters(&self) {
+    pub(super) fn wake_state_waiters(&self) {
         let waiters = std::mem::take(&mut *self.state_waiters.borrow_mut());
         for w in waiters {
             w.wake();
         }
     }
 
-    fn closed(&self) -> bool {
+    pub(super) fn closed(&self) -> bool {
         self.state.get() == ConnectionState::Closed
     }
 
-    fn bump(&self, f: impl FnOnce(&mut ConnectionStats)) {
+    pub(super) fn bump(&self, f: impl FnOnce(&mut ConnectionStats)) {
         let mut s = self.stats.get();
         f(&mut s);
         self.stats.set(s);
-    }
-}
-
-/// Delay before reconnection attempt number `failures` (0-based): doubling, capped.
-fn backoff(config: &ConnectionConfig, failures: u32) -> Duration {
-    let factor = 1u32 << failures.min(20);
-    config
-        .backoff_initial
-        .saturating_mul(factor)
-        .min(config.backoff_max)
-}
-
-/// The connection's task: connect, serve, fail pending, back off, repeat until closed.
-async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
-    let mut failures = 0u32;
-    let mut reader = Reader::new(&inner.config);
-    while !inner.closed() {
-        inner.set_state(ConnectionState::Connecting);
-        let connect = async {
-            let timeout = inner.config.connect_timeout.max(Duration::from_millis(1));
-            TcpStream::connect_timeout(inner.addr, timeout)
-                .await
-                .map_err(|e| connect_error(inner.addr, timeout, std::io::Error::from(e)))
-        };
-        let closed = async {
-            inner.close.wait().await;
-            Err(LookupError::Closed { addr: inner.addr })
-        };
-        let connected = async {
-            let mut stream = or(connect, closed).await?;
-            select_db(&inner, &mut stream).await?;
-            Ok(stream)
-        };
-        let error = match connected.await {
-            Ok(stream) => {
-                failures = 0;
-                inner.bump(|s| s.connects += 1);
-                inner.set_state(ConnectionState::Up);
-                session(&inner, stream, &mut reader).await
-            }
-            Err(e) => e,
-        };
-        let error = if inner.closed() {
-            LookupError::Closed { addr: inner.addr }
-        } else {
-            inner.bump(|s| s.failures += 1);
-            error
-        };
-        *inner.last_error.borrow_mut() = Some(error.clone());
-        inner.set_state(ConnectionState::Down);
-        fail_all(&inner, &error, &mut reader.command);
-        if inner.closed() {
-            break;
-        }
-        let delay = backoff(&inner.config, failures);
-        failures = failures.saturating_add(1);
-        or(glommio::timer::sleep(delay), inner.close.wait()).await;
-    }
-    fail_all(
-        &inner,
-        &LookupError::Closed { addr: inner.addr },
-        &mut reader.command,
-    );
-}
-
-/// Sends `SELECT db` on a fresh connection and waits for `+OK` (bounded by the response
-/// timeout), before the connection carries requests.
-async fn select_db<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), LookupError> {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    let db = inner.config.db;
-    if db == 0 {
-        return Ok(());
-    }
-    let addr = inner.addr;
-    let handshake = async {
-        let mut cmd = Vec::with_capacity(32);
-        let mut enc = CommandEncoder::begin(&mut cmd, 2);
-        enc.arg(b"SELECT").arg_int(i64::from(db));
-        enc.finish();
-        stream
-            .write_all(&cmd)
-            .await
-            .map_err(|e| LookupError::from_io(addr, &e))?;
-        let mut buf = [0u8; 512];
-        let mut len = 0;
-        loop {
-            let n = stream
-                .read(&mut buf[len..])
-                .await
-                .map_err(|e| LookupError::from_io(addr, &e))?;
-            if n == 0 {
-                return Err(LookupError::Disconnected { addr });
-            }
-            len += n;
-            match Parser::new(inner.config.limits).parse(&buf[..len]) {
-                Ok(Some((Frame::Simple(_), _))) => return Ok(()),
-                Ok(Some((frame @ Frame::Error(_), _))) => {
-                    return ReplyView::from_frame(frame, addr).map(|_| ())
-                }
-                Ok(None) if len < buf.len() => continue,
-                Ok(_) => {
-                    return Err(LookupError::UnexpectedReply {
-                        addr,
-                        what: "SELECT must answer +OK",
-                    })
-                }
-                Err(error) => return Err(LookupError::Malformed { addr, error }),
-            }
-        }
-    };
-    match inner.config.response_timeout {
-        None => handshake.await,
-        Some(after) => {
-            or(handshake, async {
-                glommio::timer::sleep(after).await;
-                Err(LookupError::NoResponse { addr, after })
-            })
-            .await
-        }
-    }
-}
-
-fn connect_error(addr: SocketAddr, timeout: Duration, e: std::io::Error) -> LookupError {
-    match e.kind() {
-        std::io::ErrorKind::TimedOut => LookupError::TimedOut {
-            addr,
-            after: timeout,
-        },
-        // io_uring reports a cancelled (timed out) connect as ECANCELED.
-        _ if e.raw_os_error() == Some(libc::ECANCELED) => LookupError::TimedOut {
-            addr,
-            after: timeout,
-        },
-        _ => LookupError::from_io(addr, &e),
-    }
-}
-
-/// Fails every pending request with `error`.
-fn fail_all<H: ReplyHandler>(inner: &Inner<H>, error: &LookupError, scratch: &mut Vec<u8>) {
-    inner.pipe.borrow_mut().discard_output();
-    loop {
-        let popped = inner.pipe.borrow_mut().pop(scratch);
-        match popped {
-            None => break,
-            Some(Popped::Handler { handler, followers }) => {
-                deliver(inner, handler, followers, Err(error.clone()))
-            }
-            Some(Popped::Batch { .. } | Popped::Discard) => {}
-        }
-    }
-}
-
-/// Calls the handler and its coalesced followers, holding no borrow.
-fn deliver<H: ReplyHandler>(
-    inner: &Inner<H>,
-    handler: H,
-    mut followers: u32,
-    reply: Result<ReplyView<'_>, LookupError>,
-) {
-    while followers != NIL {
-        let next = inner.pipe.borrow_mut().take_follower(followers);
-        let Some((follower, next)) = next else { break };
-        follower.on_reply(reply.clone());
-        followers = next;
-    }
-    handler.on_reply(reply);
-}
-
-/// One connected period: the writer, the reader and the watchdog race until one fails.
-async fn session<H: ReplyHandler>(
-    inner: &Inner<H>,
-    stream: TcpStream,
-    reader: &mut Reader,
-) -> LookupError {
-    let _ = stream.set_nodelay(true);
-    let stream = RefCell::new(stream);
-    let write = write_loop(inner, &stream);
-    let read = reader.run(inner, &stream);
-    let watch = watchdog(inner);
-    let closed = async {
-        inner.close.wait().await;
-        LookupError::Closed { addr: inner.addr }
-    };
-    or(or(read, write), or(watch, closed)).await
-}
-
-/// Writes whatever requests accumulated, one `write` per batch.
-async fn write_loop<H>(inner: &Inner<H>, stream: &RefCell<TcpStream>) -> LookupError {
-    let mut buf = Vec::with_capacity(inner.config.read_buffer);
-    loop {
-        {
-            let mut pipe = inner.pipe.borrow_mut();
-            if pipe.has_output() {
-                pipe.take_output(&mut buf);
-            }
-        }
-        if buf.is_empty() {
-            inner.writer.wait().await;
-            continue;
-        }
-        if let Err(e) = write_all(stream, &buf).await {
-            return LookupError::from_io(inner.addr, &e);
-        }
-        inner.bump(|s| s.writes += 1);
-        buf.clear();
-    }
-}
-
-/// Drops the connection when requests wait and nothing arrives for the response timeout.
-async fn watchdog<H>(inner: &Inner<H>) -> LookupError {
-    let Some(timeout) = inner.config.response_timeout else {
-        return std::future::pending().await;
-    };
-    const TICKS: u32 = 4;
-    let tick = (timeout / TICKS).max(Duration::from_millis(1));
-    let mut strikes = 0;
-    let mut seen = inner.reads.get();
-    loop {
-        glommio::timer::sleep(tick).await;
-        let reads = inner.reads.get();
-        if reads == seen && !inner.pipe.borrow().is_idle() {
-            strikes += 1;
-            // The first strike may come right after a submission: TICKS more make sure a
-            // full timeout passed without progress.
-            if strikes > TICKS {
-                return LookupError::NoResponse {
-                    addr: inner.addr,
-                    after: timeout,
-                };
-            }
-        } else {
-            strikes = 0;
-        }
-        seen = reads;
-    }
-}
-
-/// The read side: a buffer kept across reconnections.
-struct Reader {
-    parser: Parser,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    max_len: usize,
-    command: Vec<u8>,
-}
-
-impl Reader {
-    fn new(config: &ConnectionConfig) -> Self {
-        Reader {
-            parser: Parser::new(config.limits),
-            buf: vec![0; config.read_buffer.max(4096)],
-            start: 0,
-            end: 0,
-            max_len: config.limits.max_bulk_len.saturating_add(64 << 10),
-            command: Vec::new(),
-        }
-    }
-
-    /// Makes room to read; `false` if one reply would not fit in the largest buffer.
-    fn make_room(&mut self) -> bool {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        if self.end < self.buf.len() {
-            return true;
-        }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            return true;
-        }
-        if self.buf.len() >= self.max_len {
-            return false;
-        }
-        let len = (self.buf.len() * 2).min(self.max_len);
-        self.buf.resize(len, 0);
-        true
-    }
-
-    async fn run<H: ReplyHandler>(
-        &mut self,
-        inner: &Inner<H>,
-        stream: &RefCell<TcpStream>,
-    ) -> LookupError {
-        self.start = 0;
-        self.end = 0;
-        loop {
-            if !self.make_room() {
-                return LookupError::UnexpectedReply {
-                    addr: inner.addr,
-                    what: "a reply larger than the read buffer limit",
-                };
-            }
-            match read_some(stream, &mut self.buf[self.end..]).await {
-                Ok(0) => return LookupError::Disconnected { addr: inner.addr },
-                Ok(n) => self.end += n,
-                Err(e) => return LookupError::from_io(inner.addr, &e),
-            }
-            inner.reads.set(inner.reads.get() + 1);
-            if let Err(e) = self.dispatch_all(inner) {
-                return e;
-            }
-        }
-    }
-
-    /// Hands every complete reply in the buffer to its handler.
-    fn dispatch_all<H: ReplyHandler>(&mut self, inner: &Inner<H>) -> Result<(), LookupError> {
-        let mut replies = 0;
-        let result = loop {
-            match self.parser.parse(&self.buf[self.start..self.end]) {
-                Ok(Some((frame, used))) => {
-                    self.start += used;
-                    replies += 1;
-                    if let Err(e) = dispatch(inner, frame, &mut self.command) {
-                        break Err(e);
-                    }
-                }
-                Ok(None) => break Ok(()),
-                Err(error) => {
-                    break Err(LookupError::Malformed {
-                        addr: inner.addr,
-                        error,
-                    })
-                }
-            }
-        };
-        inner.bump(|s| s.replies += replies);
-        result
-    }
-}
-
-/// Matches one reply to the oldest pending request.
-fn dispatch<H: ReplyHandler>(
-    inner: &Inner<H>,
-    frame: Frame<'_>,
-    command: &mut Vec<u8>,
-) -> Result<(), LookupError> {
-    let addr = inner.addr;
-    let popped = inner.pipe.borrow_mut().pop(command);
-    match popped {
-        None => Err(LookupError::Unsolicited { addr }),
-        Some(Popped::Discard) => Ok(()),
-        Some(Popped::Handler { handler, followers }) => {
-            if let Frame::Error(message) = frame {
-                if let Some(redirect) = parse_redirect(message, addr, command) {
-                    let hook = inner.redirect.borrow().clone();
-                    if let Some(hook) = hook.filter(|_| followers == NIL) {
-                        hook(redirect, handler);
-                        return Ok(());
-                    }
-                }
-            }
-            deliver(
-                inner,
-                handler,
-                followers,
-                ReplyView::from_frame(frame, addr),
-            );
-            Ok(())
-        }
-        Some(Popped::Batch { count, as_get }) => {
-            dispatch_batch(inner, frame, count, as_get, command)
-        }
-    }
-}
-
-/// Splits a batched `MGET` reply among its parts.
-fn dispatch_batch<H: ReplyHandler>(
-    inner: &Inner<H>,
-    frame: Frame<'_>,
-    count: u32,
-    as_get: bool,
-    command: &mut Vec<u8>,
-) -> Result<(), LookupError> {
-    let addr = inner.addr;
-    let mut next_part = || match inner.pipe.borrow_mut().pop(command) {
-        Some(Popped::Handler { handler, followers }) => Some((handler, followers)),
-        _ => None,
-    };
-    let broken = LookupError::Unsolicited { addr };
-    match frame {
-        _ if as_get => {
-            let (h, f) = next_part().ok_or(broken)?;
-            deliver(inner, h, f, ReplyView::from_frame(frame, addr));
-        }
-        Frame::Array(items) if items.len() == count as usize => {
-            for item in items.iter() {
-                let (h, f) = next_part().ok_or_else(|| broken.clone())?;
-                deliver(inner, h, f, ReplyView::from_frame(item, addr));
-            }
-        }
-        other => {
-            let error = match other {
-                Frame::Error(_) => ReplyView::from_frame(other, addr).err(),
-                _ => None,
-            }
-            .unwrap_or(LookupError::UnexpectedReply {
-                addr,
-                what: "an MGET answered by something else than an array of its length",
-            });
-            for _ in 0..count {
-                let (h, f) = next_part().ok_or_else(|| broken.clone())?;
-                deliver(inner, h, f, Err(error.clone()));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Parses `MOVED <slot> <host>:<port>` or `ASK <slot> <host>:<port>`; an empty host means
-/// the host of the connection that answered.
-fn parse_redirect<'a>(message: &[u8], from: SocketAddr, command: &'a [u8]) -> Option<Redirect<'a>> {
-    let text = std::str::from_utf8(message).ok()?;
-    let mut parts = text.split(' ');
-    let ask = match parts.next()? {
-        "MOVED" => false,
-        "ASK" => true,
-        _ => return None,
-    };
-    let slot: u16 = parts.next()?.parse().ok()?;
-    let target = parts.next()?;
-    let addr = match target.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => {
-            let port = target.strip_prefix(':')?.parse().ok()?;
-            SocketAddr::new(from.ip(), port)
-        }
-    };
-    (!command.is_empty() && slot < 16384).then_some(Redirect {
-        ask,
-        slot,
-        addr,
-        command,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redirects_parse() {
-        let from: SocketAddr = "10.0.0.1:7000".parse().unwrap();
-        let r = parse_redirect(b"MOVED 3999 127.0.0.1:6381", from, b"x").unwrap();
-        assert!(!r.ask && r.slot == 3999 && r.addr == "127.0.0.1:6381".parse().unwrap());
-        let r = parse_redirect(b"ASK 1 :7001", from, b"x").unwrap();
-        assert!(r.ask && r.addr == "10.0.0.1:7001".parse().unwrap());
-        assert!(parse_redirect(b"MOVED 99999 1.2.3.4:5", from, b"x").is_none());
-        assert!(parse_redirect(b"ERR MOVED", from, b"x").is_none());
-        assert!(parse_redirect(b"MOVED 1 1.2.3.4:5", from, b"").is_none());
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let c = ConnectionConfig::default();
-        assert_eq!(backoff(&c, 0), Duration::from_millis(5));
-        assert_eq!(backoff(&c, 3), Duration::from_millis(40));
-        assert_eq!(backoff(&c, 30), Duration::from_secs(1));
     }
 }

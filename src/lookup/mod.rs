@@ -45,8 +45,10 @@ mod cache;
 mod client;
 mod cluster;
 mod connection;
+mod driver;
 mod error;
 mod pipeline;
+mod reader;
 mod reply;
 mod url;
 

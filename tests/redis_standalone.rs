@@ -219,6 +219,8 @@ fn killing_redis_mid_stream_fails_every_pending_handler_then_reconnects() {
         let out = records(n);
         for wave in 0..WAVES {
             if wave == WAVES / 2 {
+                // Some answers first (so both outcomes occur), then kill with more in flight.
+                until("first answers", || resolved(&out) >= PER_WAVE).await;
                 r2.lock().unwrap().kill();
             }
             for j in 0..PER_WAVE {

@@ -72,6 +72,27 @@ fn requests_are_routed_to_the_master_of_their_slot() {
             .unwrap();
         let indexes: Vec<u64> = (0..3500).collect();
         check_gets(&client, &indexes, 3000).await;
+        // Hashes route by their own key too.
+        let out = Rc::new(RefCell::new(vec![(0u32, None); 300]));
+        for (id, i) in (0..300u64).map(|i| i * 10).enumerate() {
+            let key = format!("h:{i}");
+            client
+                .hget(
+                    key.as_bytes(),
+                    b"id",
+                    Record {
+                        id,
+                        out: out.clone(),
+                    },
+                )
+                .map_err(|r| r.error)
+                .unwrap();
+        }
+        until("HGET replies", || out.borrow().iter().all(|(c, _)| *c > 0)).await;
+        for (id, (_, outcome)) in out.borrow().iter().enumerate() {
+            let got = outcome.clone().unwrap().unwrap();
+            assert_eq!(got, Some((id * 10).to_string().into_bytes()));
+        }
         let routed: BTreeSet<_> = (0..3000u64)
             .map(|i| {
                 client

@@ -13,7 +13,10 @@ use std::rc::{Rc, Weak};
 
 use super::connection::Redirect;
 use super::pipeline::PipelineOptions;
-use super::{Client, Connection, ConnectionConfig, LookupError, Rejected, ReplyHandler, ReplyView};
+use super::{
+    Client, Connection, ConnectionConfig, ConnectionState, LookupError, Rejected, ReplyHandler,
+    ReplyView,
+};
 use crate::resp::OwnedFrame;
 
 /// Number of hash slots of a Redis Cluster.
@@ -248,6 +251,10 @@ impl<H: ReplyHandler> ClusterClient<H> {
                 handler,
             });
         };
+        if conn.state() == ConnectionState::Down {
+            // The node may have failed over: look for the new master of its slots.
+            schedule_refresh(&self.shared);
+        }
         let handler = ClusterHandler {
             inner: handler,
             redirects: 0,

@@ -40,6 +40,51 @@
 //!   then retry) followed transparently.
 //! * **Async API** ([`Client`]): `async fn get(&self, key) -> Result<Option<Vec<u8>>, _>` and
 //!   friends, for tests and casual use (allocates per request).
+//!
+//! # Using it from an operator
+//!
+//! Implement [`ReplyHandler`] for a small `Copy`-sized value that names the record's result
+//! slot; submit one request per record; treat a [`Rejected`] (connection down, too many
+//! pending) like an error reply, e.g. with [`Rejected::fail`]. Deadlines and retries stay
+//! with the caller: a late reply still reaches its handler exactly once.
+//!
+//! ```
+//! use std::{cell::RefCell, rc::Rc};
+//! use ringwait::lookup::{Connection, ConnectionConfig, LookupError, ReplyHandler, ReplyView};
+//! use ringwait::server::{value_of, BuiltinServer, ServerConfig, DEFAULT_IO_MEMORY};
+//!
+//! /// Completes slot `seq` of a (here: toy) completion table.
+//! struct Complete { seq: usize, table: Rc<RefCell<Vec<Option<Result<Option<Vec<u8>>, LookupError>>>>> }
+//!
+//! impl ReplyHandler for Complete {
+//!     fn on_reply(self, reply: Result<ReplyView<'_>, LookupError>) {
+//!         let outcome = reply.map(|v| v.value().map(<[u8]>::to_vec)); // copy out what is kept
+//!         self.table.borrow_mut()[self.seq] = Some(outcome);
+//!     }
+//! }
+//!
+//! let server = BuiltinServer::start(ServerConfig { keys: 100, ..ServerConfig::default() })?;
+//! let addr = server.addr();
+//! let ex = glommio::LocalExecutorBuilder::default().io_memory(DEFAULT_IO_MEMORY).make()?;
+//! let table = ex.run(async move {
+//!     let conn = Connection::connect(addr, ConnectionConfig::default()).await.unwrap();
+//!     let table = Rc::new(RefCell::new(vec![None; 3]));
+//!     for (seq, key) in [&b"k:1"[..], b"k:2", b"missing"].into_iter().enumerate() {
+//!         let handler = Complete { seq, table: table.clone() };
+//!         if let Err(rejected) = conn.get(key, handler) {
+//!             rejected.fail(); // one error path for the operator
+//!         }
+//!     }
+//!     while conn.pending() > 0 {
+//!         glommio::executor().yield_task_queue_now().await;
+//!     }
+//!     let t = table.borrow().clone();
+//!     t
+//! });
+//! assert_eq!(table[0], Some(Ok(Some(value_of(1).to_vec()))));
+//! assert_eq!(table[2], Some(Ok(None)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod cache;
 mod client;

@@ -283,7 +283,7 @@ impl<H: ReplyHandler> Connection<H> {
         self.inner().stats.get()
     }
 
-    /// `GET key`: the handler receives [`ReplyView::Bulk`] or [`ReplyView::Nil`].
+    /// `GET key`: the handler receives [`ReplyView::Bulk`](super::ReplyView::Bulk) or [`ReplyView::Nil`](super::ReplyView::Nil).
     ///
     /// With [`ConnectionConfig::mget_batching`], GETs of one tick travel as one `MGET`
     /// (a key holding a non-string then reads as nil instead of a `WRONGTYPE` error); with
@@ -292,17 +292,17 @@ impl<H: ReplyHandler> Connection<H> {
         self.submit(handler, |p, h| p.push_get(key, h))
     }
 
-    /// `MGET key...`: the handler receives [`ReplyView::Array`] of bulk strings and nils.
+    /// `MGET key...`: the handler receives [`ReplyView::Array`](super::ReplyView::Array) of bulk strings and nils.
     pub fn mget(&self, keys: &[&[u8]], handler: H) -> Result<(), Rejected<H>> {
         self.submit(handler, |p, h| p.push_mget(keys, h))
     }
 
-    /// `HGET key field`: [`ReplyView::Bulk`] or [`ReplyView::Nil`].
+    /// `HGET key field`: [`ReplyView::Bulk`](super::ReplyView::Bulk) or [`ReplyView::Nil`](super::ReplyView::Nil).
     pub fn hget(&self, key: &[u8], field: &[u8], handler: H) -> Result<(), Rejected<H>> {
         self.submit(handler, |p, h| p.push_command(&[b"HGET", key, field], h))
     }
 
-    /// `HGETALL key`: [`ReplyView::Array`] of alternating fields and values (empty if the
+    /// `HGETALL key`: [`ReplyView::Array`](super::ReplyView::Array) of alternating fields and values (empty if the
     /// key does not exist).
     pub fn hgetall(&self, key: &[u8], handler: H) -> Result<(), Rejected<H>> {
         self.submit(handler, |p, h| p.push_command(&[b"HGETALL", key], h))

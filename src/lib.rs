@@ -10,10 +10,13 @@
 pub mod config;
 pub mod element;
 pub mod function;
+pub mod lookup;
 pub mod metrics;
 pub mod operator;
 pub mod queue;
+pub mod resp;
 pub mod runtime;
+pub mod server;
 pub mod sink;
 pub mod snapshot;
 pub mod source;

@@ -1,0 +1,233 @@
+//! The task behind a [`Connection`](super::Connection): connect (and `SELECT`), run the
+//! writer, the reader and the response watchdog until one fails, fail what is pending, back
+//! off, reconnect; until the connection is closed.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future::or;
+use glommio::net::TcpStream;
+
+use super::connection::{ConnectionConfig, ConnectionState, Inner};
+use super::reader::{fail_all, Reader};
+use super::{LookupError, ReplyHandler, ReplyView};
+use crate::resp::{CommandEncoder, Frame, Parser};
+use crate::server::sock::write_all;
+
+/// Delay before reconnection attempt number `failures` (0-based): doubling, capped.
+fn backoff(config: &ConnectionConfig, failures: u32) -> Duration {
+    let factor = 1u32 << failures.min(20);
+    config
+        .backoff_initial
+        .saturating_mul(factor)
+        .min(config.backoff_max)
+}
+
+/// The connection's task: connect, serve, fail pending, back off, repeat until closed.
+pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
+    let mut failures = 0u32;
+    let mut reader = Reader::new(&inner.config);
+    while !inner.closed() {
+        inner.set_state(ConnectionState::Connecting);
+        let connect = async {
+            let timeout = inner.config.connect_timeout.max(Duration::from_millis(1));
+            TcpStream::connect_timeout(inner.addr, timeout)
+                .await
+                .map_err(|e| connect_error(inner.addr, timeout, std::io::Error::from(e)))
+        };
+        let closed = async {
+            inner.close.wait().await;
+            Err(LookupError::Closed { addr: inner.addr })
+        };
+        let connected = async {
+            let mut stream = or(connect, closed).await?;
+            select_db(&inner, &mut stream).await?;
+            Ok(stream)
+        };
+        let error = match connected.await {
+            Ok(stream) => {
+                failures = 0;
+                inner.bump(|s| s.connects += 1);
+                inner.set_state(ConnectionState::Up);
+                session(&inner, stream, &mut reader).await
+            }
+            Err(e) => e,
+        };
+        let error = if inner.closed() {
+            LookupError::Closed { addr: inner.addr }
+        } else {
+            inner.bump(|s| s.failures += 1);
+            error
+        };
+        *inner.last_error.borrow_mut() = Some(error.clone());
+        inner.set_state(ConnectionState::Down);
+        fail_all(&inner, &error, &mut reader.command);
+        if inner.closed() {
+            break;
+        }
+        let delay = backoff(&inner.config, failures);
+        failures = failures.saturating_add(1);
+        or(glommio::timer::sleep(delay), inner.close.wait()).await;
+    }
+    fail_all(
+        &inner,
+        &LookupError::Closed { addr: inner.addr },
+        &mut reader.command,
+    );
+}
+
+/// Sends `SELECT db` on a fresh connection and waits for `+OK` (bounded by the response
+/// timeout), before the connection carries requests.
+async fn select_db<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), LookupError> {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let db = inner.config.db;
+    if db == 0 {
+        return Ok(());
+    }
+    let addr = inner.addr;
+    let handshake = async {
+        let mut cmd = Vec::with_capacity(32);
+        let mut enc = CommandEncoder::begin(&mut cmd, 2);
+        enc.arg(b"SELECT").arg_int(i64::from(db));
+        enc.finish();
+        stream
+            .write_all(&cmd)
+            .await
+            .map_err(|e| LookupError::from_io(addr, &e))?;
+        let mut buf = [0u8; 512];
+        let mut len = 0;
+        loop {
+            let n = stream
+                .read(&mut buf[len..])
+                .await
+                .map_err(|e| LookupError::from_io(addr, &e))?;
+            if n == 0 {
+                return Err(LookupError::Disconnected { addr });
+            }
+            len += n;
+            match Parser::new(inner.config.limits).parse(&buf[..len]) {
+                Ok(Some((Frame::Simple(_), _))) => return Ok(()),
+                Ok(Some((frame @ Frame::Error(_), _))) => {
+                    return ReplyView::from_frame(frame, addr).map(|_| ())
+                }
+                Ok(None) if len < buf.len() => continue,
+                Ok(_) => {
+                    return Err(LookupError::UnexpectedReply {
+                        addr,
+                        what: "SELECT must answer +OK",
+                    })
+                }
+                Err(error) => return Err(LookupError::Malformed { addr, error }),
+            }
+        }
+    };
+    match inner.config.response_timeout {
+        None => handshake.await,
+        Some(after) => {
+            or(handshake, async {
+                glommio::timer::sleep(after).await;
+                Err(LookupError::NoResponse { addr, after })
+            })
+            .await
+        }
+    }
+}
+
+fn connect_error(addr: SocketAddr, timeout: Duration, e: std::io::Error) -> LookupError {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut => LookupError::TimedOut {
+            addr,
+            after: timeout,
+        },
+        // io_uring reports a cancelled (timed out) connect as ECANCELED.
+        _ if e.raw_os_error() == Some(libc::ECANCELED) => LookupError::TimedOut {
+            addr,
+            after: timeout,
+        },
+        _ => LookupError::from_io(addr, &e),
+    }
+}
+
+/// One connected period: the writer, the reader and the watchdog race until one fails.
+async fn session<H: ReplyHandler>(
+    inner: &Inner<H>,
+    stream: TcpStream,
+    reader: &mut Reader,
+) -> LookupError {
+    let _ = stream.set_nodelay(true);
+    let stream = RefCell::new(stream);
+    let write = write_loop(inner, &stream);
+    let read = reader.run(inner, &stream);
+    let watch = watchdog(inner);
+    let closed = async {
+        inner.close.wait().await;
+        LookupError::Closed { addr: inner.addr }
+    };
+    or(or(read, write), or(watch, closed)).await
+}
+
+/// Writes whatever requests accumulated, one `write` per batch.
+async fn write_loop<H>(inner: &Inner<H>, stream: &RefCell<TcpStream>) -> LookupError {
+    let mut buf = Vec::with_capacity(inner.config.read_buffer);
+    loop {
+        {
+            let mut pipe = inner.pipe.borrow_mut();
+            if pipe.has_output() {
+                pipe.take_output(&mut buf);
+            }
+        }
+        if buf.is_empty() {
+            inner.writer.wait().await;
+            continue;
+        }
+        if let Err(e) = write_all(stream, &buf).await {
+            return LookupError::from_io(inner.addr, &e);
+        }
+        inner.bump(|s| s.writes += 1);
+        buf.clear();
+    }
+}
+
+/// Drops the connection when requests wait and nothing arrives for the response timeout.
+async fn watchdog<H>(inner: &Inner<H>) -> LookupError {
+    let Some(timeout) = inner.config.response_timeout else {
+        return std::future::pending().await;
+    };
+    const TICKS: u32 = 4;
+    let tick = (timeout / TICKS).max(Duration::from_millis(1));
+    let mut strikes = 0;
+    let mut seen = inner.reads.get();
+    loop {
+        glommio::timer::sleep(tick).await;
+        let reads = inner.reads.get();
+        if reads == seen && !inner.pipe.borrow().is_idle() {
+            strikes += 1;
+            // The first strike may come right after a submission: TICKS more make sure a
+            // full timeout passed without progress.
+            if strikes > TICKS {
+                return LookupError::NoResponse {
+                    addr: inner.addr,
+                    after: timeout,
+                };
+            }
+        } else {
+            strikes = 0;
+        }
+        seen = reads;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let c = ConnectionConfig::default();
+        assert_eq!(backoff(&c, 0), Duration::from_millis(5));
+        assert_eq!(backoff(&c, 3), Duration::from_millis(40));
+        assert_eq!(backoff(&c, 30), Duration::from_secs(1));
+    }
+}

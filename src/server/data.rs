@@ -1,0 +1,84 @@
+//! The generated data set of the built-in server.
+//!
+//! * Strings: keys `k:0 .. k:{N-1}`; the value of `k:i` is [`value_of`]`(i)`, 64 bytes:
+//!   `"v:"`, `i` in decimal zero-padded to 20 digits, `":"`, then 41 filler bytes where
+//!   filler byte `j` (0-based) is `b'a' + ((i + j) % 26)`.
+//!   Example: `k:7` → `v:00000000000000000007:hijklmnopqrstuvwxyzabcdefghijklmnopqrstuv`.
+//! * Hashes: keys `h:0 .. h:{N-1}`; `h:i` has two fields: `id` = `i` in decimal (no padding)
+//!   and `v` = [`value_of`]`(i)`. `HGETALL` answers them in that order.
+//!
+//! Nothing is stored: values are computed from the index when asked for. `SET` stores
+//! overrides in a small map that `GET`/`MGET`/`EXISTS`/`DBSIZE` consult first.
+
+/// Length of every generated value.
+pub const VALUE_LEN: usize = 64;
+
+/// The generated value of key `k:i`: 64 bytes, `"v:"`, `i` in decimal zero-padded to 20
+/// digits, `":"`, then 41 filler bytes where filler byte `j` (0-based) is
+/// `b'a' + ((i + j) % 26)`. The field `v` of hash `h:i` holds the same value.
+///
+/// ```
+/// let v = ringwait::server::value_of(7);
+/// assert_eq!(&v[..], &b"v:00000000000000000007:hijklmnopqrstuvwxyzabcdefghijklmnopqrstuv"[..]);
+/// ```
+pub fn value_of(i: u64) -> [u8; VALUE_LEN] {
+    let mut v = [0u8; VALUE_LEN];
+    v[0] = b'v';
+    v[1] = b':';
+    let mut n = i;
+    for slot in v[2..22].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    v[22] = b':';
+    for (j, slot) in v[23..].iter_mut().enumerate() {
+        *slot = b'a' + ((i % 26 + j as u64) % 26) as u8;
+    }
+    v
+}
+
+/// The index `i` of a key `<prefix>i` (e.g. `k:12` with prefix `k:`), if the suffix is a
+/// canonical decimal number (no sign, no leading zero) below `count`.
+pub fn index_of(key: &[u8], prefix: &[u8], count: u64) -> Option<u64> {
+    let digits = key.strip_prefix(prefix)?;
+    if digits.is_empty() || digits.len() > 20 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    (n < count).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_formula_matches_its_documentation() {
+        for i in [0u64, 7, 25, 26, 999_999, u64::MAX] {
+            let mut expected = format!("v:{i:020}:").into_bytes();
+            expected.extend((0..41u64).map(|j| b'a' + ((i % 26 + j) % 26) as u8));
+            assert_eq!(&value_of(i)[..], &expected[..]);
+        }
+    }
+
+    #[test]
+    fn only_canonical_keys_in_range_have_an_index() {
+        assert_eq!(index_of(b"k:0", b"k:", 10), Some(0));
+        assert_eq!(index_of(b"k:9", b"k:", 10), Some(9));
+        assert_eq!(index_of(b"k:10", b"k:", 10), None);
+        assert_eq!(index_of(b"k:01", b"k:", 10), None);
+        assert_eq!(index_of(b"k:", b"k:", 10), None);
+        assert_eq!(index_of(b"k:-1", b"k:", 10), None);
+        assert_eq!(index_of(b"h:1", b"k:", 10), None);
+        assert_eq!(
+            index_of(b"k:99999999999999999999999", b"k:", u64::MAX),
+            None
+        );
+    }
+}

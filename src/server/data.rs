@@ -1,9 +1,10 @@
 //! The generated data set of the built-in server.
 //!
 //! * Strings: keys `k:0 .. k:{N-1}`; the value of `k:i` is [`value_of`]`(i)`, 64 bytes:
-//!   `"v:"`, `i` in decimal zero-padded to 20 digits, `":"`, then 41 filler bytes where
-//!   filler byte `j` (0-based) is `b'a' + ((i + j) % 26)`.
-//!   Example: `k:7` → `v:00000000000000000007:hijklmnopqrstuvwxyzabcdefghijklmnopqrstuv`.
+//!   `"v:"`, `i` in decimal zero-padded to 20 digits, then `.` up to 64 bytes — the same
+//!   formula the benchmark loader (`perf/baseline load`, `ringwait bench --workload redis`)
+//!   writes into a real Redis, so one check verifies both.
+//!   Example: `k:7` → `v:00000000000000000007` followed by 42 dots.
 //! * Hashes: keys `h:0 .. h:{N-1}`; `h:i` has two fields: `id` = `i` in decimal (no padding)
 //!   and `v` = [`value_of`]`(i)`. `HGETALL` answers them in that order.
 //!
@@ -14,12 +15,13 @@
 pub const VALUE_LEN: usize = 64;
 
 /// The generated value of key `k:i`: 64 bytes, `"v:"`, `i` in decimal zero-padded to 20
-/// digits, `":"`, then 41 filler bytes where filler byte `j` (0-based) is
-/// `b'a' + ((i + j) % 26)`. The field `v` of hash `h:i` holds the same value.
+/// digits, then `.` padding. The field `v` of hash `h:i` holds the same value.
 ///
 /// ```
 /// let v = ringwait::server::value_of(7);
-/// assert_eq!(&v[..], &b"v:00000000000000000007:hijklmnopqrstuvwxyzabcdefghijklmnopqrstuv"[..]);
+/// assert_eq!(&v[..22], &b"v:00000000000000000007"[..]);
+/// assert!(v[22..].iter().all(|&b| b == b'.'));
+/// assert_eq!(v.len(), 64);
 /// ```
 pub fn value_of(i: u64) -> [u8; VALUE_LEN] {
     let mut v = [0u8; VALUE_LEN];
@@ -30,9 +32,8 @@ pub fn value_of(i: u64) -> [u8; VALUE_LEN] {
         *slot = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    v[22] = b':';
-    for (j, slot) in v[23..].iter_mut().enumerate() {
-        *slot = b'a' + ((i % 26 + j as u64) % 26) as u8;
+    for slot in v[22..].iter_mut() {
+        *slot = b'.';
     }
     v
 }

@@ -123,3 +123,72 @@ impl OperatorMetrics {
         self.latency.value_at_percentile(q) as f64 / 1_000.0
     }
 }
+
+/// Records latencies into a histogram, merging runs of equal values into one `record_n`:
+/// records taken and emitted in the same batches share their latency, so the histogram costs
+/// about one comparison per record instead of a full bucket update. Exact, not sampled.
+#[derive(Clone, Debug)]
+pub(crate) struct LatencyRecorder {
+    hist: Histogram<u64>,
+    value: u64,
+    run: u64,
+}
+
+impl LatencyRecorder {
+    pub(crate) fn new() -> Self {
+        LatencyRecorder {
+            hist: latency_histogram(),
+            value: 0,
+            run: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&mut self, nanos: u64) {
+        if nanos == self.value {
+            self.run += 1;
+        } else {
+            self.flush();
+            self.value = nanos;
+            self.run = 1;
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.run > 0 {
+            self.hist.saturating_record_n(self.value.max(1), self.run);
+            self.run = 0;
+        }
+    }
+
+    /// The histogram including the current run.
+    pub(crate) fn histogram(&self) -> Histogram<u64> {
+        let mut h = self.hist.clone();
+        if self.run > 0 {
+            h.saturating_record_n(self.value.max(1), self.run);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_equal_latencies_count_every_record() {
+        let mut r = LatencyRecorder::new();
+        for v in [5, 5, 5, 9, 9, 5, 0] {
+            r.record(v);
+        }
+        let h = r.histogram();
+        assert_eq!(h.len(), 7);
+        assert_eq!(h.count_at(5), 4);
+        assert_eq!(h.count_at(9), 2);
+        assert_eq!(
+            h.count_at(1),
+            1,
+            "zero is clamped to the lowest trackable value"
+        );
+    }
+}

@@ -2,34 +2,44 @@
 //!
 //! The board is shared (through `Rc`, one core only) between the operator and every
 //! [`ResultFuture`](crate::ResultFuture) it handed out. Each slot of the operator has one cell
-//! here, stamped with a generation that changes whenever the slot starts a new attempt or is
-//! reused. A completion lands only if its generation matches and the cell is armed; anything
-//! else is counted as a duplicate or a late completion and dropped (SPEC S2).
+//! here, stamped with the record's sequence and a generation that changes whenever the slot
+//! starts a new attempt or is freed. A completion lands only if both match and the cell is
+//! armed; anything else is counted as a duplicate or a late completion and dropped (SPEC S2).
 //!
-//! The operator never holds a borrow of the board while user code runs, so a function may
-//! complete synchronously from inside `invoke`.
+//! A landed result stays in its cell until the record is emitted, so the common path moves it
+//! exactly twice (into the cell, out to the sink). The operator never holds a borrow of the
+//! board while user code runs, so a function may complete synchronously inside `invoke`.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::task::Waker;
 
+use super::fifo::Fifo;
+use super::RecordError;
 use crate::function::{AsyncError, Completion, Outputs};
 
-/// The result a handle delivers.
-pub(crate) type Delivered<Out> = Result<Outputs<Out>, AsyncError>;
+/// The final result of a record.
+pub(crate) type Resolution<Out> = Result<Outputs<Out>, RecordError>;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum CellState {
     /// No attempt running (free slot, watermark, or between attempts).
     Idle,
-    /// An attempt is running; the first completion with the right generation lands.
+    /// An attempt is running; the first completion with the right stamp lands.
     Armed,
     /// Completed; waiting for the operator to collect it.
     Landed,
     /// The operator collected the completion.
     Collected,
-    /// The record timed out; completions are late.
+    /// The record timed out (or its function panicked); completions are late.
     TimedOut,
+}
+
+/// What kind of completion landed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Landed {
+    Ok,
+    Failed,
+    Panicked,
 }
 
 struct Cell<Out> {
@@ -38,14 +48,14 @@ struct Cell<Out> {
     sequence: u64,
     generation: u32,
     state: CellState,
-    delivered: Option<Delivered<Out>>,
+    result: Option<Resolution<Out>>,
 }
 
 struct BoardInner<Out> {
     cells: Box<[Cell<Out>]>,
     /// Slots whose completion landed since the operator last collected; at most one entry per
-    /// armed cell, so it never grows past the capacity it was created with.
-    landed: VecDeque<u32>,
+    /// armed cell.
+    landed: Fifo<u32>,
     waker: Option<Waker>,
     duplicates: u64,
     late: u64,
@@ -71,13 +81,13 @@ impl<Out> CompletionBoard<Out> {
                 sequence: u64::MAX,
                 generation: 0,
                 state: CellState::Idle,
-                delivered: None,
+                result: None,
             })
             .collect();
         CompletionBoard {
             inner: RefCell::new(BoardInner {
                 cells,
-                landed: VecDeque::with_capacity(capacity),
+                landed: Fifo::with_capacity(capacity),
                 waker: None,
                 duplicates: 0,
                 late: 0,
@@ -97,10 +107,11 @@ impl<Out> CompletionBoard<Out> {
 
     /// Starts a new attempt on `slot` for the record `sequence`; returns the generation its
     /// handle must carry.
+    #[inline]
     pub(crate) fn arm(&self, slot: u32, sequence: u64) -> u32 {
         let mut inner = self.inner.borrow_mut();
         let cell = &mut inner.cells[slot as usize];
-        debug_assert!(cell.delivered.is_none(), "arming a cell holding a result");
+        debug_assert!(cell.result.is_none(), "arming a cell holding a result");
         cell.sequence = sequence;
         cell.generation = cell.generation.wrapping_add(1);
         cell.state = CellState::Armed;
@@ -108,12 +119,13 @@ impl<Out> CompletionBoard<Out> {
     }
 
     /// Delivers a handle's completion.
+    #[inline]
     pub(crate) fn complete(
         &self,
         slot: u32,
         generation: u32,
         sequence: u64,
-        result: Delivered<Out>,
+        result: Result<Outputs<Out>, AsyncError>,
     ) -> Completion {
         let waker = {
             let mut inner = self.inner.borrow_mut();
@@ -130,9 +142,8 @@ impl<Out> CompletionBoard<Out> {
             match verdict {
                 Completion::Accepted => {
                     cell.state = CellState::Landed;
-                    cell.delivered = Some(result);
-                    debug_assert!(inner.landed.len() < inner.landed.capacity());
-                    inner.landed.push_back(slot);
+                    cell.result = Some(result.map_err(RecordError::from_function));
+                    inner.landed.push(slot);
                     inner.waker.take()
                 }
                 Completion::Duplicate => {
@@ -151,18 +162,26 @@ impl<Out> CompletionBoard<Out> {
         Completion::Accepted
     }
 
-    /// Takes the next landed completion, if any.
-    pub(crate) fn next_landed(&self) -> Option<(u32, Delivered<Out>)> {
+    /// Collects the next landed completion: its slot and what kind it is. The result stays in
+    /// the cell.
+    #[inline]
+    pub(crate) fn next_landed(&self) -> Option<(u32, Landed)> {
         let mut inner = self.inner.borrow_mut();
-        let slot = inner.landed.pop_front()?;
+        let slot = inner.landed.pop()?;
         let cell = &mut inner.cells[slot as usize];
         debug_assert_eq!(cell.state, CellState::Landed);
         cell.state = CellState::Collected;
-        let delivered = cell.delivered.take().expect("landed cell holds a result");
-        Some((slot, delivered))
+        let kind = match &cell.result {
+            Some(Ok(_)) => Landed::Ok,
+            Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
+            Some(Err(_)) => Landed::Failed,
+            None => unreachable!("a landed cell holds a result"),
+        };
+        Some((slot, kind))
     }
 
     /// Whether any completion waits to be collected.
+    #[inline]
     pub(crate) fn has_landed(&self) -> bool {
         !self.inner.borrow().landed.is_empty()
     }
@@ -170,6 +189,38 @@ impl<Out> CompletionBoard<Out> {
     /// Whether `slot` holds a completion not yet collected.
     pub(crate) fn is_landed(&self, slot: u32) -> bool {
         self.inner.borrow().cells[slot as usize].state == CellState::Landed
+    }
+
+    /// Takes the result out of `slot` (to show it to a retry predicate, or to build an error).
+    pub(crate) fn take_result(&self, slot: u32) -> Resolution<Out> {
+        self.inner.borrow_mut().cells[slot as usize]
+            .result
+            .take()
+            .expect("the cell holds a result")
+    }
+
+    /// Puts a (final) result into `slot`.
+    pub(crate) fn set_result(&self, slot: u32, result: Resolution<Out>) {
+        self.inner.borrow_mut().cells[slot as usize].result = Some(result);
+    }
+
+    /// Whether the result in `slot` is an error.
+    pub(crate) fn result_is_err(&self, slot: u32) -> bool {
+        matches!(
+            self.inner.borrow().cells[slot as usize].result,
+            Some(Err(_))
+        )
+    }
+
+    /// Takes the final result for emission; every handle of the record is stale afterwards.
+    #[inline]
+    pub(crate) fn take_for_emit(&self, slot: u32) -> Resolution<Out> {
+        let mut inner = self.inner.borrow_mut();
+        let cell = &mut inner.cells[slot as usize];
+        debug_assert_ne!(cell.state, CellState::Landed);
+        cell.generation = cell.generation.wrapping_add(1);
+        cell.state = CellState::Idle;
+        cell.result.take().expect("a done record has a result")
     }
 
     /// Marks `slot` timed out: later completions of its current attempt are late.
@@ -180,14 +231,15 @@ impl<Out> CompletionBoard<Out> {
         cell.state = CellState::TimedOut;
     }
 
-    /// Ends the current attempt without a result (a retry is pending or the slot is freed):
-    /// later completions of it are late.
+    /// Ends the current attempt without a result (a retry is pending): later completions of
+    /// it are late.
     pub(crate) fn retire(&self, slot: u32) {
         let mut inner = self.inner.borrow_mut();
         let cell = &mut inner.cells[slot as usize];
         debug_assert_ne!(cell.state, CellState::Landed);
         cell.generation = cell.generation.wrapping_add(1);
         cell.state = CellState::Idle;
+        cell.result = None;
     }
 
     /// Registers the task to wake when a completion lands.

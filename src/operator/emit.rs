@@ -20,7 +20,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     /// Whether the done entry `idx` may leave now.
     pub(super) fn emittable(&self, idx: u32) -> bool {
         let slot = self.slots.get(idx);
-        match self.config.mode() {
+        match self.mode {
             OrderMode::Ordered => self.slots.head(ListId::Order) == Some(idx),
             OrderMode::Unordered => slot.segment == self.active_segment,
             OrderMode::KeyOrdered => slot.segment == self.active_segment && slot.key_head,
@@ -29,7 +29,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// A record left; `next_of_key` is the next record of its key (key-ordered mode).
     pub(super) fn after_record_left(&mut self, next_of_key: Option<u32>) {
-        if self.config.mode() == OrderMode::Ordered {
+        if self.mode == OrderMode::Ordered {
             self.queue_head_if_done();
             return;
         }
@@ -43,7 +43,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// A watermark left: in the unordered modes the next segment opens.
     pub(super) fn on_watermark_left(&mut self) {
-        if self.config.mode() == OrderMode::Ordered {
+        if self.mode == OrderMode::Ordered {
             self.queue_head_if_done();
             return;
         }

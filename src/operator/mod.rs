@@ -17,27 +17,27 @@
 pub(crate) mod board;
 mod emit;
 mod error;
+mod fifo;
 mod slots;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::task::Waker;
-
-use hdrhistogram::Histogram;
 
 pub use error::{OperatorError, RecordError};
 
 use crate::config::{ErrorPolicy, OperatorConfig, OrderMode};
 use crate::element::{Emitted, RequestId, StreamElement};
 use crate::function::{AsyncFunction, Outputs, ResultFuture, TimeoutOutcome};
-use crate::metrics::{latency_histogram, OperatorMetrics};
+use crate::metrics::{LatencyRecorder, OperatorMetrics};
 use crate::time::Nanos;
-use board::{CompletionBoard, Delivered};
+use board::{CompletionBoard, Landed, Resolution};
 use emit::KeyMix;
-use slots::{ListId, Resolution, SlotState, SlotTable};
+use fifo::Fifo;
+use slots::{ListId, SlotState, SlotTable};
 
 /// A function that maps an input to its ordering key (key-ordered mode).
 pub type KeyFn<In> = Box<dyn Fn(&In) -> u64>;
@@ -116,9 +116,9 @@ pub struct AsyncWaitOperator<F: AsyncFunction> {
     key_fn: Option<KeyFn<F::In>>,
     partition: u32,
     board: Rc<CompletionBoard<F::Out>>,
-    slots: SlotTable<F::In, F::Out>,
+    slots: SlotTable<F::In>,
     /// Entries that may leave now, in the order they became ready.
-    ready: VecDeque<u32>,
+    ready: Fifo<u32>,
     /// Scheduled retries: (due, slot, sequence); stale entries are skipped when popped.
     retries: BinaryHeap<Reverse<(Nanos, u32, u64)>>,
     /// Key → newest live record with that key (key-ordered mode).
@@ -131,7 +131,13 @@ pub struct AsyncWaitOperator<F: AsyncFunction> {
     last_watermark: Option<i64>,
     draining: Option<Draining<F::Out>>,
     counters: Counters,
-    latency: Histogram<u64>,
+    latency: LatencyRecorder,
+    // Copies of hot configuration, read per record.
+    mode: OrderMode,
+    timeout_ns: Option<u64>,
+    retries_enabled: bool,
+    /// Records waiting for their final result (in flight or waiting for a retry).
+    pending: usize,
 }
 
 impl<F: AsyncFunction> AsyncWaitOperator<F> {
@@ -166,6 +172,11 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             return Err(crate::ConfigError::MissingKeyFunction);
         }
         let capacity = config.capacity();
+        let mode = config.mode();
+        let timeout_ns = config
+            .timeout()
+            .map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+        let retries_enabled = config.retry().is_enabled();
         let key_tails = if config.mode() == OrderMode::KeyOrdered {
             HashMap::with_capacity_and_hasher(capacity, Default::default())
         } else {
@@ -178,7 +189,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 partition,
             )),
             slots: SlotTable::new(capacity),
-            ready: VecDeque::with_capacity(capacity),
+            ready: Fifo::with_capacity(capacity),
             retries: BinaryHeap::with_capacity(if config.retry().is_enabled() {
                 capacity
             } else {
@@ -195,7 +206,11 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             last_watermark: None,
             draining: None,
             counters: Counters::default(),
-            latency: latency_histogram(),
+            latency: LatencyRecorder::new(),
+            mode,
+            timeout_ns,
+            retries_enabled,
+            pending: 0,
         })
     }
 
@@ -228,7 +243,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// Records waiting for their final result.
     pub fn in_flight(&self) -> usize {
-        self.slots.list_len(ListId::Pending)
+        self.pending
     }
 
     /// The sequence number the next record will get.
@@ -321,12 +336,12 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             .expect("capacity checked by the caller");
         self.next_sequence = sequence + 1;
         self.counters.records_in += 1;
-        let deadline = match self.config.timeout() {
-            Some(t) => now + t,
+        let deadline = match self.timeout_ns {
+            Some(t) => Nanos(now.0.saturating_add(t)),
             None => Nanos::NEVER,
         };
         let key = match &self.key_fn {
-            Some(f) if self.config.mode() == OrderMode::KeyOrdered => f(&value),
+            Some(f) if self.mode == OrderMode::KeyOrdered => f(&value),
             _ => 0,
         };
         let slot = self.slots.get_mut(idx);
@@ -338,11 +353,15 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         slot.attempts = 1;
         slot.segment = self.segments_in;
         slot.key = key;
-        self.slots.push_back(ListId::Pending, idx);
-        if self.config.mode() == OrderMode::KeyOrdered {
+        self.pending += 1;
+        if self.timeout_ns.is_some() {
+            // Only records that can time out need the deadline-ordered list.
+            self.slots.push_back(ListId::Pending, idx);
+        }
+        if self.mode == OrderMode::KeyOrdered {
             self.link_key(idx, key);
         }
-        self.invoke(idx, now)?;
+        self.invoke(idx)?;
         if self.board.has_landed() {
             self.collect(now)?;
         }
@@ -373,7 +392,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     }
 
     /// Runs one attempt of the function for the record in `idx`; a panic fails the record.
-    fn invoke(&mut self, idx: u32, now: Nanos) -> Result<(), OperatorError> {
+    fn invoke(&mut self, idx: u32) -> Result<(), OperatorError> {
         let slot = self.slots.get(idx);
         let generation = self.board.arm(idx, slot.sequence);
         let handle = ResultFuture::new(self.board.clone(), idx, generation, slot.sequence);
@@ -385,7 +404,9 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             if !self.board.is_landed(idx) {
                 // Completions the function may still make for this attempt are late.
                 self.board.time_out(idx);
-                return self.resolve(idx, Err(RecordError::from_panic(payload)), now);
+                self.board
+                    .set_result(idx, Err(RecordError::from_panic(payload)));
+                return self.resolve(idx);
             }
         }
         Ok(())
@@ -399,48 +420,54 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         self.collect(now)
     }
 
+    #[inline]
     fn collect(&mut self, now: Nanos) -> Result<(), OperatorError> {
-        while let Some((idx, delivered)) = self.board.next_landed() {
+        while let Some((idx, landed)) = self.board.next_landed() {
             self.counters.completions += 1;
-            self.on_delivered(idx, delivered, now)?;
+            self.on_landed(idx, landed, now)?;
         }
         Ok(())
     }
 
-    fn on_delivered(
-        &mut self,
-        idx: u32,
-        delivered: Delivered<F::Out>,
-        now: Nanos,
-    ) -> Result<(), OperatorError> {
+    /// A completion of record `idx` landed: retry it, or make its result final.
+    #[inline]
+    fn on_landed(&mut self, idx: u32, landed: Landed, now: Nanos) -> Result<(), OperatorError> {
         debug_assert_eq!(self.slots.get(idx).state, SlotState::InFlight);
-        if let Err(e) = &delivered {
-            if e.downcast_ref::<crate::function::PanicError>().is_some() {
-                self.counters.panics += 1; // a panic is a bug: never retried
-                let error = delivered.err().map(RecordError::from_function);
-                return self.resolve(idx, Err(error.expect("checked")), now);
+        match landed {
+            Landed::Panicked => self.counters.panics += 1, // a bug: never retried
+            _ if self.retries_enabled
+                && self.retry_wanted(idx)
+                && self.schedule_retry(idx, now) =>
+            {
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.resolve(idx)
+    }
+
+    /// Asks the function's predicates whether the result in `idx` should be retried. A panic
+    /// in a predicate becomes the record's result.
+    fn retry_wanted(&mut self, idx: u32) -> bool {
+        let result = self.board.take_result(idx);
+        let function = &self.function;
+        let asked = catch_unwind(AssertUnwindSafe(|| match &result {
+            Ok(outputs) => function.retry_on_result(outputs),
+            Err(RecordError::Function(error)) => function.retry_on_error(error),
+            Err(_) => false,
+        }));
+        match asked {
+            Ok(wanted) => {
+                self.board.set_result(idx, result);
+                wanted
+            }
+            Err(payload) => {
+                self.counters.panics += 1;
+                self.board
+                    .set_result(idx, Err(RecordError::from_panic(payload)));
+                false
             }
         }
-        let retry_wanted = if self.config.retry().is_enabled() {
-            let function = &self.function;
-            let asked = catch_unwind(AssertUnwindSafe(|| match &delivered {
-                Ok(outputs) => function.retry_on_result(outputs),
-                Err(error) => function.retry_on_error(error),
-            }));
-            match asked {
-                Ok(wanted) => wanted,
-                Err(payload) => {
-                    self.counters.panics += 1;
-                    return self.resolve(idx, Err(RecordError::from_panic(payload)), now);
-                }
-            }
-        } else {
-            false
-        };
-        if retry_wanted && self.schedule_retry(idx, now) {
-            return Ok(());
-        }
-        self.resolve(idx, delivered.map_err(RecordError::Function), now)
     }
 
     /// Schedules the next attempt if the strategy allows one that starts before the deadline.
@@ -475,7 +502,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             }
             slot.state = SlotState::InFlight;
             slot.attempts += 1;
-            self.invoke(idx, now)?;
+            self.invoke(idx)?;
         }
         Ok(())
     }
@@ -496,47 +523,47 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             }
             let input = self.slots.get(idx).input.as_ref().expect("record input");
             let function = &self.function;
-            let resolution = match catch_unwind(AssertUnwindSafe(|| function.timeout(input))) {
-                Ok(TimeoutOutcome::Fail) => Err(RecordError::TimedOut {
-                    after: self.config.timeout().unwrap_or_default(),
-                }),
-                Ok(TimeoutOutcome::Complete(outputs)) => Ok(outputs),
-                Ok(TimeoutOutcome::Error(e)) => Err(RecordError::Function(e)),
-                Err(payload) => {
-                    self.counters.panics += 1;
-                    Err(RecordError::from_panic(payload))
-                }
-            };
-            self.resolve(idx, resolution, now)?;
+            let resolution: Resolution<F::Out> =
+                match catch_unwind(AssertUnwindSafe(|| function.timeout(input))) {
+                    Ok(TimeoutOutcome::Fail) => Err(RecordError::TimedOut {
+                        after: self.config.timeout().unwrap_or_default(),
+                    }),
+                    Ok(TimeoutOutcome::Complete(outputs)) => Ok(outputs),
+                    Ok(TimeoutOutcome::Error(e)) => Err(RecordError::Function(e)),
+                    Err(payload) => {
+                        self.counters.panics += 1;
+                        Err(RecordError::from_panic(payload))
+                    }
+                };
+            self.board.set_result(idx, resolution);
+            self.resolve(idx)?;
         }
         Ok(())
     }
 
-    /// Gives a record its final result and makes it emittable when its mode allows.
-    fn resolve(
-        &mut self,
-        idx: u32,
-        resolution: Resolution<F::Out>,
-        _now: Nanos,
-    ) -> Result<(), OperatorError> {
+    /// Makes the result in the board final and the record emittable when its mode allows;
+    /// under `ErrorPolicy::Fail` an error stops the operator here, naming the record.
+    #[inline]
+    fn resolve(&mut self, idx: u32) -> Result<(), OperatorError> {
         if self.slots.is_linked(ListId::Pending, idx) {
             self.slots.unlink(ListId::Pending, idx);
         }
+        self.pending -= 1;
         self.counters.records_done += 1;
-        let failed = resolution.is_err();
-        if failed {
-            self.counters.errors += 1;
-        }
-        let failed = failed && self.config.error_policy() == ErrorPolicy::Fail;
         let slot = self.slots.get_mut(idx);
         slot.state = SlotState::Done;
-        if failed {
-            let sequence = slot.sequence;
-            let id = self.request_id(sequence);
-            let error = resolution.err().expect("failed implies an error");
-            return Err(OperatorError::RecordFailed { id, error });
+        if self.board.result_is_err(idx) {
+            self.counters.errors += 1;
+            if self.config.error_policy() == ErrorPolicy::Fail {
+                let sequence = self.slots.get(idx).sequence;
+                let error = self.board.take_result(idx).err().expect("checked");
+                self.board.set_result(idx, Ok(Outputs::Empty));
+                return Err(OperatorError::RecordFailed {
+                    id: self.request_id(sequence),
+                    error,
+                });
+            }
         }
-        slot.resolution = Some(resolution);
         if self.emittable(idx) {
             self.push_ready(idx);
         }
@@ -558,7 +585,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         if let Some(out) = self.next_drained() {
             return Some(out);
         }
-        while let Some(idx) = self.ready.pop_front() {
+        while let Some(idx) = self.ready.pop() {
             if let Some(out) = self.emit(idx, now) {
                 return Some(out);
             }
@@ -602,15 +629,9 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         debug_assert_eq!(slot.state, SlotState::Done);
         let sequence = slot.sequence;
         let timestamp = slot.timestamp;
-        let resolution = slot
-            .resolution
-            .take()
-            .expect("done record has a resolution");
-        self.latency
-            .saturating_record(now.nanos_since(slot.intake).max(1));
-        let next_of_key =
-            (self.config.mode() == OrderMode::KeyOrdered).then(|| self.unlink_key(idx));
-        self.board.retire(idx); // handles of this record are stale from now on
+        self.latency.record(now.nanos_since(slot.intake));
+        let next_of_key = (self.mode == OrderMode::KeyOrdered).then(|| self.unlink_key(idx));
+        let resolution = self.board.take_for_emit(idx); // handles are stale from now on
         let input = self.slots.release(idx);
         self.after_record_left(next_of_key.flatten());
         match resolution {
@@ -653,8 +674,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         let slot = self.slots.get_mut(idx);
         if !slot.queued {
             slot.queued = true;
-            debug_assert!(self.ready.len() < self.ready.capacity());
-            self.ready.push_back(idx);
+            self.ready.push(idx);
         }
     }
 
@@ -684,13 +704,8 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 .head(ListId::Order)
                 .map(|h| now.nanos_since(self.slots.get(h).intake))
                 .unwrap_or(0),
-            latency: self.latency.clone(),
+            latency: self.latency.histogram(),
         }
-    }
-
-    /// The latency histogram (intake to emit, nanoseconds).
-    pub fn latency(&self) -> &Histogram<u64> {
-        &self.latency
     }
 
     /// Every input taken and not yet emitted, in input order (SPEC S10): records in flight,

@@ -10,8 +10,6 @@
 //!
 //! Nothing here allocates after construction; indices are `u32` with [`NIL`] for "none".
 
-use crate::function::Outputs;
-use crate::operator::RecordError;
 use crate::time::Nanos;
 
 /// "No slot".
@@ -61,16 +59,12 @@ const EMPTY: List = List {
     len: 0,
 };
 
-pub(crate) type Resolution<Out> = Result<Outputs<Out>, RecordError>;
-
-pub(crate) struct Slot<In, Out> {
+pub(crate) struct Slot<In> {
     pub state: SlotState,
     pub sequence: u64,
     pub input: Option<In>,
     /// Event time of a record, or the value of a watermark.
     pub timestamp: Option<i64>,
-    /// The final result of a `Done` record.
-    pub resolution: Option<Resolution<Out>>,
     pub intake: Nanos,
     pub deadline: Nanos,
     pub attempts: u32,
@@ -86,14 +80,13 @@ pub(crate) struct Slot<In, Out> {
     links: [Links; 2],
 }
 
-impl<In, Out> Slot<In, Out> {
+impl<In> Slot<In> {
     fn vacant() -> Self {
         Slot {
             state: SlotState::Free,
             sequence: 0,
             input: None,
             timestamp: None,
-            resolution: None,
             intake: Nanos::ZERO,
             deadline: Nanos::NEVER,
             attempts: 0,
@@ -107,13 +100,13 @@ impl<In, Out> Slot<In, Out> {
     }
 }
 
-pub(crate) struct SlotTable<In, Out> {
-    slots: Box<[Slot<In, Out>]>,
+pub(crate) struct SlotTable<In> {
+    slots: Box<[Slot<In>]>,
     free: Vec<u32>,
     lists: [List; 2],
 }
 
-impl<In, Out> SlotTable<In, Out> {
+impl<In> SlotTable<In> {
     pub(crate) fn new(capacity: usize) -> Self {
         assert!(capacity >= 1 && capacity < NIL as usize);
         SlotTable {
@@ -134,17 +127,13 @@ impl<In, Out> SlotTable<In, Out> {
         self.free.is_empty()
     }
 
-    pub(crate) fn list_len(&self, list: ListId) -> usize {
-        self.lists[list as usize].len
-    }
-
     #[inline]
-    pub(crate) fn get(&self, idx: u32) -> &Slot<In, Out> {
+    pub(crate) fn get(&self, idx: u32) -> &Slot<In> {
         &self.slots[idx as usize]
     }
 
     #[inline]
-    pub(crate) fn get_mut(&mut self, idx: u32) -> &mut Slot<In, Out> {
+    pub(crate) fn get_mut(&mut self, idx: u32) -> &mut Slot<In> {
         &mut self.slots[idx as usize]
     }
 
@@ -171,7 +160,6 @@ impl<In, Out> SlotTable<In, Out> {
         let slot = &mut self.slots[idx as usize];
         debug_assert_ne!(slot.state, SlotState::Free);
         slot.state = SlotState::Free;
-        slot.resolution = None;
         slot.key_next = NIL;
         slot.key_head = false;
         slot.queued = false;
@@ -253,7 +241,7 @@ mod tests {
 
     #[test]
     fn allocation_stops_at_capacity_and_release_recycles() {
-        let mut t: SlotTable<u32, u32> = SlotTable::new(3);
+        let mut t: SlotTable<u32> = SlotTable::new(3);
         let a = t.allocate(SlotState::InFlight).unwrap();
         let b = t.allocate(SlotState::InFlight).unwrap();
         let c = t.allocate(SlotState::InFlight).unwrap();
@@ -269,7 +257,7 @@ mod tests {
 
     #[test]
     fn lists_unlink_head_middle_and_tail() {
-        let mut t: SlotTable<u32, u32> = SlotTable::new(4);
+        let mut t: SlotTable<u32> = SlotTable::new(4);
         let ids: Vec<u32> = (0..4)
             .map(|_| t.allocate(SlotState::Done).unwrap())
             .collect();
@@ -280,10 +268,10 @@ mod tests {
         t.unlink(ListId::Pending, ids[0]);
         t.unlink(ListId::Pending, ids[3]);
         assert_eq!(t.iter(ListId::Pending).collect::<Vec<_>>(), vec![ids[2]]);
-        assert_eq!(t.list_len(ListId::Pending), 1);
+        assert_eq!(t.iter(ListId::Pending).count(), 1);
         t.release(ids[2]);
-        assert_eq!(t.list_len(ListId::Pending), 0);
+        assert_eq!(t.iter(ListId::Pending).count(), 0);
         assert_eq!(t.head(ListId::Pending), None);
-        assert_eq!(t.list_len(ListId::Order), 3);
+        assert_eq!(t.iter(ListId::Order).count(), 3);
     }
 }

@@ -503,7 +503,7 @@ fn newest_valid(slots: [SlotScan; 2]) -> Option<Live> {
     let mut best: Option<Live> = None;
     for (slot, scan) in Slot::ALL.into_iter().zip(slots) {
         if let SlotScan::Valid(h, _) = scan {
-            if best.map_or(true, |b| h.meta.epoch > b.meta.epoch) {
+            if best.is_none_or(|b| h.meta.epoch > b.meta.epoch) {
                 best = Some(Live {
                     slot,
                     meta: h.meta,

@@ -1,0 +1,154 @@
+//! The SPEC section 4 workloads, run by `ringwait bench` and by the perf harness.
+//!
+//! Every workload prints one line of `key=value` pairs (see [`BenchResult`]), the format the
+//! baseline in `perf/baseline` prints too, so the two can be compared in one table.
+
+mod workloads;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use workloads::{key_of, run_delay, run_overhead};
+
+use crate::config::OrderMode;
+use crate::metrics::OperatorMetrics;
+use crate::runtime::RunReport;
+
+/// Which workload.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// The function completes at once: the operator's own cost.
+    Overhead,
+    /// The function completes 1 ms later from a timer.
+    Delay,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "overhead" => Ok(Workload::Overhead),
+            "delay" => Ok(Workload::Delay),
+            other => Err(format!("unknown workload {other:?}: use overhead or delay")),
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Workload::Overhead => "overhead",
+            Workload::Delay => "delay",
+        })
+    }
+}
+
+/// Settings of one benchmark run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Workload.
+    pub workload: Workload,
+    /// Output order.
+    pub mode: OrderMode,
+    /// Partitions (cores).
+    pub partitions: usize,
+    /// Records in total (split over the partitions).
+    pub records: u64,
+    /// Operator capacity per partition.
+    pub capacity: usize,
+    /// Delay of the delay workload.
+    pub delay: Duration,
+    /// How long before a deadline the delay line stops sleeping and spins.
+    pub spin: Duration,
+    /// Spin before parking idle executors.
+    pub spin_before_park: Option<Duration>,
+}
+
+impl BenchConfig {
+    /// The SPEC defaults for `workload`: 1 partition, capacity 1000, ordered, 1 ms delay.
+    pub fn new(workload: Workload) -> Self {
+        BenchConfig {
+            workload,
+            mode: OrderMode::Ordered,
+            partitions: 1,
+            records: match workload {
+                Workload::Overhead => 20_000_000,
+                Workload::Delay => 2_000_000,
+            },
+            capacity: 1000,
+            delay: Duration::from_millis(1),
+            spin: Duration::from_micros(50),
+            spin_before_park: None,
+        }
+    }
+}
+
+/// The one-line result of a benchmark.
+///
+/// ```
+/// use ringwait::bench::BenchResult;
+/// let r = BenchResult {
+///     workload: "overhead".into(), mode: "ordered".into(), partitions: 1, records: 10,
+///     records_per_s: 1.5e7, p50_us: 0.1, p99_us: 0.2, p999_us: 0.3, max_us: 4.0,
+/// };
+/// assert_eq!(r.to_string(), "workload=overhead mode=ordered partitions=1 records=10 \
+///     records_per_s=15000000.0 p50_us=0.100 p99_us=0.200 p999_us=0.300 max_us=4.000 impl=ringwait");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchResult {
+    /// Workload name.
+    pub workload: String,
+    /// Mode name.
+    pub mode: String,
+    /// Partitions.
+    pub partitions: usize,
+    /// Records processed.
+    pub records: u64,
+    /// Records per second, over all partitions.
+    pub records_per_s: f64,
+    /// Median latency.
+    pub p50_us: f64,
+    /// 99th percentile latency.
+    pub p99_us: f64,
+    /// 99.9th percentile latency.
+    pub p999_us: f64,
+    /// Largest latency.
+    pub max_us: f64,
+}
+
+impl BenchResult {
+    /// From a run's report.
+    pub fn from_report<O>(workload: &str, mode: OrderMode, report: &RunReport<O>) -> Self {
+        let m: &OperatorMetrics = &report.merged;
+        BenchResult {
+            workload: workload.to_string(),
+            mode: mode.to_string(),
+            partitions: report.partitions.len(),
+            records: m.records_in,
+            records_per_s: report.records_per_sec(),
+            p50_us: m.latency_us(50.0),
+            p99_us: m.latency_us(99.0),
+            p999_us: m.latency_us(99.9),
+            max_us: m.latency.max() as f64 / 1_000.0,
+        }
+    }
+}
+
+impl fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "workload={} mode={} partitions={} records={} records_per_s={:.1} p50_us={:.3} \
+             p99_us={:.3} p999_us={:.3} max_us={:.3} impl=ringwait",
+            self.workload,
+            self.mode,
+            self.partitions,
+            self.records,
+            self.records_per_s,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        )
+    }
+}

@@ -1,0 +1,77 @@
+//! The overhead and delay workloads.
+
+use crate::function::{from_fn, AsyncFunction, ResultFuture};
+use crate::runtime::{DelayLine, Pipeline, PipelineError};
+use crate::sink::CountingSink;
+use crate::source::GeneratorSource;
+use crate::OperatorConfig;
+
+use super::{BenchConfig, BenchResult};
+
+/// `key_of(i)` of the redis workload: the i-th SplitMix64 output seeded with 42, mod 1,000,000.
+///
+/// ```
+/// assert_eq!(ringwait::bench::key_of(0), 275_413);
+/// assert_eq!(ringwait::bench::key_of(1), 892_291);
+/// ```
+pub fn key_of(i: u64) -> u64 {
+    let mut z = 42u64.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % 1_000_000
+}
+
+fn pipeline(cfg: &BenchConfig) -> Result<Pipeline, PipelineError> {
+    let operator = OperatorConfig::builder()
+        .mode(cfg.mode)
+        .capacity(cfg.capacity)
+        .build()?;
+    let mut b = Pipeline::builder()
+        .partitions(cfg.partitions)
+        .operator(operator);
+    if let Some(spin) = cfg.spin_before_park {
+        b = b.spin_before_park(spin);
+    }
+    Ok(b.build()?)
+}
+
+/// overhead: records `0..N`, the function completes at once.
+pub fn run_overhead(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
+    let records = cfg.records;
+    let report = pipeline(cfg)?.run(
+        move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
+        |_p| async {
+            Ok(from_fn(|x: &u64, r: ResultFuture<u64>| {
+                let _ = r.complete_one(*x);
+            }))
+        },
+        |_p| Ok(CountingSink::default()),
+    )?;
+    Ok(BenchResult::from_report("overhead", cfg.mode, &report))
+}
+
+/// The delay workload's function: completes each record `delay` later from one delay line.
+struct Delayed(DelayLine<u64>);
+
+impl AsyncFunction for Delayed {
+    type In = u64;
+    type Out = u64;
+
+    #[inline]
+    fn invoke(&self, x: &u64, r: ResultFuture<u64>) {
+        self.0.push(r, *x);
+    }
+}
+
+/// delay: records `0..N`, each completes `delay` (1 ms) later from a timer.
+pub fn run_delay(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
+    let records = cfg.records;
+    let (delay, spin, capacity) = (cfg.delay, cfg.spin, cfg.capacity);
+    let report = pipeline(cfg)?.run(
+        move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
+        move |_p| async move { Ok(Delayed(DelayLine::start(delay, spin, capacity))) },
+        |_p| Ok(CountingSink::default()),
+    )?;
+    Ok(BenchResult::from_report("delay", cfg.mode, &report))
+}

@@ -10,11 +10,13 @@
 pub mod bench;
 pub mod config;
 pub mod element;
+pub mod enrich;
 pub mod function;
 pub mod lookup;
 pub mod metrics;
 pub mod operator;
 pub mod queue;
+pub mod report;
 pub mod resp;
 pub mod runtime;
 pub mod server;

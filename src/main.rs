@@ -21,10 +21,71 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Enrich JSON Lines records with lookups, on all cores.
+    Enrich(EnrichArgs),
     /// Run a SPEC section 4 workload and print one line of key=value results.
     Bench(BenchArgs),
     /// Run the built-in RESP lookup server.
     Serve(ringwait::server::ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct EnrichArgs {
+    /// One JSON object per line; `-` for standard input (default: a generated stream of
+    /// --records objects {"id":i,"key":"k:<n>"} whose keys the built-in server holds).
+    #[arg(long, value_name = "PATH|-")]
+    input: Option<String>,
+    /// Where the JSON Lines go: each input object with one field added; `-` is stdout.
+    #[arg(long, value_name = "PATH|-", default_value = "-")]
+    output: String,
+    /// Records generated when there is no --input.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Field holding the lookup key (a string or an integer).
+    #[arg(long = "key", default_value = "key", value_name = "FIELD")]
+    key_field: String,
+    /// Field that receives the value, as a JSON string; null on a miss.
+    #[arg(long = "into", default_value = "value", value_name = "FIELD")]
+    into_field: String,
+    /// Prepended to the key for the lookup.
+    #[arg(long, default_value = "", value_name = "STR")]
+    key_prefix: String,
+    /// builtin (an in-process RESP server with generated data) or redis://HOST:PORT[/DB].
+    #[arg(long, default_value = "builtin", value_name = "URL")]
+    lookup: String,
+    /// Keys k:0 .. k:N-1 the built-in server holds.
+    #[arg(long, default_value_t = 1_000_000)]
+    builtin_keys: u64,
+    /// ordered (output order = input order, whatever --partitions) | unordered | key-ordered.
+    #[arg(long, default_value = "ordered")]
+    mode: OrderMode,
+    /// Lookups in flight per partition.
+    #[arg(long, default_value_t = 1000)]
+    capacity: usize,
+    /// Per-record timeout, across all retries.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Retries of a failed lookup (exponential backoff from --retry-backoff-ms).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// First retry delay; doubles per retry, capped at a quarter of the timeout.
+    #[arg(long, default_value_t = 10)]
+    retry_backoff_ms: u64,
+    /// fail (exit non-zero naming the record) | skip | side-output:PATH.
+    #[arg(long, default_value = "fail", value_name = "POLICY")]
+    on_error: ringwait::enrich::OnError,
+    /// Cores used (default: all).
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Write a latency-percentile chart (SVG) with the summary to PATH.
+    #[arg(long, value_name = "PATH")]
+    report: Option<std::path::PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Do not pin partitions to cores (share the cores with other work).
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(clap::Args)]
@@ -67,12 +128,54 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Enrich(args) => enrich(args),
         Command::Bench(args) => bench(args),
         Command::Serve(args) => {
             let config = args.to_config();
             ringwait::server::run_standalone(config).context("the lookup server failed")
         }
     }
+}
+
+fn enrich(a: EnrichArgs) -> Result<()> {
+    use ringwait::enrich::{EnrichConfig, Input, Lookup, Output};
+    let lookup = match a.lookup.as_str() {
+        "builtin" => Lookup::Builtin {
+            keys: a.builtin_keys,
+        },
+        url => Lookup::Redis(
+            url.parse()
+                .map_err(|e| anyhow::anyhow!("--lookup {url}: {e}"))?,
+        ),
+    };
+    let config = EnrichConfig {
+        input: match a.input.as_deref() {
+            None => Input::Generated(a.records),
+            Some("-") => Input::Stdin,
+            Some(path) => Input::File(path.into()),
+        },
+        output: match a.output.as_str() {
+            "-" => Output::Stdout,
+            path => Output::File(path.into()),
+        },
+        key_field: a.key_field,
+        into_field: a.into_field,
+        key_prefix: a.key_prefix,
+        lookup,
+        mode: a.mode,
+        capacity: a.capacity,
+        timeout: Duration::from_millis(a.timeout_ms),
+        retries: a.retries,
+        retry_backoff: Duration::from_millis(a.retry_backoff_ms),
+        on_error: a.on_error,
+        partitions: a.partitions,
+        report: a.report,
+        progress: !a.quiet,
+        pin: !a.no_pin,
+    };
+    let summary = ringwait::enrich::run(config)?;
+    eprintln!("{summary}");
+    Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

@@ -78,6 +78,9 @@ fn one_connection_sustains_deep_pipelining() {
     let (elapsed, bad, writes) = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
         .io_memory(DEFAULT_IO_MEMORY)
         .spawn(move || async move {
+            if std::env::var("RINGWAIT_NO_KEEP_AWAKE").is_err() {
+                ringwait::runtime::keep_awake();
+            }
             let config = ConnectionConfig {
                 mget_batching: mget,
                 max_batch: 256,

@@ -91,8 +91,7 @@ pub(crate) fn builder(
     };
     let mut b = LocalExecutorBuilder::new(placement)
         .name(&format!("ringwait-p{partition}"))
-        .io_memory(settings.io_memory)
-        .preempt_timer(Duration::from_millis(1));
+        .io_memory(settings.io_memory);
     if let Some(spin) = settings.spin_before_park {
         b = b.spin_before_park(spin);
     }
@@ -113,4 +112,26 @@ pub(crate) fn start_error(partition: usize, e: glommio::GlommioError<()>) -> Pip
         partition,
         message: text,
     }
+}
+
+/// Period of [`keep_awake`]'s timer.
+pub const KEEP_AWAKE_PERIOD: Duration = Duration::from_millis(1);
+
+/// Works around a glommio 0.9.0 scheduler bug: when the preemption flag is already set as the
+/// executor loop starts running its task queues, `run_task_queues` reports "nothing ran" and
+/// the executor parks even though tasks are runnable; it then sleeps until some unrelated
+/// I/O completion or timer arrives. Under CPU contention this was measured to stall a
+/// partition for 2 to 10 seconds (seen with `strace` as one `io_uring_enter(GETEVENTS)`
+/// blocking that long while replies sat unread in the socket). A timer that fires every
+/// [`KEEP_AWAKE_PERIOD`] bounds such a stall to one period. The task ends with the executor.
+///
+/// Call it once on every executor that runs ringwait work; the runtime does so for its
+/// partitions and the built-in server does for its own executor.
+pub fn keep_awake() {
+    glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(KEEP_AWAKE_PERIOD).await;
+        }
+    })
+    .detach();
 }

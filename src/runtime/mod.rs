@@ -42,7 +42,7 @@ use futures_lite::FutureExt;
 
 pub use async_fn::{async_fn, AsyncFn};
 pub use delay::DelayLine;
-pub use executor::available_cores;
+pub use executor::{available_cores, keep_awake, KEEP_AWAKE_PERIOD};
 
 use crate::config::{ConfigError, OperatorConfig};
 use crate::function::AsyncFunction;
@@ -537,6 +537,7 @@ impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
         // glommio 0.9.0's first timer on an executor fires ~10 ms late; pay that before the
         // clock starts mattering.
         glommio::timer::sleep(Duration::from_micros(1)).await;
+        keep_awake();
         let (sources, functions, sinks) = &*self.factories;
         let mut source = sources(ctx).map_err(setup("source"))?;
         let function = functions(ctx).await.map_err(setup("function"))?;

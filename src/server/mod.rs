@@ -255,6 +255,7 @@ impl BuiltinServer {
             .name("ringwait-server")
             .io_memory(config.io_memory)
             .spawn(move || async move {
+                crate::runtime::keep_awake();
                 let listener = match self::listen(listen) {
                     Ok(l) => l,
                     Err(e) => {

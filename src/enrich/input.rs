@@ -1,0 +1,156 @@
+//! The reader thread: turns the input (a file, stdin, or generated records) into lines and
+//! deals them to the partitions' queues.
+
+use std::hash::{Hash, Hasher};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde_json::{Map, Value};
+
+use super::record::{parse_line, Line};
+use super::EnrichError;
+use crate::bench::key_of;
+use crate::element::StreamElement;
+use crate::queue::{Producer, PushError};
+
+/// Where the records come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// `n` generated records `{"id": i, "key": "k:<key_of(i)>"}` — keys the built-in server
+    /// holds.
+    Generated(u64),
+    /// A file of JSON Lines.
+    File(PathBuf),
+    /// Standard input.
+    Stdin,
+}
+
+/// How lines are dealt to partitions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Routing {
+    pub partitions: usize,
+    /// Route by key (key-ordered mode) instead of round robin.
+    pub by_key: bool,
+}
+
+impl Routing {
+    fn partition_of(&self, line: &Line) -> usize {
+        if self.by_key {
+            // DefaultHasher::new() uses fixed keys: the same key always lands on the same core.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            line.key.hash(&mut h);
+            (h.finish() % self.partitions as u64) as usize
+        } else {
+            (line.index % self.partitions as u64) as usize
+        }
+    }
+}
+
+pub(crate) struct ReaderSettings {
+    pub key_field: String,
+    pub key_prefix: String,
+    pub routing: Routing,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Starts the reader; it returns the number of records it dealt.
+pub(crate) fn spawn_reader(
+    input: Input,
+    settings: ReaderSettings,
+    queues: Vec<Producer<StreamElement<Arc<Line>>>>,
+) -> JoinHandle<Result<u64, EnrichError>> {
+    std::thread::Builder::new()
+        .name("ringwait-reader".into())
+        .spawn(move || read(input, &settings, &queues))
+        .expect("spawning the reader thread")
+}
+
+fn read(
+    input: Input,
+    s: &ReaderSettings,
+    queues: &[Producer<StreamElement<Arc<Line>>>],
+) -> Result<u64, EnrichError> {
+    match input {
+        Input::Generated(n) => {
+            for i in 0..n {
+                if !deal(generated(i, s), s, queues) {
+                    return Ok(i);
+                }
+            }
+            Ok(n)
+        }
+        Input::File(path) => {
+            let file = std::fs::File::open(&path).map_err(|source| EnrichError::Io {
+                what: "open the input",
+                path: path.display().to_string(),
+                source,
+            })?;
+            read_lines(
+                std::io::BufReader::with_capacity(1 << 16, file),
+                &path.display().to_string(),
+                s,
+                queues,
+            )
+        }
+        Input::Stdin => read_lines(std::io::stdin().lock(), "standard input", s, queues),
+    }
+}
+
+fn generated(i: u64, s: &ReaderSettings) -> Line {
+    let key = format!("k:{}", key_of(i));
+    let mut object = Map::new();
+    object.insert("id".into(), Value::from(i));
+    object.insert(s.key_field.clone(), Value::from(key.clone()));
+    let mut full = s.key_prefix.as_bytes().to_vec();
+    full.extend_from_slice(key.as_bytes());
+    Line {
+        number: i + 1,
+        index: i,
+        object,
+        key: full,
+    }
+}
+
+fn read_lines(
+    mut reader: impl BufRead,
+    name: &str,
+    s: &ReaderSettings,
+    queues: &[Producer<StreamElement<Arc<Line>>>],
+) -> Result<u64, EnrichError> {
+    let mut text = String::new();
+    let mut number = 0u64;
+    loop {
+        text.clear();
+        let n = reader
+            .read_line(&mut text)
+            .map_err(|source| EnrichError::Io {
+                what: "read the input",
+                path: name.to_string(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(number);
+        }
+        let trimmed = text.trim_end_matches(['\n', '\r']);
+        let line = parse_line(trimmed, number + 1, number, &s.key_field, &s.key_prefix)?;
+        number += 1;
+        if !deal(line, s, queues) {
+            return Ok(number);
+        }
+    }
+}
+
+/// Hands a line to its partition; false when the pipeline is gone or stopping.
+fn deal(line: Line, s: &ReaderSettings, queues: &[Producer<StreamElement<Arc<Line>>>]) -> bool {
+    if s.stop.load(Ordering::Relaxed) {
+        return false;
+    }
+    let p = s.routing.partition_of(&line);
+    match queues[p].push_blocking(StreamElement::record(Arc::new(line))) {
+        Ok(()) => true,
+        Err(PushError::Disconnected(_)) | Err(PushError::Full(_)) => false,
+    }
+}

@@ -83,10 +83,10 @@ fn read(
             Ok(n)
         }
         Input::File(path) => {
-            let file = std::fs::File::open(&path).map_err(|source| EnrichError::Io {
+            let file = std::fs::File::open(&path).map_err(|cause| EnrichError::Io {
                 what: "open the input",
                 path: path.display().to_string(),
-                source,
+                cause,
             })?;
             read_lines(
                 std::io::BufReader::with_capacity(1 << 16, file),
@@ -126,10 +126,10 @@ fn read_lines(
         text.clear();
         let n = reader
             .read_line(&mut text)
-            .map_err(|source| EnrichError::Io {
+            .map_err(|cause| EnrichError::Io {
                 what: "read the input",
                 path: name.to_string(),
-                source,
+                cause,
             })?;
         if n == 0 {
             return Ok(number);

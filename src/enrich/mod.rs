@@ -182,14 +182,14 @@ pub enum EnrichError {
         error: String,
     },
     /// Reading or writing a file failed.
-    #[error("could not {what} ({path}): {source}")]
+    #[error("could not {what} ({path}): {cause}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// Which file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The built-in server could not start.
     #[error("the built-in lookup server could not start: {0}")]
@@ -461,10 +461,10 @@ fn open_output(output: &Output) -> Result<Box<dyn Write + Send>, EnrichError> {
 }
 
 fn create_file(path: &PathBuf, what: &'static str) -> Result<Box<dyn Write + Send>, EnrichError> {
-    let f = std::fs::File::create(path).map_err(|source| EnrichError::Io {
+    let f = std::fs::File::create(path).map_err(|cause| EnrichError::Io {
         what,
         path: path.display().to_string(),
-        source,
+        cause,
     })?;
     Ok(Box::new(std::io::BufWriter::with_capacity(1 << 16, f)))
 }
@@ -492,9 +492,9 @@ fn write_report(path: &PathBuf, summary: &EnrichSummary) -> Result<(), EnrichErr
         }],
         &notes,
     );
-    std::fs::write(path, svg).map_err(|source| EnrichError::Io {
+    std::fs::write(path, svg).map_err(|cause| EnrichError::Io {
         what: "write the report",
         path: path.display().to_string(),
-        source,
+        cause,
     })
 }

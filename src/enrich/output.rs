@@ -181,10 +181,10 @@ impl Writer {
                 serde_json::to_writer(&mut *side, &entry)
                     .map_err(std::io::Error::from)
                     .and_then(|()| side.write_all(b"\n"))
-                    .map_err(|source| EnrichError::Io {
+                    .map_err(|cause| EnrichError::Io {
                         what: "write the side output",
                         path: path.display().to_string(),
-                        source,
+                        cause,
                     })?;
                 self.stats.side_output += 1;
                 Ok(())
@@ -196,24 +196,24 @@ impl Writer {
         serde_json::to_writer(&mut self.out, object)
             .map_err(std::io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"))
-            .map_err(|source| EnrichError::Io {
+            .map_err(|cause| EnrichError::Io {
                 what: "write the output",
                 path: "output".into(),
-                source,
+                cause,
             })
     }
 
     fn flush(&mut self) -> Result<(), EnrichError> {
-        self.out.flush().map_err(|source| EnrichError::Io {
+        self.out.flush().map_err(|cause| EnrichError::Io {
             what: "flush the output",
             path: "output".into(),
-            source,
+            cause,
         })?;
         if let Some(side) = self.side.as_mut() {
-            side.flush().map_err(|source| EnrichError::Io {
+            side.flush().map_err(|cause| EnrichError::Io {
                 what: "flush the side output",
                 path: "side output".into(),
-                source,
+                cause,
             })?;
         }
         Ok(())

@@ -65,7 +65,7 @@ where
             while taken < settings.intake_batch && op.has_capacity() {
                 let event = source
                     .next()
-                    .map_err(|source| PipelineError::Source { partition, source })?;
+                    .map_err(|cause| PipelineError::Source { partition, cause })?;
                 match event {
                     SourceEvent::Element(e) => {
                         op.process(e, now)

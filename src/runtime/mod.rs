@@ -96,30 +96,30 @@ pub enum PipelineError {
         message: String,
     },
     /// A factory failed to create the partition's source, function or sink.
-    #[error("partition {partition}: could not create its {what}: {source}")]
+    #[error("partition {partition}: could not create its {what}: {cause}")]
     Setup {
         /// Partition.
         partition: usize,
         /// "source", "function" or "sink".
         what: &'static str,
         /// Why.
-        source: BoxError,
+        cause: BoxError,
     },
     /// The source failed.
-    #[error("partition {partition}: input failed: {source}")]
+    #[error("partition {partition}: input failed: {cause}")]
     Source {
         /// Partition.
         partition: usize,
         /// Why.
-        source: BoxError,
+        cause: BoxError,
     },
     /// The sink failed when finishing.
-    #[error("partition {partition}: output failed: {source}")]
+    #[error("partition {partition}: output failed: {cause}")]
     Sink {
         /// Partition.
         partition: usize,
         /// Why.
-        source: BoxError,
+        cause: BoxError,
     },
     /// The operator failed (a record failed under the fail policy, a watermark regressed).
     #[error("partition {partition}: {error}")]
@@ -528,10 +528,10 @@ impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
         let ctx = &self.ctx;
         let partition = ctx.index;
         let setup = |what: &'static str| {
-            move |source| PipelineError::Setup {
+            move |cause| PipelineError::Setup {
                 partition,
                 what,
-                source,
+                cause,
             }
         };
         // glommio 0.9.0's first timer on an executor fires ~10 ms late; pay that before the
@@ -558,7 +558,7 @@ impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
             driver::drive(&mut op, &mut source, &mut sink, self.clock, &settings).await?;
         let output = sink
             .finish()
-            .map_err(|source| PipelineError::Sink { partition, source })?;
+            .map_err(|cause| PipelineError::Sink { partition, cause })?;
         Ok(PartitionReport {
             partition,
             core: ctx.core,

@@ -1,0 +1,382 @@
+//! `ringwait enrich` as users run it: the binary, its flags, its files and exit codes.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use ringwait::server::{value_of, BuiltinServer, Fault, FaultPlan, ServerConfig};
+use serde_json::Value;
+
+fn ringwait(args: &[&str]) -> Output {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringwait"))
+        .args(args)
+        .output()
+        .expect("run ringwait");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "ringwait {args:?} took {:?}",
+        started.elapsed()
+    );
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("ringwait-enrich-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn path(&self, f: &str) -> String {
+        self.0.join(f).display().to_string()
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Input lines `{"id":i,"k":<key index or a miss>}` with a miss every 7th line.
+fn write_input(path: &str, n: u64, keys: u64) -> Vec<Option<u64>> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut expected = Vec::new();
+    for i in 0..n {
+        let key = ringwait::bench::key_of(i) % keys;
+        if i % 7 == 3 {
+            writeln!(f, r#"{{"id":{i},"k":"missing-{i}"}}"#).unwrap();
+            expected.push(None);
+        } else {
+            writeln!(f, r#"{{"id":{i},"k":{key}}}"#).unwrap();
+            expected.push(Some(key));
+        }
+    }
+    expected
+}
+
+fn read_output(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each output line is JSON"))
+        .collect()
+}
+
+/// Every record present once with the right value; in input order when `ordered`.
+fn check(out: &[Value], expected: &[Option<u64>], ordered: bool) {
+    assert_eq!(out.len(), expected.len(), "one output line per input line");
+    let mut seen = vec![false; expected.len()];
+    let mut last = None;
+    for obj in out {
+        let id = obj["id"].as_u64().unwrap() as usize;
+        assert!(!seen[id], "record {id} written twice");
+        seen[id] = true;
+        let want = match expected[id] {
+            Some(k) => Value::String(String::from_utf8(value_of(k).to_vec()).unwrap()),
+            None => Value::Null,
+        };
+        assert_eq!(obj["v"], want, "record {id}");
+        if ordered {
+            assert!(last.is_none_or(|l| l < id), "record {id} out of order");
+            last = Some(id);
+        }
+    }
+}
+
+fn enrich_against(store: &str, dir: &Dir, mode: &str, partitions: &str, n: u64, keys: u64) {
+    let input = dir.path(&format!("in-{mode}-{partitions}.jsonl"));
+    let output = dir.path(&format!("out-{mode}-{partitions}.jsonl"));
+    let expected = write_input(&input, n, keys);
+    let o = ringwait(&[
+        "enrich",
+        "--input",
+        &input,
+        "--output",
+        &output,
+        "--key",
+        "k",
+        "--key-prefix",
+        "k:",
+        "--into",
+        "v",
+        "--lookup",
+        store,
+        "--mode",
+        mode,
+        "--partitions",
+        partitions,
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{mode} x{partitions}: {}", stderr(&o));
+    check(&read_output(&output), &expected, mode == "ordered");
+    assert!(
+        stderr(&o).contains(&format!("{n} records")),
+        "summary: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn every_mode_on_one_and_two_partitions_against_a_real_redis() {
+    let redis = RedisServer::start();
+    let keys = 500;
+    redis.populate(keys);
+    let url = format!("redis://{}", redis.addr());
+    let dir = Dir::new("redis");
+    for mode in ["ordered", "unordered", "key-ordered"] {
+        for p in ["1", "2"] {
+            enrich_against(&url, &dir, mode, p, 3_000, keys);
+        }
+    }
+}
+
+#[test]
+fn every_mode_against_the_builtin_store() {
+    let dir = Dir::new("builtin");
+    for mode in ["ordered", "unordered", "key-ordered"] {
+        for p in ["1", "2"] {
+            enrich_against("builtin", &dir, mode, p, 2_000, 1_000_000);
+        }
+    }
+}
+
+#[test]
+fn the_default_job_runs_on_generated_records_with_the_embedded_store() {
+    let dir = Dir::new("default");
+    let out = dir.path("out.jsonl");
+    let o = ringwait(&["enrich", "--records", "5000", "--output", &out, "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = read_output(&out);
+    assert_eq!(lines.len(), 5000);
+    for (i, obj) in lines.iter().enumerate() {
+        assert_eq!(
+            obj["id"].as_u64(),
+            Some(i as u64),
+            "generated records stay in order"
+        );
+        let key = ringwait::bench::key_of(i as u64);
+        assert_eq!(obj["key"], Value::String(format!("k:{key}")));
+        assert_eq!(
+            obj["value"].as_str().unwrap().as_bytes(),
+            &value_of(key)[..],
+            "record {i}"
+        );
+    }
+}
+
+#[test]
+fn a_malformed_input_line_fails_naming_the_line_and_keeps_earlier_output() {
+    let dir = Dir::new("malformed");
+    let input = dir.path("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"key\":\"k:1\"}\n{\"key\":\"k:2\"}\nnot json\n{\"key\":\"k:3\"}\n",
+    )
+    .unwrap();
+    let out = dir.path("out.jsonl");
+    let o = ringwait(&[
+        "enrich",
+        "--input",
+        &input,
+        "--output",
+        &out,
+        "--partitions",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("line 3"), "names the line: {err}");
+    assert_eq!(
+        read_output(&out).len(),
+        2,
+        "the two good lines were written"
+    );
+}
+
+#[test]
+fn a_missing_key_field_is_a_clear_error() {
+    let dir = Dir::new("nokey");
+    let input = dir.path("in.jsonl");
+    std::fs::write(&input, "{\"key\":\"k:1\"}\n{\"id\":2}\n").unwrap();
+    let o = ringwait(&[
+        "enrich",
+        "--input",
+        &input,
+        "--output",
+        &dir.path("o"),
+        "--partitions",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 2: the key field \"key\" is missing"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_unreachable_store_is_a_clear_error_not_a_hang() {
+    let port = common::redis::free_port();
+    let o = ringwait(&[
+        "enrich",
+        "--records",
+        "100",
+        "--output",
+        "/dev/null",
+        "--lookup",
+        &format!("redis://127.0.0.1:{port}"),
+        "--partitions",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")),
+        "names the store: {err}"
+    );
+    assert!(err.contains("refused"), "says why: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear error line: {err}");
+}
+
+#[test]
+fn zero_capacity_is_refused_naming_the_flag() {
+    let o = ringwait(&["enrich", "--records", "10", "--capacity", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--capacity"), "{}", stderr(&o));
+    let o = ringwait(&["enrich", "--records", "10", "--timeout-ms", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--timeout-ms"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_store_that_never_answers_is_resolved_by_timeouts_and_the_error_policy() {
+    let server = BuiltinServer::start(ServerConfig {
+        keys: 100,
+        faults: FaultPlan::only(Fault::BlackHole),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let url = format!("redis://{}", server.addr());
+    let dir = Dir::new("blackhole");
+
+    // fail (the default): non-zero, naming a line and the timeout
+    let o = ringwait(&[
+        "enrich",
+        "--records",
+        "50",
+        "--output",
+        &dir.path("o1"),
+        "--lookup",
+        &url,
+        "--timeout-ms",
+        "200",
+        "--partitions",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("timed out after 200ms"),
+        "{}",
+        stderr(&o)
+    );
+
+    // side output: every record lands there, none in the output
+    let side = dir.path("side.jsonl");
+    let o = ringwait(&[
+        "enrich",
+        "--records",
+        "50",
+        "--output",
+        &dir.path("o2"),
+        "--lookup",
+        &url,
+        "--timeout-ms",
+        "200",
+        "--partitions",
+        "2",
+        "--on-error",
+        &format!("side-output:{side}"),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let failed = read_output(&side);
+    assert_eq!(failed.len(), 50);
+    assert!(failed
+        .iter()
+        .all(|f| f["error"].as_str().unwrap().contains("timed out")));
+    assert_eq!(read_output(&dir.path("o2")).len(), 0);
+
+    // skip: counted in the summary
+    let o = ringwait(&[
+        "enrich",
+        "--records",
+        "20",
+        "--output",
+        &dir.path("o3"),
+        "--lookup",
+        &url,
+        "--timeout-ms",
+        "100",
+        "--on-error",
+        "skip",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped 20"), "{}", stderr(&o));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn the_report_is_an_svg_chart_with_the_summary() {
+    let dir = Dir::new("report");
+    let report = dir.path("r.svg");
+    let o = ringwait(&[
+        "enrich",
+        "--records",
+        "2000",
+        "--output",
+        "/dev/null",
+        "--report",
+        &report,
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(&report).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    assert!(svg.contains("2000 records"), "the summary is in the chart");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let o = ringwait(&["enrich", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--input",
+        "--output",
+        "--key",
+        "--into",
+        "--key-prefix",
+        "--lookup",
+        "--mode",
+        "--capacity",
+        "--timeout-ms",
+        "--retries",
+        "--retry-backoff-ms",
+        "--on-error",
+        "--partitions",
+        "--report",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}

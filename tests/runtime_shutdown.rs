@@ -72,5 +72,9 @@ fn shutdown_leaves_no_threads_tasks_or_functions_behind() {
     while threads_now() != before && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(threads_now(), before, "every thread the run started has exited");
+    assert_eq!(
+        threads_now(),
+        before,
+        "every thread the run started has exited"
+    );
 }

@@ -61,6 +61,31 @@ struct BoardInner<Out> {
     late: u64,
 }
 
+impl<Out> BoardInner<Out> {
+    /// The cell of `slot`. Slots come from the operator's slot table, whose capacity the board
+    /// was created with, so `slot < cells.len()`; the check is kept in debug builds.
+    #[inline(always)]
+    fn cell(&mut self, slot: u32) -> &mut Cell<Out> {
+        debug_assert!(
+            (slot as usize) < self.cells.len(),
+            "slot {slot} out of range"
+        );
+        // SAFETY: slot < cells.len(): slot indices are minted only by the operator's slot
+        // table, which has exactly as many slots as the board has cells.
+        unsafe { self.cells.get_unchecked_mut(slot as usize) }
+    }
+
+    #[inline(always)]
+    fn cell_ref(&self, slot: u32) -> &Cell<Out> {
+        debug_assert!(
+            (slot as usize) < self.cells.len(),
+            "slot {slot} out of range"
+        );
+        // SAFETY: as in `cell`.
+        unsafe { self.cells.get_unchecked(slot as usize) }
+    }
+}
+
 /// Counts of ignored completions.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct IgnoredCounts {
@@ -110,7 +135,7 @@ impl<Out> CompletionBoard<Out> {
     #[inline]
     pub(crate) fn arm(&self, slot: u32, sequence: u64) -> u32 {
         let mut inner = self.inner.borrow_mut();
-        let cell = &mut inner.cells[slot as usize];
+        let cell = inner.cell(slot);
         debug_assert!(cell.result.is_none(), "arming a cell holding a result");
         cell.sequence = sequence;
         cell.generation = cell.generation.wrapping_add(1);
@@ -129,7 +154,7 @@ impl<Out> CompletionBoard<Out> {
     ) -> Completion {
         let waker = {
             let mut inner = self.inner.borrow_mut();
-            let cell = &mut inner.cells[slot as usize];
+            let cell = inner.cell(slot);
             let verdict = if cell.generation != generation || cell.sequence != sequence {
                 Completion::Late
             } else {
@@ -168,7 +193,7 @@ impl<Out> CompletionBoard<Out> {
     pub(crate) fn next_landed(&self) -> Option<(u32, Landed)> {
         let mut inner = self.inner.borrow_mut();
         let slot = inner.landed.pop()?;
-        let cell = &mut inner.cells[slot as usize];
+        let cell = inner.cell(slot);
         debug_assert_eq!(cell.state, CellState::Landed);
         cell.state = CellState::Collected;
         let kind = match &cell.result {
@@ -188,12 +213,14 @@ impl<Out> CompletionBoard<Out> {
 
     /// Whether `slot` holds a completion not yet collected.
     pub(crate) fn is_landed(&self, slot: u32) -> bool {
-        self.inner.borrow().cells[slot as usize].state == CellState::Landed
+        self.inner.borrow().cell_ref(slot).state == CellState::Landed
     }
 
     /// Takes the result out of `slot` (to show it to a retry predicate, or to build an error).
     pub(crate) fn take_result(&self, slot: u32) -> Resolution<Out> {
-        self.inner.borrow_mut().cells[slot as usize]
+        self.inner
+            .borrow_mut()
+            .cell(slot)
             .result
             .take()
             .expect("the cell holds a result")
@@ -201,22 +228,19 @@ impl<Out> CompletionBoard<Out> {
 
     /// Puts a (final) result into `slot`.
     pub(crate) fn set_result(&self, slot: u32, result: Resolution<Out>) {
-        self.inner.borrow_mut().cells[slot as usize].result = Some(result);
+        self.inner.borrow_mut().cell(slot).result = Some(result);
     }
 
     /// Whether the result in `slot` is an error.
     pub(crate) fn result_is_err(&self, slot: u32) -> bool {
-        matches!(
-            self.inner.borrow().cells[slot as usize].result,
-            Some(Err(_))
-        )
+        matches!(self.inner.borrow().cell_ref(slot).result, Some(Err(_)))
     }
 
     /// Takes the final result for emission; every handle of the record is stale afterwards.
     #[inline]
     pub(crate) fn take_for_emit(&self, slot: u32) -> Resolution<Out> {
         let mut inner = self.inner.borrow_mut();
-        let cell = &mut inner.cells[slot as usize];
+        let cell = inner.cell(slot);
         debug_assert_ne!(cell.state, CellState::Landed);
         cell.generation = cell.generation.wrapping_add(1);
         cell.state = CellState::Idle;
@@ -226,7 +250,7 @@ impl<Out> CompletionBoard<Out> {
     /// Marks `slot` timed out: later completions of its current attempt are late.
     pub(crate) fn time_out(&self, slot: u32) {
         let mut inner = self.inner.borrow_mut();
-        let cell = &mut inner.cells[slot as usize];
+        let cell = inner.cell(slot);
         debug_assert_ne!(cell.state, CellState::Landed);
         cell.state = CellState::TimedOut;
     }
@@ -235,7 +259,7 @@ impl<Out> CompletionBoard<Out> {
     /// it are late.
     pub(crate) fn retire(&self, slot: u32) {
         let mut inner = self.inner.borrow_mut();
-        let cell = &mut inner.cells[slot as usize];
+        let cell = inner.cell(slot);
         debug_assert_ne!(cell.state, CellState::Landed);
         cell.generation = cell.generation.wrapping_add(1);
         cell.state = CellState::Idle;

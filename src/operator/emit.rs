@@ -1,7 +1,8 @@
 //! Emission rules of the three order modes, and key bookkeeping for key-ordered mode.
 //!
-//! An entry becomes *ready* (queued for [`AsyncWaitOperator::pop_output`]) exactly once, at the
-//! first moment its mode allows it to leave. Each transition that can make entries ready checks
+//! Ordered mode needs no queue: `pop_output` takes the head while it is done. In the other
+//! modes an entry becomes *ready* (queued for [`AsyncWaitOperator::pop_output`]) exactly once,
+//! at the first moment its mode allows it to leave. Each transition that can make entries ready checks
 //! only the entries it can affect, so the cost per record is constant:
 //! * a record resolves → it alone may become ready;
 //! * a record leaves → the next record of its key, and (unordered modes) a watermark now at the
@@ -30,8 +31,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     /// A record left; `next_of_key` is the next record of its key (key-ordered mode).
     pub(super) fn after_record_left(&mut self, next_of_key: Option<u32>) {
         if self.mode == OrderMode::Ordered {
-            self.queue_head_if_done();
-            return;
+            return; // the head is read directly
         }
         if let Some(next) = next_of_key {
             if self.slots.get(next).state == SlotState::Done && self.emittable(next) {
@@ -44,8 +44,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     /// A watermark left: in the unordered modes the next segment opens.
     pub(super) fn on_watermark_left(&mut self) {
         if self.mode == OrderMode::Ordered {
-            self.queue_head_if_done();
-            return;
+            return; // the head is read directly
         }
         self.active_segment += 1;
         let mut cursor = self.slots.head(ListId::Order);
@@ -62,17 +61,6 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 _ => {}
             }
             cursor = self.slots.next(ListId::Order, idx);
-        }
-    }
-
-    fn queue_head_if_done(&mut self) {
-        if let Some(head) = self.slots.head(ListId::Order) {
-            if matches!(
-                self.slots.get(head).state,
-                SlotState::Done | SlotState::Watermark
-            ) {
-                self.push_ready(head);
-            }
         }
     }
 

@@ -28,8 +28,13 @@ impl<T: Copy + Default> Fifo<T> {
 impl<T: Copy> Fifo<T> {
     #[inline]
     pub(crate) fn push(&mut self, value: T) {
-        assert!(self.tail - self.head <= self.mask, "fifo overflow");
-        self.buf[self.tail & self.mask] = value;
+        assert!(
+            self.tail.wrapping_sub(self.head) <= self.mask,
+            "fifo overflow"
+        );
+        let i = self.tail & self.mask;
+        // SAFETY: buf.len() == mask + 1 (a power of two), so i = x & mask < buf.len().
+        unsafe { *self.buf.get_unchecked_mut(i) = value };
         self.tail = self.tail.wrapping_add(1);
     }
 
@@ -38,7 +43,9 @@ impl<T: Copy> Fifo<T> {
         if self.head == self.tail {
             return None;
         }
-        let v = self.buf[self.head & self.mask];
+        let i = self.head & self.mask;
+        // SAFETY: buf.len() == mask + 1 (a power of two), so i = x & mask < buf.len().
+        let v = unsafe { *self.buf.get_unchecked(i) };
         self.head = self.head.wrapping_add(1);
         Some(v)
     }

@@ -263,7 +263,19 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// Whether [`pop_output`](Self::pop_output) has something to return.
     pub fn has_output(&self) -> bool {
-        !self.ready.is_empty() || self.draining.is_some()
+        if self.draining.is_some() {
+            return true;
+        }
+        if self.mode == OrderMode::Ordered {
+            self.slots.head(ListId::Order).is_some_and(|h| {
+                matches!(
+                    self.slots.get(h).state,
+                    SlotState::Done | SlotState::Watermark
+                )
+            })
+        } else {
+            !self.ready.is_empty()
+        }
     }
 
     /// The earliest time at which [`advance`](Self::advance) has timer work (a timeout or a
@@ -430,7 +442,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     }
 
     /// A completion of record `idx` landed: retry it, or make its result final.
-    #[inline]
+    #[inline(always)]
     fn on_landed(&mut self, idx: u32, landed: Landed, now: Nanos) -> Result<(), OperatorError> {
         debug_assert_eq!(self.slots.get(idx).state, SlotState::InFlight);
         match landed {
@@ -543,7 +555,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// Makes the result in the board final and the record emittable when its mode allows;
     /// under `ErrorPolicy::Fail` an error stops the operator here, naming the record.
-    #[inline]
+    #[inline(always)]
     fn resolve(&mut self, idx: u32) -> Result<(), OperatorError> {
         if self.slots.is_linked(ListId::Pending, idx) {
             self.slots.unlink(ListId::Pending, idx);
@@ -564,7 +576,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 });
             }
         }
-        if self.emittable(idx) {
+        if self.mode != OrderMode::Ordered && self.emittable(idx) {
             self.push_ready(idx);
         }
         Ok(())
@@ -585,12 +597,27 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         if let Some(out) = self.next_drained() {
             return Some(out);
         }
-        while let Some(idx) = self.ready.pop() {
+        while let Some(idx) = self.next_ready() {
             if let Some(out) = self.emit(idx, now) {
                 return Some(out);
             }
         }
         None
+    }
+
+    /// The next entry that may leave. Ordered mode needs no queue: only the head can leave,
+    /// and it can when it is done.
+    #[inline(always)]
+    fn next_ready(&mut self) -> Option<u32> {
+        if self.mode == OrderMode::Ordered {
+            let head = self.slots.head(ListId::Order)?;
+            match self.slots.get(head).state {
+                SlotState::Done | SlotState::Watermark => Some(head),
+                _ => None,
+            }
+        } else {
+            self.ready.pop()
+        }
     }
 
     fn next_drained(&mut self) -> Option<Emitted<F::Out, F::In>> {
@@ -669,8 +696,12 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         }
     }
 
+    /// Queues `idx` to leave (unordered modes; ordered mode reads its head instead).
     #[inline]
     fn push_ready(&mut self, idx: u32) {
+        if self.mode == OrderMode::Ordered {
+            return;
+        }
         let slot = self.slots.get_mut(idx);
         if !slot.queued {
             slot.queued = true;

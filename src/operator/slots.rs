@@ -33,6 +33,17 @@ pub(crate) enum ListId {
     Pending = 1,
 }
 
+impl ListId {
+    /// The list's index into per-slot and per-table arrays of two.
+    #[inline(always)]
+    fn index(self) -> usize {
+        match self {
+            ListId::Order => 0,
+            ListId::Pending => 1,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug)]
 struct Links {
     prev: u32,
@@ -118,6 +129,32 @@ impl<In> SlotTable<In> {
         }
     }
 
+    /// The slot at `idx`.
+    ///
+    /// Every index this table hands out or stores (free list, list links, heads and tails)
+    /// comes from `0..capacity`, and callers only pass indices obtained from it, so `idx` is
+    /// in bounds; the check is kept in debug builds.
+    #[inline(always)]
+    fn at(&self, idx: u32) -> &Slot<In> {
+        debug_assert!(
+            (idx as usize) < self.slots.len(),
+            "slot index {idx} out of range"
+        );
+        // SAFETY: idx < self.slots.len() by the table's invariant (see above).
+        unsafe { self.slots.get_unchecked(idx as usize) }
+    }
+
+    /// The slot at `idx`, mutably (same invariant as [`Self::at`]).
+    #[inline(always)]
+    fn at_mut(&mut self, idx: u32) -> &mut Slot<In> {
+        debug_assert!(
+            (idx as usize) < self.slots.len(),
+            "slot index {idx} out of range"
+        );
+        // SAFETY: idx < self.slots.len() by the table's invariant (see `at`).
+        unsafe { self.slots.get_unchecked_mut(idx as usize) }
+    }
+
     /// Live entries (the operator's queue occupancy).
     pub(crate) fn len(&self) -> usize {
         self.slots.len() - self.free.len()
@@ -129,19 +166,19 @@ impl<In> SlotTable<In> {
 
     #[inline]
     pub(crate) fn get(&self, idx: u32) -> &Slot<In> {
-        &self.slots[idx as usize]
+        self.at(idx)
     }
 
     #[inline]
     pub(crate) fn get_mut(&mut self, idx: u32) -> &mut Slot<In> {
-        &mut self.slots[idx as usize]
+        self.at_mut(idx)
     }
 
     /// Takes a free slot and appends it to the order list; `None` when full.
     #[inline]
     pub(crate) fn allocate(&mut self, state: SlotState) -> Option<u32> {
         let idx = self.free.pop()?;
-        let slot = &mut self.slots[idx as usize];
+        let slot = self.at_mut(idx);
         debug_assert_eq!(slot.state, SlotState::Free);
         slot.state = state;
         self.push_back(ListId::Order, idx);
@@ -153,11 +190,11 @@ impl<In> SlotTable<In> {
     #[inline]
     pub(crate) fn release(&mut self, idx: u32) -> Option<In> {
         for list in [ListId::Order, ListId::Pending] {
-            if self.slots[idx as usize].links[list as usize].linked {
+            if self.at(idx).links[list.index()].linked {
                 self.unlink(list, idx);
             }
         }
-        let slot = &mut self.slots[idx as usize];
+        let slot = self.at_mut(idx);
         debug_assert_ne!(slot.state, SlotState::Free);
         slot.state = SlotState::Free;
         slot.key_next = NIL;
@@ -170,25 +207,25 @@ impl<In> SlotTable<In> {
     }
 
     pub(crate) fn head(&self, list: ListId) -> Option<u32> {
-        let h = self.lists[list as usize].head;
+        let h = self.lists[list.index()].head;
         (h != NIL).then_some(h)
     }
 
     pub(crate) fn next(&self, list: ListId, idx: u32) -> Option<u32> {
-        let n = self.slots[idx as usize].links[list as usize].next;
+        let n = self.at(idx).links[list.index()].next;
         (n != NIL).then_some(n)
     }
 
     pub(crate) fn is_linked(&self, list: ListId, idx: u32) -> bool {
-        self.slots[idx as usize].links[list as usize].linked
+        self.at(idx).links[list.index()].linked
     }
 
     #[inline]
     pub(crate) fn push_back(&mut self, list: ListId, idx: u32) {
-        let l = list as usize;
-        debug_assert!(!self.slots[idx as usize].links[l].linked);
+        let l = list.index();
+        debug_assert!(!self.at(idx).links[l].linked);
         let tail = self.lists[l].tail;
-        self.slots[idx as usize].links[l] = Links {
+        self.at_mut(idx).links[l] = Links {
             prev: tail,
             next: NIL,
             linked: true,
@@ -196,7 +233,7 @@ impl<In> SlotTable<In> {
         if tail == NIL {
             self.lists[l].head = idx;
         } else {
-            self.slots[tail as usize].links[l].next = idx;
+            self.at_mut(tail).links[l].next = idx;
         }
         self.lists[l].tail = idx;
         self.lists[l].len += 1;
@@ -204,32 +241,32 @@ impl<In> SlotTable<In> {
 
     #[inline]
     pub(crate) fn unlink(&mut self, list: ListId, idx: u32) {
-        let l = list as usize;
-        let Links { prev, next, linked } = self.slots[idx as usize].links[l];
+        let l = list.index();
+        let Links { prev, next, linked } = self.at(idx).links[l];
         debug_assert!(linked, "unlinking a slot that is not on the list");
         if prev == NIL {
             self.lists[l].head = next;
         } else {
-            self.slots[prev as usize].links[l].next = next;
+            self.at_mut(prev).links[l].next = next;
         }
         if next == NIL {
             self.lists[l].tail = prev;
         } else {
-            self.slots[next as usize].links[l].prev = prev;
+            self.at_mut(next).links[l].prev = prev;
         }
-        self.slots[idx as usize].links[l] = UNLINKED;
+        self.at_mut(idx).links[l] = UNLINKED;
         self.lists[l].len -= 1;
     }
 
     /// Iterates a list from head to tail.
     pub(crate) fn iter(&self, list: ListId) -> impl Iterator<Item = u32> + '_ {
-        let mut cur = self.lists[list as usize].head;
+        let mut cur = self.lists[list.index()].head;
         std::iter::from_fn(move || {
             if cur == NIL {
                 return None;
             }
             let idx = cur;
-            cur = self.slots[idx as usize].links[list as usize].next;
+            cur = self.at(idx).links[list.index()].next;
             Some(idx)
         })
     }

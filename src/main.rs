@@ -114,6 +114,9 @@ struct BenchArgs {
     /// Spin this many microseconds before parking an idle executor (0: park at once).
     #[arg(long, default_value_t = 0)]
     spin_before_park_us: u64,
+    /// Records taken per driver iteration.
+    #[arg(long, default_value_t = 32)]
+    intake_batch: usize,
     /// Repeat the run this many times, printing one line each.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
@@ -186,6 +189,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         cfg.records = n;
     }
     cfg.capacity = a.capacity;
+    cfg.intake_batch = a.intake_batch;
     cfg.delay = Duration::from_micros(a.delay_us);
     cfg.spin = Duration::from_micros(a.spin_us);
     cfg.spin_before_park =

@@ -62,6 +62,8 @@ pub struct BenchConfig {
     pub spin: Duration,
     /// Spin before parking idle executors.
     pub spin_before_park: Option<Duration>,
+    /// Records taken per driver iteration (latency granularity vs per-iteration cost).
+    pub intake_batch: usize,
 }
 
 impl BenchConfig {
@@ -79,6 +81,7 @@ impl BenchConfig {
             delay: Duration::from_millis(1),
             spin: Duration::from_micros(50),
             spin_before_park: None,
+            intake_batch: 32,
         }
     }
 }

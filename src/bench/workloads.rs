@@ -29,6 +29,7 @@ fn pipeline(cfg: &BenchConfig) -> Result<Pipeline, PipelineError> {
         .build()?;
     let mut b = Pipeline::builder()
         .partitions(cfg.partitions)
+        .intake_batch(cfg.intake_batch)
         .operator(operator);
     if let Some(spin) = cfg.spin_before_park {
         b = b.spin_before_park(spin);

@@ -223,7 +223,7 @@ pub struct PipelineBuilder {
 
 impl Pipeline {
     /// A builder with defaults: one partition per available core, pinned, 256 KiB of io_uring
-    /// memory per executor, intake batches of 128.
+    /// memory per executor, intake batches of 32.
     pub fn builder() -> PipelineBuilder {
         PipelineBuilder {
             partitions: None,
@@ -233,7 +233,7 @@ impl Pipeline {
                 io_memory: 256 * 1024,
                 spin_before_park: None,
             },
-            intake_batch: 128,
+            intake_batch: 32,
         }
     }
 
@@ -275,7 +275,7 @@ impl PipelineBuilder {
         self.executor.spin_before_park = Some(spin);
         self
     }
-    /// Records taken from the source per loop iteration (default 128).
+    /// Records taken from the source per loop iteration (default 32: a batch is taken, invoked and emitted before the next, so its duration bounds the latency the loop adds).
     pub fn intake_batch(mut self, n: usize) -> Self {
         self.intake_batch = n;
         self

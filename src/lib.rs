@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod function;
 pub mod lookup;
 pub mod metrics;
+pub mod metrics_http;
 pub mod operator;
 pub mod queue;
 pub mod report;

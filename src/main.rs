@@ -83,6 +83,9 @@ struct EnrichArgs {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Serve the operator metrics (Prometheus text format) at http://ADDR/metrics while running.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Do not pin partitions to cores (share the cores with other work).
     #[arg(long)]
     no_pin: bool,
@@ -175,6 +178,7 @@ fn enrich(a: EnrichArgs) -> Result<()> {
         report: a.report,
         progress: !a.quiet,
         pin: !a.no_pin,
+        metrics: a.metrics,
     };
     let summary = ringwait::enrich::run(config)?;
     eprintln!("{summary}");

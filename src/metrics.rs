@@ -161,6 +161,21 @@ impl LatencyRecorder {
         }
     }
 
+    /// (p50, p99, p99.9, max) in nanoseconds, without copying the histogram.
+    pub(crate) fn quantiles(&mut self) -> (u64, u64, u64, u64) {
+        self.flush();
+        let h = &self.hist;
+        if h.is_empty() {
+            return (0, 0, 0, 0);
+        }
+        (
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+        )
+    }
+
     /// The histogram including the current run.
     pub(crate) fn histogram(&self) -> Histogram<u64> {
         let mut h = self.hist.clone();

@@ -380,3 +380,65 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn metrics_are_served_in_the_prometheus_format_while_running() {
+    let port = common::redis::free_port();
+    let server = BuiltinServer::start(ServerConfig {
+        keys: 1000,
+        faults: FaultPlan {
+            latency: ringwait::server::Latency::Fixed(Duration::from_millis(2)),
+            ..FaultPlan::healthy()
+        },
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let url = format!("redis://{}", server.addr());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringwait"))
+        .args([
+            "enrich",
+            "--records",
+            "20000",
+            "--output",
+            "/dev/null",
+            "--lookup",
+            &url,
+            "--partitions",
+            "2",
+            "--capacity",
+            "50",
+            "--quiet",
+            "--metrics",
+            &addr.to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut body = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Ok(b) = ringwait::metrics_http::fetch(addr) {
+            if b.contains("ringwait_records_in_total{partition=\"1\"}")
+                && !b.contains("ringwait_records_in_total{partition=\"0\"} 0\n")
+            {
+                body = Some(b);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let body = body.expect("metrics were served while the job ran");
+    for family in [
+        "# TYPE ringwait_records_in_total counter",
+        "# TYPE ringwait_in_flight gauge",
+        "ringwait_capacity{partition=\"0\"} 50",
+        "ringwait_latency_p99_ns{partition=\"1\"}",
+        "ringwait_oldest_age_ns",
+        "ringwait_duplicates_total",
+    ] {
+        assert!(body.contains(family), "missing {family} in:\n{body}");
+    }
+    server.shutdown().unwrap();
+}

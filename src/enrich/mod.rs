@@ -132,6 +132,8 @@ pub struct EnrichConfig {
     pub progress: bool,
     /// Pin each partition to its own core.
     pub pin: bool,
+    /// `--metrics`: serve the operator metrics in the Prometheus text format while running.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for EnrichConfig {
@@ -153,6 +155,7 @@ impl Default for EnrichConfig {
             report: None,
             progress: true,
             pin: true,
+            metrics: None,
         }
     }
 }
@@ -291,19 +294,31 @@ impl EnrichConfig {
 /// Runs the job to the end of its input.
 pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let operator = config.operator_config()?;
-    let pipeline = Pipeline::builder()
+    let partitions = config
+        .partitions
+        .unwrap_or_else(|| crate::runtime::available_cores().len().max(1));
+    let mut builder = Pipeline::builder()
         .operator(operator)
         .pin(config.pin)
-        .partitions(
-            config
-                .partitions
-                .unwrap_or_else(|| crate::runtime::available_cores().len().max(1)),
-        )
-        .build()
-        .map_err(|e| EnrichError::Flag {
-            flag: "--partitions",
-            reason: e.to_string(),
-        })?;
+        .partitions(partitions);
+    let _metrics_server = match config.metrics {
+        Some(addr) if (1..=crate::runtime::MAX_PARTITIONS).contains(&partitions) => {
+            let live = crate::runtime::LiveMetrics::new(partitions);
+            builder = builder.live_metrics(live.clone());
+            let server = crate::metrics_http::MetricsServer::start(addr, live).map_err(|e| {
+                EnrichError::Flag {
+                    flag: "--metrics",
+                    reason: format!("cannot listen on {addr}: {e}"),
+                }
+            })?;
+            Some(server)
+        }
+        _ => None,
+    };
+    let pipeline = builder.build().map_err(|e| EnrichError::Flag {
+        flag: "--partitions",
+        reason: e.to_string(),
+    })?;
     let out = open_output(&config.output)?;
     let side = match &config.on_error {
         OnError::SideOutput(path) => Some(create_file(path, "create the side output")?),

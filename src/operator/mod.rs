@@ -739,6 +739,39 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         }
     }
 
+    /// Publishes the current metrics into `gauges` (for readers on other threads), without
+    /// allocating.
+    pub fn publish(&mut self, now: Nanos, gauges: &crate::runtime::PartitionGauges) {
+        let ignored = self.board.ignored();
+        let (p50, p99, p999, max) = self.latency.quantiles();
+        let c = &self.counters;
+        gauges.store(&crate::runtime::PartitionSample {
+            records_in: c.records_in,
+            outputs: c.outputs,
+            completions: c.completions,
+            duplicates: ignored.duplicates,
+            late: ignored.late,
+            timeouts: c.timeouts,
+            retries: c.retries,
+            errors: c.errors,
+            skipped: c.skipped,
+            side_outputs: c.side_outputs,
+            panics: c.panics,
+            in_flight: self.pending as u64,
+            occupancy: self.slots.len() as u64,
+            capacity: self.config.capacity() as u64,
+            oldest_age_ns: self
+                .slots
+                .head(ListId::Order)
+                .map(|h| now.nanos_since(self.slots.get(h).intake))
+                .unwrap_or(0),
+            latency_p50_ns: p50,
+            latency_p99_ns: p99,
+            latency_p999_ns: p999,
+            latency_max_ns: max,
+        });
+    }
+
     /// Every input taken and not yet emitted, in input order (SPEC S10): records in flight,
     /// records done but waiting, and watermarks. Reading it does not wait for anything.
     pub fn pending_entries(&self) -> impl Iterator<Item = PendingEntry<'_, F::In>> + '_ {

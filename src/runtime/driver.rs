@@ -26,6 +26,7 @@ pub(crate) struct DriverSettings {
     pub partition: usize,
     pub intake_batch: usize,
     pub abort: Arc<AtomicBool>,
+    pub live: Option<std::sync::Arc<super::LiveMetrics>>,
 }
 
 /// When the partition took its first input and emitted its last output.
@@ -53,11 +54,18 @@ where
     let mut source_done = false;
     let mut source_idle_until: Option<Nanos> = None;
     let mut idle_poll = MIN_IDLE_POLL;
+    let mut next_publish = Nanos::ZERO;
     loop {
         if settings.abort.load(Ordering::Relaxed) {
             return Err(PipelineError::Aborted { partition });
         }
         let now = clock.now();
+        if let Some(live) = &settings.live {
+            if now >= next_publish {
+                op.publish(now, live.partition(partition));
+                next_publish = now + super::PUBLISH_EVERY;
+            }
+        }
         let mut progressed = false;
 
         if !source_done && source_idle_until.is_none_or(|t| now >= t) {
@@ -115,6 +123,9 @@ where
         }
 
         if source_done && op.is_empty() {
+            if let Some(live) = &settings.live {
+                op.publish(clock.now(), live.partition(partition));
+            }
             return Ok(times);
         }
         if progressed {

@@ -33,6 +33,7 @@ mod async_fn;
 mod delay;
 mod driver;
 mod executor;
+mod live;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -43,6 +44,7 @@ use futures_lite::FutureExt;
 pub use async_fn::{async_fn, AsyncFn};
 pub use delay::DelayLine;
 pub use executor::{available_cores, keep_awake, KEEP_AWAKE_PERIOD};
+pub use live::{LiveMetrics, PartitionGauges, PartitionSample, PUBLISH_EVERY};
 
 use crate::config::{ConfigError, OperatorConfig};
 use crate::function::AsyncFunction;
@@ -210,6 +212,7 @@ pub struct Pipeline {
     operator: OperatorConfig,
     executor: ExecutorSettings,
     intake_batch: usize,
+    live: Option<std::sync::Arc<LiveMetrics>>,
 }
 
 /// Builds a [`Pipeline`]; every setting is validated by [`build`](PipelineBuilder::build).
@@ -219,6 +222,7 @@ pub struct PipelineBuilder {
     operator: Option<OperatorConfig>,
     executor: ExecutorSettings,
     intake_batch: usize,
+    live: Option<std::sync::Arc<LiveMetrics>>,
 }
 
 impl Pipeline {
@@ -234,6 +238,7 @@ impl Pipeline {
                 spin_before_park: None,
             },
             intake_batch: 32,
+            live: None,
         }
     }
 
@@ -281,6 +286,13 @@ impl PipelineBuilder {
         self
     }
 
+    /// Publish each partition's metrics into `live` every [`PUBLISH_EVERY`] while running
+    /// (it must have one slot per partition).
+    pub fn live_metrics(mut self, live: std::sync::Arc<LiveMetrics>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<Pipeline, ConfigError> {
         let partitions = self
@@ -311,11 +323,23 @@ impl PipelineBuilder {
             Some(c) => c,
             None => OperatorConfig::builder().build()?,
         };
+        if let Some(live) = &self.live {
+            if live.partitions() != partitions {
+                return Err(ConfigError::Invalid {
+                    setting: "live_metrics",
+                    reason: format!(
+                        "it has {} partition slots but the pipeline has {partitions} partitions",
+                        live.partitions()
+                    ),
+                });
+            }
+        }
         Ok(Pipeline {
             partitions,
             operator,
             executor: self.executor,
             intake_batch: self.intake_batch,
+            live: self.live,
         })
     }
 }
@@ -408,6 +432,7 @@ impl Pipeline {
                 clock,
                 abort: abort.clone(),
                 intake_batch: self.intake_batch,
+                live: self.live.clone(),
             };
             let spawned = executor::builder(index, ctx.core, &self.executor)
                 .spawn(move || task.run::<S, F, K, Fut>());
@@ -482,6 +507,7 @@ struct PartitionTask<SF, FF, KF, In> {
     clock: MonotonicClock,
     abort: Arc<AtomicBool>,
     intake_batch: usize,
+    live: Option<std::sync::Arc<LiveMetrics>>,
 }
 
 impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
@@ -553,6 +579,7 @@ impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
             partition,
             intake_batch: self.intake_batch,
             abort: self.abort.clone(),
+            live: self.live.clone(),
         };
         let times: DriveTimes =
             driver::drive(&mut op, &mut source, &mut sink, self.clock, &settings).await?;

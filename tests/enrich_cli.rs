@@ -395,7 +395,7 @@ fn metrics_are_served_in_the_prometheus_format_while_running() {
     .unwrap();
     let url = format!("redis://{}", server.addr());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringwait"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ringwait"))
         .args([
             "enrich",
             "--records",
@@ -427,8 +427,8 @@ fn metrics_are_served_in_the_prometheus_format_while_running() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success(), "{:?} {}", done.status, stderr(&done));
     let body = body.expect("metrics were served while the job ran");
     for family in [
         "# TYPE ringwait_records_in_total counter",

@@ -402,6 +402,10 @@ fn run_pipeline(
     let sinks = Mutex::new(out_tx);
     let conn_config = ConnectionConfig {
         db: url.db,
+        // A server that stops answering (a black hole) holds every later request of the
+        // connection hostage, since replies match requests in order: give up on the
+        // connection, and reconnect, once nothing arrived for two record timeouts.
+        response_timeout: Some((config.timeout * 2).max(Duration::from_millis(50))),
         ..ConnectionConfig::default()
     };
     let addr = url.addr;

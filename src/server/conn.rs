@@ -93,6 +93,9 @@ impl ReadBuf {
     }
 }
 
+/// How often a black-holed connection checks whether the fault cleared.
+const BLACK_HOLE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 async fn read_loop(
     stream: &RefCell<TcpStream>,
     store: &Store,
@@ -119,14 +122,17 @@ async fn read_loop(
             Ok(0) | Err(_) => return,
             Ok(n) => rb.end += n,
         }
-        let active = shared.faults.active(shared.started.elapsed());
-        match active.fault {
-            Fault::Refuse => return,
-            Fault::BlackHole => {
-                rb.start = rb.end;
-                continue;
-            }
-            _ => {}
+        let mut active = shared.faults.active(shared.started.elapsed());
+        // A black hole is a stalled peer: nothing is answered while it lasts, and what was
+        // asked stays asked. Once it clears, every pending command is answered in order, as
+        // a real server behind a healed partition would (dropping them instead would shift
+        // every later reply onto the wrong request).
+        while active.fault == Fault::BlackHole {
+            glommio::timer::sleep(BLACK_HOLE_POLL).await;
+            active = shared.faults.active(shared.started.elapsed());
+        }
+        if active.fault == Fault::Refuse {
+            return;
         }
         let (commands, close) = execute_all(&parser, store, &mut rb, &mut out);
         shared.stats.commands.fetch_add(commands, Ordering::Relaxed);

@@ -17,7 +17,8 @@ pub enum Fault {
     Refuse,
     /// Write the first half of a batch of replies, then reset the connection (`SO_LINGER` 0).
     Reset,
-    /// Accept and read requests but never answer.
+    /// Accept connections but answer nothing while the fault lasts (requests wait, unread);
+    /// when it clears, pending requests are answered in order.
     BlackHole,
     /// Answer every request with bytes that are not RESP2 (bad type bytes, bad lengths).
     Malformed,

@@ -59,6 +59,11 @@ struct BoardInner<Out> {
     waker: Option<Waker>,
     duplicates: u64,
     late: u64,
+    /// The slot whose function call is running now (`u32::MAX`: none). A completion of it
+    /// during the call is handed back by `end_invoke` instead of going through `landed`.
+    invoking: u32,
+    /// Whether the slot being invoked completed during the call.
+    sync_landed: bool,
 }
 
 impl<Out> BoardInner<Out> {
@@ -116,6 +121,8 @@ impl<Out> CompletionBoard<Out> {
                 waker: None,
                 duplicates: 0,
                 late: 0,
+                invoking: u32::MAX,
+                sync_landed: false,
             }),
             operator_id,
             partition,
@@ -130,11 +137,14 @@ impl<Out> CompletionBoard<Out> {
         self.partition
     }
 
-    /// Starts a new attempt on `slot` for the record `sequence`; returns the generation its
-    /// handle must carry.
+    /// Starts a new attempt on `slot` for the record `sequence`, whose function call follows
+    /// (end it with [`end_invoke`](Self::end_invoke)); returns the generation its handle must
+    /// carry.
     #[inline]
     pub(crate) fn arm(&self, slot: u32, sequence: u64) -> u32 {
         let mut inner = self.inner.borrow_mut();
+        inner.invoking = slot;
+        inner.sync_landed = false;
         let cell = inner.cell(slot);
         debug_assert!(cell.result.is_none(), "arming a cell holding a result");
         cell.sequence = sequence;
@@ -168,6 +178,12 @@ impl<Out> CompletionBoard<Out> {
                 Completion::Accepted => {
                     cell.state = CellState::Landed;
                     cell.result = Some(result.map_err(RecordError::from_function));
+                    if inner.invoking == slot {
+                        // Completed inside its own call: the operator picks it up right
+                        // after the call returns, no queue and no wake-up needed.
+                        inner.sync_landed = true;
+                        return Completion::Accepted;
+                    }
                     inner.landed.push(slot);
                     inner.waker.take()
                 }
@@ -203,6 +219,27 @@ impl<Out> CompletionBoard<Out> {
             None => unreachable!("a landed cell holds a result"),
         };
         Some((slot, kind))
+    }
+
+    /// Ends the function call started by [`arm`](Self::arm): if the record completed during
+    /// it, collects that completion and says what kind it is.
+    #[inline]
+    pub(crate) fn end_invoke(&self, slot: u32) -> Option<Landed> {
+        let mut inner = self.inner.borrow_mut();
+        debug_assert_eq!(inner.invoking, slot);
+        inner.invoking = u32::MAX;
+        if !std::mem::take(&mut inner.sync_landed) {
+            return None;
+        }
+        let cell = inner.cell(slot);
+        debug_assert_eq!(cell.state, CellState::Landed);
+        cell.state = CellState::Collected;
+        Some(match &cell.result {
+            Some(Ok(_)) => Landed::Ok,
+            Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
+            Some(Err(_)) => Landed::Failed,
+            None => unreachable!("a landed cell holds a result"),
+        })
     }
 
     /// Whether any completion waits to be collected.

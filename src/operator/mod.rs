@@ -373,7 +373,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         if self.mode == OrderMode::KeyOrdered {
             self.link_key(idx, key);
         }
-        self.invoke(idx)?;
+        self.invoke(idx, now)?;
         if self.board.has_landed() {
             self.collect(now)?;
         }
@@ -404,16 +404,18 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     }
 
     /// Runs one attempt of the function for the record in `idx`; a panic fails the record.
-    fn invoke(&mut self, idx: u32) -> Result<(), OperatorError> {
+    #[inline]
+    fn invoke(&mut self, idx: u32, now: Nanos) -> Result<(), OperatorError> {
         let slot = self.slots.get(idx);
         let generation = self.board.arm(idx, slot.sequence);
         let handle = ResultFuture::new(self.board.clone(), idx, generation, slot.sequence);
         let input = slot.input.as_ref().expect("a record slot holds its input");
         let function = &self.function;
         let outcome = catch_unwind(AssertUnwindSafe(|| function.invoke(input, handle)));
+        let landed = self.board.end_invoke(idx);
         if let Err(payload) = outcome {
             self.counters.panics += 1;
-            if !self.board.is_landed(idx) {
+            if landed.is_none() {
                 // Completions the function may still make for this attempt are late.
                 self.board.time_out(idx);
                 self.board
@@ -421,7 +423,13 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 return self.resolve(idx);
             }
         }
-        Ok(())
+        match landed {
+            Some(kind) => {
+                self.counters.completions += 1;
+                self.on_landed(idx, kind, now)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Collects arrived completions, starts due retries and fires expired timeouts.
@@ -514,7 +522,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             }
             slot.state = SlotState::InFlight;
             slot.attempts += 1;
-            self.invoke(idx)?;
+            self.invoke(idx, now)?;
         }
         Ok(())
     }

@@ -432,4 +432,28 @@ pub enum DecodeError {
         /// How many.
         count: usize,
     },
+    /// The payload does not start with the expected format tag (another format or version).
+    #[error("unknown payload format {found:#018x} (expected {expected:#018x})")]
+    UnknownFormat {
+        /// Tag read.
+        found: u64,
+        /// Tag this version writes.
+        expected: u64,
+    },
+    /// A value has a tag this version does not know.
+    #[error("invalid tag {tag} for {what}")]
+    InvalidTag {
+        /// The tag byte.
+        tag: u8,
+        /// What was being decoded.
+        what: &'static str,
+    },
+    /// A value other than bytes failed to decode (e.g. a record's JSON).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
 }

@@ -89,6 +89,14 @@ struct EnrichArgs {
     /// Do not pin partitions to cores (share the cores with other work).
     #[arg(long)]
     no_pin: bool,
+    /// Exactly-once: keep checkpoints in DIR; after a crash (even SIGKILL), running the same
+    /// command again resumes, and the finished --output holds exactly one line per input line.
+    /// Needs --input PATH (or generated input) and --output PATH. One process per DIR.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<std::path::PathBuf>,
+    /// Time between checkpoints (with --checkpoint-dir).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    checkpoint_interval_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -179,6 +187,8 @@ fn enrich(a: EnrichArgs) -> Result<()> {
         progress: !a.quiet,
         pin: !a.no_pin,
         metrics: a.metrics,
+        checkpoint_dir: a.checkpoint_dir,
+        checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
     };
     let summary = ringwait::enrich::run(config)?;
     eprintln!("{summary}");

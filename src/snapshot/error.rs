@@ -317,6 +317,18 @@ pub enum SnapshotError {
         /// What is wrong with header B.
         b: HeaderStatus,
     },
+    /// The epoch a restore asked for is in neither header.
+    #[error("snapshot file {} does not hold epoch {epoch} (header A: {a}; header B: {b})", path.display())]
+    EpochMissing {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The epoch asked for.
+        epoch: u64,
+        /// What header A holds.
+        a: HeaderStatus,
+        /// What header B holds.
+        b: HeaderStatus,
+    },
     /// Both headers are valid, carry the same epoch, but describe different snapshots.
     #[error("snapshot file {} has two different snapshots for epoch {epoch}", path.display())]
     Ambiguous {

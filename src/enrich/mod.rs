@@ -587,6 +587,11 @@ fn prepare_checkpoint(
             )
         }
     };
+    if let Some(epoch) = epoch {
+        eprintln!(
+            "ringwait enrich: resuming from checkpoint {epoch} ({out_len} bytes of output committed)"
+        );
+    }
     let newest = crate::runtime::checkpoint::newest_epoch(dir, op_id, partitions)?;
     let first_epoch = newest.max(epoch.unwrap_or(0)) + 1;
     let (out, out_file) = open_truncated(out_path, out_len, "open the output")?;

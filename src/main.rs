@@ -101,7 +101,7 @@ struct EnrichArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// overhead | delay
+    /// overhead | delay | checkpoint
     #[arg(long)]
     workload: Workload,
     /// ordered | unordered | key-ordered
@@ -131,6 +131,9 @@ struct BenchArgs {
     /// Repeat the run this many times, printing one line each.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// overhead: take a checkpoint of every partition this often (0: none).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    checkpoint_interval_ms: u64,
 }
 
 fn main() {
@@ -208,10 +211,19 @@ fn bench(a: BenchArgs) -> Result<()> {
     cfg.spin = Duration::from_micros(a.spin_us);
     cfg.spin_before_park =
         (a.spin_before_park_us > 0).then(|| Duration::from_micros(a.spin_before_park_us));
+    cfg.checkpoint_interval =
+        (a.checkpoint_interval_ms > 0).then(|| Duration::from_millis(a.checkpoint_interval_ms));
     for _ in 0..a.repeat.max(1) {
+        if cfg.workload == Workload::Checkpoint {
+            for line in ringwait::bench::run_checkpoint().context("checkpoint workload failed")? {
+                println!("{line}");
+            }
+            continue;
+        }
         let result = match cfg.workload {
             Workload::Overhead => ringwait::bench::run_overhead(&cfg),
             Workload::Delay => ringwait::bench::run_delay(&cfg),
+            Workload::Checkpoint => unreachable!("handled above"),
         }
         .with_context(|| format!("{} workload failed", cfg.workload))?;
         println!("{result}");

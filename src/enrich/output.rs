@@ -153,6 +153,7 @@ pub(crate) fn spawn_writer(
                 passed,
                 next,
                 scratch: Vec::with_capacity(1024),
+                ready_to_commit: None,
             };
             let result = if w.settings.mode == OrderMode::Ordered {
                 w.merge_in_order(&queues)
@@ -179,6 +180,9 @@ struct Writer {
     /// Ordered mode: index of the next record to write.
     next: u64,
     scratch: Vec<u8>,
+    /// Every partition's barrier of this epoch arrived; it commits once every partition's
+    /// snapshot is durable (the partitions flush on helper threads).
+    ready_to_commit: Option<u64>,
 }
 
 fn idle_wait(idle: &mut u32) {
@@ -205,6 +209,7 @@ impl Writer {
         let mut aside: Vec<Option<Item>> = (0..p).map(|_| None).collect();
         let mut idle = 0u32;
         loop {
+            self.commit_when_flushed()?;
             let q = (self.next % p) as usize;
             let item = match aside[q].take() {
                 Some(item) => item,
@@ -261,6 +266,9 @@ impl Writer {
         let mut blocked: Vec<bool> = vec![false; queues.len()];
         let mut idle = 0u32;
         while open.iter().any(|o| *o) {
+            if self.ready_to_commit.is_some() && self.commit_when_flushed()? {
+                blocked.iter_mut().for_each(|b| *b = false);
+            }
             let mut got = false;
             for r in 0..queues.len() {
                 if !open[r] || blocked[r] {
@@ -277,8 +285,7 @@ impl Writer {
                             self.passed[r] = epoch;
                             blocked[r] = true;
                             if (0..queues.len()).all(|i| !open[i] || self.passed[i] >= epoch) {
-                                self.commit(epoch)?;
-                                blocked.iter_mut().for_each(|b| *b = false);
+                                self.ready_to_commit = Some(epoch);
                             }
                             break;
                         }
@@ -302,9 +309,28 @@ impl Writer {
     fn on_barrier(&mut self, partition: usize, epoch: u64) -> Result<(), EnrichError> {
         self.passed[partition] = epoch;
         if self.passed.iter().all(|p| *p >= epoch) {
-            self.commit(epoch)?;
+            self.ready_to_commit = Some(epoch);
+            self.commit_when_flushed()?;
         }
         Ok(())
+    }
+
+    /// Commits the epoch whose barriers all arrived once every partition flushed it; true
+    /// when it committed.
+    fn commit_when_flushed(&mut self) -> Result<bool, EnrichError> {
+        let Some(epoch) = self.ready_to_commit else {
+            return Ok(false);
+        };
+        let flushed = self
+            .checkpoint
+            .as_ref()
+            .is_none_or(|c| c.coordinator.all_flushed(epoch));
+        if !flushed {
+            return Ok(false);
+        }
+        self.ready_to_commit = None;
+        self.commit(epoch)?;
+        Ok(true)
     }
 
     /// Makes the output durable up to here and records the commit; then the epoch is complete.

@@ -5,8 +5,10 @@
 //!    the barrier, injected at every source at once;
 //! 2. each partition, at the top of its next loop iteration (between intake batches, so never
 //!    per record), snapshots its operator's unemitted inputs, the restore entries still
-//!    waiting and its source position, stages them to its [`SnapshotStore`], flushes, passes
-//!    the barrier to its sink ([`Sink::barrier`]) and reports epoch `N` *flushed*;
+//!    waiting and its source position, stages them to its [`SnapshotStore`] (a copy into the
+//!    map: the only part on the core), passes the barrier to its sink ([`Sink::barrier`]), and
+//!    hands the flush (`msync`) to a helper thread; when it is durable the partition reports
+//!    epoch `N` *flushed*;
 //! 3. epoch `N` *completes* when every partition flushed it — by the coordinator itself
 //!    (`auto_complete`), or by whoever owns the output once it made the outputs before the
 //!    barriers durable (e.g. `enrich`'s writer). Sinks then see [`Sink::commit`]. The next
@@ -237,10 +239,18 @@ pub(crate) type EncodeFn<F> =
 /// Decodes one (a monomorphised [`Restore::decode`]).
 pub(crate) type DecodeFn<In> = fn(&[u8]) -> Result<Restore<In>, DecodeError>;
 
+/// A flush running on a helper thread: the epoch, and the store coming back with the result.
+type Flushing = (
+    u64,
+    std::thread::JoinHandle<(SnapshotStore, Result<u64, SnapshotError>)>,
+);
+
 /// The checkpoint state of one partition, on its core.
 pub(crate) struct PartitionCheckpoint<F: AsyncFunction> {
     pub coordinator: std::sync::Arc<Coordinator>,
-    pub store: SnapshotStore,
+    /// `None` while a helper thread flushes it.
+    pub store: Option<SnapshotStore>,
+    pub flushing: Option<Flushing>,
     pub restore: Restore<F::In>,
     pub encode: EncodeFn<F>,
     pub payload: Vec<u8>,
@@ -301,7 +311,8 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
         let base = settings.coordinator.completed();
         Ok(PartitionCheckpoint {
             coordinator: settings.coordinator.clone(),
-            store,
+            store: Some(store),
+            flushing: None,
             restore,
             encode,
             payload: Vec::with_capacity(64 * 1024),
@@ -315,10 +326,34 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
     /// Whether a barrier waits for this partition.
     #[inline]
     pub fn barrier_pending(&self) -> bool {
-        self.coordinator.requested() > self.epoch
+        self.flushing.is_none() && self.coordinator.requested() > self.epoch
     }
 
-    /// Takes the snapshot of the requested epoch: stage (copy), flush, pass the barrier on.
+    /// Whether a flush is running.
+    #[inline]
+    pub fn is_flushing(&self) -> bool {
+        self.flushing.is_some()
+    }
+
+    /// Collects a finished flush: reports the epoch flushed, or fails the pipeline (the store
+    /// kept the previous epoch).
+    pub fn poll_flush(&mut self) -> Result<(), PipelineError> {
+        let Some((epoch, handle)) = self.flushing.take_if(|(_, h)| h.is_finished()) else {
+            return Ok(());
+        };
+        let partition = self.partition;
+        let (store, result) = handle.join().map_err(|_| PipelineError::Panicked {
+            partition,
+            message: "the snapshot flush thread panicked".into(),
+        })?;
+        self.store = Some(store);
+        result.map_err(|error| PipelineError::Checkpoint { partition, error })?;
+        self.coordinator.flushed(partition, epoch);
+        Ok(())
+    }
+
+    /// Takes the snapshot of the requested epoch: stage (copy) it, pass the barrier on, and
+    /// start its flush on a helper thread.
     pub fn snapshot<S, K>(
         &mut self,
         op: &AsyncWaitOperator<F>,
@@ -342,16 +377,42 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
             watermark: op.last_watermark(),
         };
         let error = |error| PipelineError::Checkpoint { partition, error };
-        self.store.stage(meta, &self.payload).map_err(error)?;
-        if let Err(e) = self.store.commit() {
-            self.store.abandon();
+        let mut store = self.store.take().expect("no flush is running");
+        if let Err(e) = store.stage(meta, &self.payload) {
+            self.store = Some(store);
             return Err(error(e));
         }
+        self.epoch = epoch;
         sink.barrier(epoch)
             .map_err(|cause| PipelineError::Sink { partition, cause })?;
-        self.epoch = epoch;
-        self.coordinator.flushed(partition, epoch);
+        let handle = std::thread::Builder::new()
+            .name(format!("ringwait-flush-{partition}"))
+            .spawn(move || {
+                let result = store.commit();
+                if result.is_err() {
+                    store.abandon();
+                }
+                (store, result)
+            })
+            .map_err(|e| {
+                error(SnapshotError::Io {
+                    op: "start the flush thread of",
+                    path: PathBuf::from("the snapshot"),
+                    source: e,
+                })
+            })?;
+        self.flushing = Some((epoch, handle));
         Ok(())
+    }
+}
+
+impl<F: AsyncFunction> Drop for PartitionCheckpoint<F> {
+    /// Waits for a running flush, so the store (and its lock) is released when the partition
+    /// ends.
+    fn drop(&mut self) {
+        if let Some((_, handle)) = self.flushing.take() {
+            let _ = handle.join();
+        }
     }
 }
 

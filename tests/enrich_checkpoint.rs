@@ -150,3 +150,43 @@ fn a_second_process_on_the_same_checkpoint_dir_is_refused() {
     assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn key_ordered_and_unordered_jobs_with_checkpoints_write_every_record_once() {
+    for mode in ["key-ordered", "unordered"] {
+        let d = dir(mode);
+        let out = d.join("out.jsonl");
+        let o = ringwait(&[
+            "enrich",
+            "--records",
+            "4000",
+            "--builtin-keys",
+            "1000",
+            "--mode",
+            mode,
+            "--output",
+            s(&out),
+            "--checkpoint-dir",
+            s(&d.join("ck")),
+            "--checkpoint-interval-ms",
+            "5",
+            "--partitions",
+            "2",
+            "--no-pin",
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        let text = std::fs::read_to_string(&out).unwrap();
+        let mut ids: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids, (0..4000).collect::<Vec<_>>(), "{mode}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -190,3 +190,63 @@ fn key_ordered_and_unordered_jobs_with_checkpoints_write_every_record_once() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// A record failing under `--on-error fail` stops the job (the writer cancels the checkpoints;
+/// partitions waiting for the final checkpoint do not hang), and the same command with
+/// `--on-error skip` then resumes and finishes.
+#[test]
+fn a_failed_record_stops_a_checkpointed_job_and_a_rerun_resumes() {
+    let d = dir("fail");
+    let input = d.join("in.jsonl");
+    let mut text = String::new();
+    for i in 0..3000 {
+        let key = if i == 1500 {
+            "h:5".to_string()
+        } else {
+            format!("k:{i}")
+        };
+        text.push_str(&format!("{{\"id\":{i},\"key\":\"{key}\"}}\n"));
+    }
+    std::fs::write(&input, text).unwrap();
+    let (out, ck) = (d.join("out.jsonl"), d.join("ck"));
+    let run = |policy: &str| {
+        ringwait(&[
+            "enrich",
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+            "--builtin-keys",
+            "5000",
+            "--on-error",
+            policy,
+            "--checkpoint-dir",
+            s(&ck),
+            "--checkpoint-interval-ms",
+            "10",
+            "--partitions",
+            "2",
+            "--no-pin",
+            "--quiet",
+        ])
+    };
+    let started = Instant::now();
+    let o = run("fail");
+    assert!(started.elapsed() < Duration::from_secs(60), "no hang");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("line 1501"), "{}", stderr(&o));
+    let o = run("skip");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<u64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let want: Vec<u64> = (0..3000).filter(|i| *i != 1500).collect();
+    assert_eq!(ids, want);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -163,6 +163,9 @@ pub(crate) fn spawn_writer(
             let flushed = w.flush();
             if result.is_err() {
                 w.settings.stop.store(true, Ordering::Relaxed);
+                if let Some(ck) = &w.checkpoint {
+                    ck.coordinator.cancel();
+                }
             }
             result.and(flushed).map(|()| w.stats)
         })

@@ -54,6 +54,7 @@ pub struct Coordinator {
     flushed: Box<[AtomicU64]>,
     finished: AtomicUsize,
     done: AtomicBool,
+    cancelled: AtomicBool,
     auto_complete: bool,
 }
 
@@ -69,6 +70,7 @@ impl Coordinator {
             flushed: (0..partitions).map(|_| AtomicU64::new(base)).collect(),
             finished: AtomicUsize::new(0),
             done: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
             auto_complete,
         })
     }
@@ -120,6 +122,18 @@ impl Coordinator {
     /// A partition reached the end of its input with nothing left in its operator.
     pub fn partition_finished(&self) {
         self.finished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The owner of the output failed: no checkpoint will complete any more, and the
+    /// partitions stop with [`PipelineError::Aborted`].
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 
     /// Whether the final checkpoint completed: partitions may stop.
@@ -433,6 +447,7 @@ mod loom_tests {
                 flushed: (0..2).map(|_| AtomicU64::new(0)).collect(),
                 finished: AtomicUsize::new(0),
                 done: AtomicBool::new(false),
+                cancelled: AtomicBool::new(false),
                 auto_complete: true,
             });
             let state: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -477,6 +492,7 @@ mod loom_tests {
                 flushed: (0..2).map(|_| AtomicU64::new(0)).collect(),
                 finished: AtomicUsize::new(0),
                 done: AtomicBool::new(false),
+                cancelled: AtomicBool::new(false),
                 auto_complete: true,
             });
             let handles: Vec<_> = (0..2)

@@ -73,6 +73,9 @@ where
         // Checkpoints: a few atomic loads per iteration (never per record).
         let mut restoring = false;
         if let Some(ck) = ckpt.as_deref_mut() {
+            if ck.coordinator.is_cancelled() {
+                return Err(PipelineError::Aborted { partition });
+            }
             if ck.is_flushing() {
                 ck.poll_flush()?;
             }

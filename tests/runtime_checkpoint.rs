@@ -60,10 +60,19 @@ fn out_path(dir: &Path, p: usize) -> PathBuf {
 }
 
 fn run(dir: &Path, mode: OrderMode, fail_after: Option<u64>) -> Result<(), PipelineError> {
+    run_with(dir, mode, fail_after, 64)
+}
+
+fn run_with(
+    dir: &Path,
+    mode: OrderMode,
+    fail_after: Option<u64>,
+    capacity: usize,
+) -> Result<(), PipelineError> {
     let partitions = 2;
     let config = OperatorConfig::builder()
         .mode(mode)
-        .capacity(64)
+        .capacity(capacity)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -106,7 +115,7 @@ fn run(dir: &Path, mode: OrderMode, fail_after: Option<u64>) -> Result<(), Pipel
                 Ok(Delayed(DelayLine::start(
                     Duration::from_micros(200),
                     Duration::from_micros(100),
-                    64,
+                    256,
                 )))
             },
             move |p| {
@@ -156,6 +165,21 @@ fn a_pipeline_killed_mid_run_resumes_from_its_checkpoint_exactly_once() {
         check(&dir, mode);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Restore into a smaller capacity (the excess waits and is admitted in order) and then a
+/// larger one, with crashes in between.
+#[test]
+fn restores_into_smaller_and_larger_capacities_lose_nothing() {
+    let mode = OrderMode::Ordered;
+    let dir = std::env::temp_dir().join(format!("rw-rt-ckpt-cap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    run_with(&dir, mode, Some(5_000), 256).unwrap_err();
+    run_with(&dir, mode, Some(3_000), 3).unwrap_err();
+    run_with(&dir, mode, None, 200).unwrap();
+    check(&dir, mode);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

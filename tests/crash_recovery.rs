@@ -187,8 +187,19 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
                 std::thread::sleep(Duration::from_millis(2));
             }
             if kills >= kills_wanted && exited.is_none() {
-                // Enough kills: let this run finish.
-                exited = Some(child.wait().unwrap());
+                // Enough kills: let this run finish (20000 lines take a few seconds).
+                let limit = Instant::now() + Duration::from_secs(60);
+                while exited.is_none() {
+                    exited = child.try_wait().unwrap();
+                    if Instant::now() > limit {
+                        let _ = child.kill();
+                        panic!(
+                            "{context}: the run did not finish within 60 s; log:\n{}",
+                            std::fs::read_to_string(&job.log).unwrap_or_default()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
             match exited {
                 Some(status) => {

@@ -225,13 +225,21 @@ impl Writer {
                     Pop::Empty => {
                         if self.checkpoint.is_some() {
                             for (r, slot) in aside.iter_mut().enumerate() {
-                                if r != q && slot.is_none() {
+                                // Take markers (and records written before the last restore)
+                                // off the front of the other queues, keeping at most one
+                                // record aside each.
+                                while r != q && slot.is_none() {
                                     match queues[r].pop() {
-                                        Pop::Item(Marked::Item(item)) => *slot = Some(item),
+                                        Pop::Item(Marked::Item(item)) => {
+                                            if index_of(&item).is_some_and(|i| i < self.next) {
+                                                continue;
+                                            }
+                                            *slot = Some(item);
+                                        }
                                         Pop::Item(Marked::Barrier(epoch)) => {
                                             self.on_barrier(r, epoch)?
                                         }
-                                        _ => {}
+                                        _ => break,
                                     }
                                 }
                             }

@@ -1,7 +1,7 @@
 //! Partition sources: where each core's operator pulls its input from.
 //!
 //! A source belongs to one partition and runs on that partition's core, so it needs no
-//! synchronisation; sources fed from another thread use a [`crate::runtime::queue`].
+//! synchronisation; sources fed from another thread use a [`crate::queue`].
 //! The operator pulls only while it has capacity, so a full operator leaves the source alone —
 //! that is the backpressure (SPEC S3).
 

@@ -89,11 +89,19 @@ struct EnrichArgs {
     /// Do not pin partitions to cores (share the cores with other work).
     #[arg(long)]
     no_pin: bool,
+    /// Exactly-once: keep checkpoints in DIR; after a crash (even SIGKILL), running the same
+    /// command again resumes, and the finished --output holds exactly one line per input line.
+    /// Needs --input PATH (or generated input) and --output PATH. One process per DIR.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<std::path::PathBuf>,
+    /// Time between checkpoints (with --checkpoint-dir).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    checkpoint_interval_ms: u64,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// overhead | delay
+    /// overhead | delay | checkpoint
     #[arg(long)]
     workload: Workload,
     /// ordered | unordered | key-ordered
@@ -123,6 +131,9 @@ struct BenchArgs {
     /// Repeat the run this many times, printing one line each.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// overhead: take a checkpoint of every partition this often (0: none).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    checkpoint_interval_ms: u64,
 }
 
 fn main() {
@@ -179,6 +190,8 @@ fn enrich(a: EnrichArgs) -> Result<()> {
         progress: !a.quiet,
         pin: !a.no_pin,
         metrics: a.metrics,
+        checkpoint_dir: a.checkpoint_dir,
+        checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
     };
     let summary = ringwait::enrich::run(config)?;
     eprintln!("{summary}");
@@ -198,10 +211,19 @@ fn bench(a: BenchArgs) -> Result<()> {
     cfg.spin = Duration::from_micros(a.spin_us);
     cfg.spin_before_park =
         (a.spin_before_park_us > 0).then(|| Duration::from_micros(a.spin_before_park_us));
+    cfg.checkpoint_interval =
+        (a.checkpoint_interval_ms > 0).then(|| Duration::from_millis(a.checkpoint_interval_ms));
     for _ in 0..a.repeat.max(1) {
+        if cfg.workload == Workload::Checkpoint {
+            for line in ringwait::bench::run_checkpoint().context("checkpoint workload failed")? {
+                println!("{line}");
+            }
+            continue;
+        }
         let result = match cfg.workload {
             Workload::Overhead => ringwait::bench::run_overhead(&cfg),
             Workload::Delay => ringwait::bench::run_delay(&cfg),
+            Workload::Checkpoint => unreachable!("handled above"),
         }
         .with_context(|| format!("{} workload failed", cfg.workload))?;
         println!("{result}");

@@ -27,6 +27,154 @@ pub trait Sink<Out, In>: 'static {
 
     /// End of input: flush and return the result.
     fn finish(&mut self) -> Result<Self::Output, BoxError>;
+
+    /// Committing sinks: the position after everything accepted so far (e.g. bytes written);
+    /// saved with every snapshot and handed back to [`restore`](Self::restore).
+    fn position(&self) -> u64 {
+        0
+    }
+
+    /// A checkpoint barrier passed this partition, right after its snapshot became durable:
+    /// make everything accepted so far durable (or pass the barrier downstream). Called only
+    /// while [`has_room`](Self::has_room) is true.
+    fn barrier(&mut self, epoch: u64) -> Result<(), BoxError> {
+        let _ = epoch;
+        Ok(())
+    }
+
+    /// Checkpoint `epoch` completed: every partition has its snapshot; outputs up to the
+    /// barrier may become visible.
+    fn commit(&mut self, epoch: u64) -> Result<(), BoxError> {
+        let _ = epoch;
+        Ok(())
+    }
+
+    /// Before a checkpointed run starts: drop everything after `position` (the position saved
+    /// with the snapshot being restored; 0 on a fresh start).
+    fn restore(&mut self, position: u64) -> Result<(), BoxError> {
+        let _ = position;
+        Ok(())
+    }
+}
+
+/// A committing sink that writes each output as one line to a file of its own: its position is
+/// the file length; a barrier flushes and `fdatasync`s; a restore truncates the file back to
+/// the snapshot's length, so after any crash the file holds each output exactly once.
+///
+/// ```
+/// use ringwait::sink::{FileSink, Sink};
+/// use ringwait::Emitted;
+/// # let path = std::env::temp_dir().join(format!("rw-doc-filesink-{}", std::process::id()));
+/// let mut sink = FileSink::create(&path, |v: &u64, out: &mut Vec<u8>| out.extend_from_slice(v.to_string().as_bytes()))?;
+/// let sink: &mut dyn Sink<u64, u64, Output = u64> = &mut sink;
+/// sink.restore(0)?; // a fresh start
+/// sink.accept(Emitted::Record { value: 1, timestamp: None, sequence: 0 });
+/// sink.barrier(1)?; // durable: "1\n"
+/// let committed = sink.position();
+/// sink.accept(Emitted::Record { value: 2, timestamp: None, sequence: 1 });
+/// sink.restore(committed)?; // a crash and a restore drop what came after the barrier
+/// sink.finish()?;
+/// assert_eq!(std::fs::read_to_string(&path)?, "1\n");
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
+pub struct FileSink<W> {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    buf: Vec<u8>,
+    written: u64,
+    format: W,
+}
+
+impl<W> FileSink<W> {
+    /// Opens (creating, not truncating) `path`; `format` appends one output's text (without
+    /// the newline). Call [`Sink::restore`] before writing to set the start.
+    pub fn create(path: impl AsRef<std::path::Path>, format: W) -> std::io::Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        let written = file.metadata()?.len();
+        Ok(FileSink {
+            file,
+            path,
+            buf: Vec::with_capacity(1 << 16),
+            written,
+            format,
+        })
+    }
+
+    fn flush_buf(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        self.file.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn io_error(&self, what: &str, e: std::io::Error) -> BoxError {
+        format!("could not {what} {}: {e}", self.path.display()).into()
+    }
+}
+
+impl<Out: 'static, In: 'static, W: FnMut(&Out, &mut Vec<u8>) + 'static> Sink<Out, In>
+    for FileSink<W>
+{
+    type Output = u64;
+
+    fn accept(&mut self, item: Emitted<Out, In>) {
+        if let Emitted::Record { value, .. } = item {
+            let before = self.buf.len();
+            (self.format)(&value, &mut self.buf);
+            self.buf.push(b'\n');
+            self.written += (self.buf.len() - before) as u64;
+            if self.buf.len() >= 1 << 16 {
+                // An error here resurfaces at the next barrier or at finish.
+                let _ = self.flush_buf();
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<u64, BoxError> {
+        self.flush_buf()
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| self.io_error("write", e))?;
+        Ok(self.written)
+    }
+
+    fn position(&self) -> u64 {
+        self.written
+    }
+
+    fn barrier(&mut self, _epoch: u64) -> Result<(), BoxError> {
+        self.flush_buf()
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| self.io_error("write", e))
+    }
+
+    fn restore(&mut self, position: u64) -> Result<(), BoxError> {
+        use std::io::{Seek, SeekFrom};
+        self.buf.clear();
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| self.io_error("stat", e))?
+            .len();
+        if len < position {
+            return Err(format!(
+                "{} is {len} bytes long, shorter than its committed length {position}",
+                self.path.display()
+            )
+            .into());
+        }
+        self.file
+            .set_len(position)
+            .and_then(|()| self.file.seek(SeekFrom::Start(position)).map(|_| ()))
+            .map_err(|e| self.io_error("truncate", e))?;
+        self.written = position;
+        Ok(())
+    }
 }
 
 /// Counts what it receives and drops it; for benchmarks.

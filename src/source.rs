@@ -1,7 +1,7 @@
 //! Partition sources: where each core's operator pulls its input from.
 //!
 //! A source belongs to one partition and runs on that partition's core, so it needs no
-//! synchronisation; sources fed from another thread use a [`crate::runtime::queue`].
+//! synchronisation; sources fed from another thread use a [`crate::queue`].
 //! The operator pulls only while it has capacity, so a full operator leaves the source alone —
 //! that is the backpressure (SPEC S3).
 
@@ -41,6 +41,22 @@ pub trait Source: 'static {
 
     /// Replay position after the elements returned so far (e.g. an index or a byte offset).
     fn position(&self) -> u64;
+
+    /// A second number a replay needs besides [`position`](Self::position) (e.g. the index of
+    /// the next line when the position is a byte offset); saved with every snapshot.
+    fn replay_index(&self) -> u64 {
+        0
+    }
+
+    /// Replayable sources: resume after the elements a snapshot covered, at `position` and
+    /// `index` as returned by [`position`](Self::position) and
+    /// [`replay_index`](Self::replay_index) then. Checkpointed pipelines
+    /// ([`crate::runtime::Pipeline::run_checkpointed`]) call it before reading. The default
+    /// refuses: the source cannot replay.
+    fn seek(&mut self, position: u64, index: u64) -> Result<(), BoxError> {
+        let _ = index;
+        Err(format!("this source cannot replay from position {position}").into())
+    }
 }
 
 /// A source over an iterator of elements.
@@ -125,6 +141,12 @@ impl<T: 'static, F: FnMut(u64) -> T + 'static> Source for GeneratorSource<F> {
 
     fn position(&self) -> u64 {
         self.next
+    }
+
+    /// Resumes at global index `position`.
+    fn seek(&mut self, position: u64, _index: u64) -> Result<(), BoxError> {
+        self.next = position;
+        Ok(())
     }
 }
 

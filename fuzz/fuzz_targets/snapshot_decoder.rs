@@ -1,4 +1,4 @@
-//! Fuzzes snapshot recovery and the record codec.
+//! Fuzzes snapshot recovery, the record codec and the operator payload decoder.
 //!
 //! `cargo +nightly fuzz run snapshot_decoder` (from the crate root, with cargo-fuzz installed).
 //!
@@ -58,6 +58,9 @@ fn image() -> &'static [u8] {
 
 fn codec(data: &[u8]) {
     let _ = decode_records::<(u64, (i64, (Vec<u8>, String)))>(data);
+    // Operator payloads (records with sequences and timestamps, watermarks).
+    let _ = ringwait::operator::Restore::<u64>::decode(data);
+    let _ = ringwait::operator::Restore::<(Vec<u8>, String)>::decode(data);
     let mut input = data;
     while String::decode(&mut input).is_ok() {}
 }

@@ -3,11 +3,13 @@
 //! Every workload prints one line of `key=value` pairs (see [`BenchResult`]), the format the
 //! baseline in `perf/baseline` prints too, so the two can be compared in one table.
 
+mod checkpoint;
 mod workloads;
 
 use std::fmt;
 use std::time::Duration;
 
+pub use checkpoint::{run_checkpoint, run_checkpoint_size, CheckpointResult};
 pub use workloads::{key_of, run_delay, run_overhead};
 
 use crate::config::OrderMode;
@@ -21,6 +23,8 @@ pub enum Workload {
     Overhead,
     /// The function completes 1 ms later from a timer.
     Delay,
+    /// Snapshot and restore cost at 0, 1k and 64k in flight.
+    Checkpoint,
 }
 
 impl std::str::FromStr for Workload {
@@ -29,6 +33,7 @@ impl std::str::FromStr for Workload {
         match s {
             "overhead" => Ok(Workload::Overhead),
             "delay" => Ok(Workload::Delay),
+            "checkpoint" => Ok(Workload::Checkpoint),
             other => Err(format!("unknown workload {other:?}: use overhead or delay")),
         }
     }
@@ -39,6 +44,7 @@ impl fmt::Display for Workload {
         f.write_str(match self {
             Workload::Overhead => "overhead",
             Workload::Delay => "delay",
+            Workload::Checkpoint => "checkpoint",
         })
     }
 }
@@ -64,6 +70,8 @@ pub struct BenchConfig {
     pub spin_before_park: Option<Duration>,
     /// Records taken per driver iteration (latency granularity vs per-iteration cost).
     pub intake_batch: usize,
+    /// Take checkpoints this often (overhead workload), to a temporary directory.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl BenchConfig {
@@ -74,14 +82,15 @@ impl BenchConfig {
             mode: OrderMode::Ordered,
             partitions: 1,
             records: match workload {
-                Workload::Overhead => 20_000_000,
                 Workload::Delay => 2_000_000,
+                _ => 20_000_000,
             },
             capacity: 1000,
             delay: Duration::from_millis(1),
             spin: Duration::from_micros(50),
             spin_before_park: None,
             intake_batch: 32,
+            checkpoint_interval: None,
         }
     }
 }

@@ -37,9 +37,38 @@ fn pipeline(cfg: &BenchConfig) -> Result<Pipeline, PipelineError> {
     Ok(b.build()?)
 }
 
-/// overhead: records `0..N`, the function completes at once.
+/// overhead: records `0..N`, the function completes at once. With
+/// `cfg.checkpoint_interval`, a checkpoint of every partition is taken that often (to a
+/// temporary directory, removed afterwards).
 pub fn run_overhead(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
     let records = cfg.records;
+    if let Some(interval) = cfg.checkpoint_interval {
+        let pipeline = pipeline(cfg)?;
+        let dir = std::env::temp_dir().join(format!(
+            "ringwait-bench-overhead-ckpt-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ckpt = crate::runtime::checkpoint::Checkpointing {
+            dir: dir.clone(),
+            interval,
+            restore_epoch: None,
+            coordinator: crate::runtime::checkpoint::Coordinator::new(cfg.partitions, 1, true),
+        };
+        let report = pipeline.run_checkpointed(
+            &ckpt,
+            move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
+            |_p| async {
+                Ok(from_fn(|x: &u64, r: ResultFuture<u64>| {
+                    let _ = r.complete_one(*x);
+                }))
+            },
+            |_p| Ok(CountingSink::default()),
+            None,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(BenchResult::from_report("overhead", cfg.mode, &report?));
+    }
     let report = pipeline(cfg)?.run(
         move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
         |_p| async {

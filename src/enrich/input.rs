@@ -154,3 +154,167 @@ fn deal(line: Line, s: &ReaderSettings, queues: &[Producer<StreamElement<Arc<Lin
         Err(PushError::Disconnected(_)) | Err(PushError::Full(_)) => false,
     }
 }
+
+/// A replayable source of one partition's lines (checkpointed runs): it reads the whole input
+/// itself and keeps the lines routed to its partition. Its position is the byte offset of the
+/// next line (the next index for generated input), and its replay index the next line's index.
+pub(crate) struct LineSource {
+    kind: Kind,
+    partition: usize,
+    settings: std::sync::Arc<ReaderSettings>,
+}
+
+enum Kind {
+    File {
+        reader: std::io::BufReader<std::fs::File>,
+        path: String,
+        offset: u64,
+        index: u64,
+        text: String,
+    },
+    Generated {
+        next: u64,
+        total: u64,
+    },
+}
+
+impl LineSource {
+    /// The source of `partition`; `input` must be a file or generated.
+    pub fn open(
+        input: &Input,
+        partition: usize,
+        settings: std::sync::Arc<ReaderSettings>,
+    ) -> Result<Self, EnrichError> {
+        let kind = match input {
+            Input::Generated(total) => Kind::Generated {
+                next: 0,
+                total: *total,
+            },
+            Input::File(path) => {
+                let file = std::fs::File::open(path).map_err(|cause| EnrichError::Io {
+                    what: "open the input",
+                    path: path.display().to_string(),
+                    cause,
+                })?;
+                Kind::File {
+                    reader: std::io::BufReader::with_capacity(1 << 16, file),
+                    path: path.display().to_string(),
+                    offset: 0,
+                    index: 0,
+                    text: String::new(),
+                }
+            }
+            Input::Stdin => {
+                return Err(EnrichError::Flag {
+                    flag: "--checkpoint-dir",
+                    reason: "standard input cannot be replayed: use --input PATH".into(),
+                })
+            }
+        };
+        Ok(LineSource {
+            kind,
+            partition,
+            settings,
+        })
+    }
+
+    /// Whether line `index` may belong here before parsing it (round robin).
+    fn maybe_mine(&self, index: u64) -> bool {
+        let r = &self.settings.routing;
+        r.by_key || (index % r.partitions as u64) as usize == self.partition
+    }
+}
+
+impl crate::source::Source for LineSource {
+    type Item = Arc<Line>;
+
+    fn next(&mut self) -> Result<crate::source::SourceEvent<Arc<Line>>, crate::source::BoxError> {
+        use crate::source::SourceEvent;
+        loop {
+            let line = match &mut self.kind {
+                Kind::Generated { next, total } => {
+                    if *next >= *total {
+                        return Ok(SourceEvent::End);
+                    }
+                    let i = *next;
+                    *next += 1;
+                    if !self.maybe_mine(i) {
+                        continue;
+                    }
+                    generated(i, &self.settings)
+                }
+                Kind::File {
+                    reader,
+                    path,
+                    offset,
+                    index,
+                    text,
+                } => {
+                    text.clear();
+                    let n = reader.read_line(text).map_err(|cause| EnrichError::Io {
+                        what: "read the input",
+                        path: path.clone(),
+                        cause,
+                    })?;
+                    if n == 0 {
+                        return Ok(SourceEvent::End);
+                    }
+                    *offset += n as u64;
+                    let i = *index;
+                    *index += 1;
+                    let routing = &self.settings.routing;
+                    if !routing.by_key && (i % routing.partitions as u64) as usize != self.partition
+                    {
+                        continue;
+                    }
+                    let trimmed = text.trim_end_matches(['\n', '\r']);
+                    let s = &self.settings;
+                    parse_line(trimmed, i + 1, i, &s.key_field, &s.key_prefix)?
+                }
+            };
+            if self.settings.routing.partition_of(&line) != self.partition {
+                continue;
+            }
+            return Ok(SourceEvent::Element(StreamElement::record(Arc::new(line))));
+        }
+    }
+
+    fn position(&self) -> u64 {
+        match &self.kind {
+            Kind::Generated { next, .. } => *next,
+            Kind::File { offset, .. } => *offset,
+        }
+    }
+
+    fn replay_index(&self) -> u64 {
+        match &self.kind {
+            Kind::Generated { next, .. } => *next,
+            Kind::File { index, .. } => *index,
+        }
+    }
+
+    fn seek(&mut self, position: u64, next_index: u64) -> Result<(), crate::source::BoxError> {
+        match &mut self.kind {
+            Kind::Generated { next, .. } => *next = position,
+            Kind::File {
+                reader,
+                path,
+                offset,
+                index,
+                ..
+            } => {
+                use std::io::Seek;
+                reader
+                    .seek(std::io::SeekFrom::Start(position))
+                    .map_err(|cause| EnrichError::Io {
+                        what: "seek in the input",
+                        path: path.clone(),
+                        cause,
+                    })?;
+                *offset = position;
+                *index = next_index;
+            }
+        }
+        Ok(())
+    }
+}

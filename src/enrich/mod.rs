@@ -43,12 +43,13 @@ pub use record::{parse_line, Line, LineError};
 use crate::config::{ConfigError, ErrorPolicy, OperatorConfig, OrderMode, RetryStrategy};
 use crate::lookup::{Connection, ConnectionConfig, RedisUrl};
 use crate::queue;
+use crate::runtime::checkpoint::{Checkpointing, Coordinator};
 use crate::runtime::{Pipeline, PipelineError};
 use crate::server::{BuiltinServer, ServerConfig};
-use crate::sink::QueueSink;
+use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::source::QueueSource;
-use input::{ReaderSettings, Routing};
-use output::WriterSettings;
+use input::{LineSource, ReaderSettings, Routing};
+use output::{MarkedSink, WriterCheckpoint, WriterSettings};
 
 /// Where the lookups go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +135,11 @@ pub struct EnrichConfig {
     pub pin: bool,
     /// `--metrics`: serve the operator metrics in the Prometheus text format while running.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--checkpoint-dir`: exactly-once output across crashes (needs a file input or generated
+    /// input, and a file output); running the same command again resumes.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// `--checkpoint-interval-ms`.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for EnrichConfig {
@@ -156,6 +162,8 @@ impl Default for EnrichConfig {
             progress: true,
             pin: true,
             metrics: None,
+            checkpoint_dir: None,
+            checkpoint_interval: Duration::from_millis(1000),
         }
     }
 }
@@ -200,6 +208,9 @@ pub enum EnrichError {
     /// The pipeline failed (e.g. the store is unreachable).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The checkpoint directory cannot be used (locked by another process, corrupt, …).
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] SnapshotError),
     /// A broken internal invariant (a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -319,10 +330,20 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
         flag: "--partitions",
         reason: e.to_string(),
     })?;
-    let out = open_output(&config.output)?;
-    let side = match &config.on_error {
-        OnError::SideOutput(path) => Some(create_file(path, "create the side output")?),
-        _ => None,
+    let (out, side, checkpoint) = match &config.checkpoint_dir {
+        Some(dir) => {
+            let (out, side, ck) =
+                prepare_checkpoint(&config, dir, partitions, pipeline.operator_config())?;
+            (out, side, Some(ck))
+        }
+        None => {
+            let out = open_output(&config.output)?;
+            let side = match &config.on_error {
+                OnError::SideOutput(path) => Some(create_file(path, "create the side output")?),
+                _ => None,
+            };
+            (out, side, None)
+        }
     };
     let server = match &config.lookup {
         Lookup::Builtin { keys } => Some(
@@ -342,7 +363,7 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
         },
         _ => unreachable!("a built-in lookup has a server"),
     };
-    let result = run_pipeline(&config, &pipeline, url, out, side);
+    let result = run_pipeline(&config, &pipeline, url, out, side, checkpoint);
     if let Some(s) = server {
         let _ = s.shutdown();
     }
@@ -355,6 +376,7 @@ fn run_pipeline(
     url: RedisUrl,
     out: Box<dyn Write + Send>,
     side: Option<Box<dyn Write + Send>>,
+    checkpoint: Option<(WriterCheckpoint, Checkpointing)>,
 ) -> Result<EnrichSummary, EnrichError> {
     let started = Instant::now();
     let partitions = pipeline.partitions();
@@ -370,19 +392,34 @@ fn run_pipeline(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
-    let reader = input::spawn_reader(
-        config.input.clone(),
-        ReaderSettings {
-            key_field: config.key_field.clone(),
-            key_prefix: config.key_prefix.clone(),
-            routing: Routing {
-                partitions,
-                by_key: config.mode == OrderMode::KeyOrdered,
-            },
-            stop: stop.clone(),
+    let reader_settings = ReaderSettings {
+        key_field: config.key_field.clone(),
+        key_prefix: config.key_prefix.clone(),
+        routing: Routing {
+            partitions,
+            by_key: config.mode == OrderMode::KeyOrdered,
         },
-        in_tx,
-    );
+        stop: stop.clone(),
+    };
+    let (writer_ck, checkpointing) = match checkpoint {
+        Some((w, c)) => (Some(w), Some(c)),
+        None => (None, None),
+    };
+    // Checkpointed runs read the input in each partition (a replayable source); otherwise a
+    // reader thread deals the lines.
+    let (reader, reader_settings) = if checkpointing.is_some() {
+        drop(in_tx);
+        (None, Some(Arc::new(reader_settings)))
+    } else {
+        (
+            Some(input::spawn_reader(
+                config.input.clone(),
+                reader_settings,
+                in_tx,
+            )),
+            None,
+        )
+    };
     let writer = output::spawn_writer(
         out_rx,
         out,
@@ -394,6 +431,7 @@ fn run_pipeline(
             progress: progress.clone(),
             stop: stop.clone(),
         },
+        writer_ck,
     );
     let ticker = (config.progress && std::io::stderr().is_terminal())
         .then(|| spawn_progress(progress.clone(), stop.clone()));
@@ -426,23 +464,39 @@ fn run_pipeline(
         let tx = sinks.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        Ok(QueueSink::new(tx))
+        Ok(MarkedSink::new(tx))
     };
-    let report = if config.mode == OrderMode::KeyOrdered {
-        let key: crate::runtime::SharedKeyFn<Arc<Line>> = Arc::new(|l: &Arc<Line>| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            l.key.hash(&mut h);
-            h.finish()
+    let key: Option<crate::runtime::SharedKeyFn<Arc<Line>>> =
+        (config.mode == OrderMode::KeyOrdered).then(|| {
+            let f: crate::runtime::SharedKeyFn<Arc<Line>> = Arc::new(|l: &Arc<Line>| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                l.key.hash(&mut h);
+                h.finish()
+            });
+            f
         });
-        pipeline.run_keyed(source_of, function_of, sink_of, key)
-    } else {
-        pipeline.run(source_of, function_of, sink_of)
+    let report = match (&checkpointing, reader_settings) {
+        (Some(ckpt), Some(settings)) => {
+            let input = config.input.clone();
+            let line_source = move |p: &crate::runtime::PartitionContext| {
+                LineSource::open(&input, p.index, settings.clone())
+                    .map_err(|e| Box::new(e) as crate::source::BoxError)
+            };
+            pipeline.run_checkpointed(ckpt, line_source, function_of, sink_of, key)
+        }
+        _ => match key {
+            Some(key) => pipeline.run_keyed(source_of, function_of, sink_of, key),
+            None => pipeline.run(source_of, function_of, sink_of),
+        },
     };
     if report.is_err() {
         stop.store(true, Ordering::Relaxed);
     }
-    let read = reader.join().expect("reader thread");
+    let read = match reader {
+        Some(r) => r.join().expect("reader thread"),
+        None => Ok(report.as_ref().map_or(0, |r| r.merged.records_in)),
+    };
     let written = writer.join().expect("writer thread");
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
@@ -467,6 +521,142 @@ fn run_pipeline(
         write_report(path, &summary)?;
     }
     Ok(summary)
+}
+
+/// Opens the checkpoint directory (its lock refuses a second process), reads the writer's
+/// last commit, truncates the output (and side output) back to it, and plans the restore.
+#[allow(clippy::type_complexity)]
+fn prepare_checkpoint(
+    config: &EnrichConfig,
+    dir: &std::path::Path,
+    partitions: usize,
+    operator: &OperatorConfig,
+) -> Result<
+    (
+        Box<dyn Write + Send>,
+        Option<Box<dyn Write + Send>>,
+        (WriterCheckpoint, Checkpointing),
+    ),
+    EnrichError,
+> {
+    let Output::File(out_path) = &config.output else {
+        return Err(EnrichError::Flag {
+            flag: "--checkpoint-dir",
+            reason: "needs --output PATH (standard output cannot be truncated back on restore)"
+                .into(),
+        });
+    };
+    if config.input == Input::Stdin {
+        return Err(EnrichError::Flag {
+            flag: "--checkpoint-dir",
+            reason: "standard input cannot be replayed: use --input PATH".into(),
+        });
+    }
+    if config.checkpoint_interval.is_zero() {
+        return Err(EnrichError::Flag {
+            flag: "--checkpoint-interval-ms",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let op_id = operator.operator_id();
+    let store = SnapshotStore::open(dir, op_id, output::WRITER_PARTITION, 4096)?;
+    let committed = SnapshotStore::recover(dir, op_id, output::WRITER_PARTITION)?;
+    let (epoch, out_len, side_len, next_index) = match &committed {
+        None => (None, 0, 0, 0),
+        Some(rec) => {
+            let (side, parts) = output::decode_commit(&rec.payload).ok_or_else(|| {
+                EnrichError::Internal(format!(
+                    "the commit record in {} has an unknown layout",
+                    dir.display()
+                ))
+            })?;
+            if parts != partitions as u64 {
+                return Err(EnrichError::Flag {
+                    flag: "--partitions",
+                    reason: format!(
+                        "the checkpoint in {} was taken with {parts} partition(s): resume with --partitions {parts}, or use another --checkpoint-dir",
+                        dir.display()
+                    ),
+                });
+            }
+            (
+                Some(rec.meta.epoch),
+                rec.meta.sink_position,
+                side,
+                rec.meta.source_position,
+            )
+        }
+    };
+    if let Some(epoch) = epoch {
+        eprintln!(
+            "ringwait enrich: resuming from checkpoint {epoch} ({out_len} bytes of output committed)"
+        );
+    }
+    let newest = crate::runtime::checkpoint::newest_epoch(dir, op_id, partitions)?;
+    let first_epoch = newest.max(epoch.unwrap_or(0)) + 1;
+    let (out, out_file) = open_truncated(out_path, out_len, "open the output")?;
+    let (side, side_file) = match &config.on_error {
+        OnError::SideOutput(path) => {
+            let (w, f) = open_truncated(path, side_len, "open the side output")?;
+            (Some(w), Some(f))
+        }
+        _ => (None, None),
+    };
+    let coordinator = Coordinator::new(partitions, first_epoch, false);
+    let writer = WriterCheckpoint {
+        store,
+        coordinator: coordinator.clone(),
+        out_file,
+        side_file,
+        written: out_len,
+        side_written: side_len,
+        next_index,
+        partitions: partitions as u64,
+    };
+    let ckpt = Checkpointing {
+        dir: dir.to_path_buf(),
+        interval: config.checkpoint_interval,
+        restore_epoch: epoch,
+        coordinator,
+    };
+    Ok((out, side, (writer, ckpt)))
+}
+
+/// Opens `path` for writing at `len`, dropping anything after it (creating it when `len` is 0).
+fn open_truncated(
+    path: &PathBuf,
+    len: u64,
+    what: &'static str,
+) -> Result<(Box<dyn Write + Send>, std::fs::File), EnrichError> {
+    use std::io::Seek;
+    let io = |cause| EnrichError::Io {
+        what,
+        path: path.display().to_string(),
+        cause,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let actual = f.metadata().map_err(io)?.len();
+    if actual < len {
+        return Err(EnrichError::Io {
+            what,
+            path: path.display().to_string(),
+            cause: std::io::Error::other(format!(
+                "it is {actual} bytes long, shorter than its committed length {len}: it was changed outside ringwait"
+            )),
+        });
+    }
+    f.set_len(len).map_err(io)?;
+    f.seek(std::io::SeekFrom::Start(len)).map_err(io)?;
+    let handle = f.try_clone().map_err(io)?;
+    Ok((
+        Box::new(std::io::BufWriter::with_capacity(1 << 16, f)),
+        handle,
+    ))
 }
 
 fn open_output(output: &Output) -> Result<Box<dyn Write + Send>, EnrichError> {

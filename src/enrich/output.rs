@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::runtime::checkpoint::Coordinator;
+use crate::snapshot::{SnapshotMeta, SnapshotStore};
+
 use super::lookup::Enriched;
 use super::record::Line;
 use super::{EnrichError, OnError};
@@ -40,20 +43,117 @@ pub(crate) struct WriterSettings {
 
 type Item = Emitted<Enriched, Arc<Line>>;
 
+/// What a partition hands the writer: an output, or a checkpoint barrier it passed (after its
+/// snapshot became durable, behind every output emitted before it).
+pub(crate) enum Marked {
+    Item(Item),
+    Barrier(u64),
+}
+
+/// The partitions' sink: a queue to the writer; barriers travel in it as markers.
+pub(crate) struct MarkedSink {
+    queue: crate::queue::Producer<Marked>,
+    lost: u64,
+}
+
+impl MarkedSink {
+    pub fn new(queue: crate::queue::Producer<Marked>) -> Self {
+        MarkedSink { queue, lost: 0 }
+    }
+}
+
+impl crate::sink::Sink<Enriched, Arc<Line>> for MarkedSink {
+    type Output = ();
+
+    #[inline]
+    fn accept(&mut self, item: Item) {
+        if self.queue.try_push(Marked::Item(item)).is_err() {
+            self.lost += 1;
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        !self.queue.is_full() || self.queue.is_disconnected()
+    }
+
+    fn finish(&mut self) -> Result<(), crate::source::BoxError> {
+        self.queue.close();
+        if self.lost > 0 {
+            return Err(format!(
+                "the writer went away; {} output(s) were not delivered",
+                self.lost
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self, epoch: u64) -> Result<(), crate::source::BoxError> {
+        self.queue
+            .try_push(Marked::Barrier(epoch))
+            .map_err(|_| "the writer went away".into())
+    }
+}
+
+/// The partition number of the writer's commit record in the checkpoint directory.
+pub(crate) const WRITER_PARTITION: u32 = u32::MAX;
+
+/// The writer's part of the checkpoints: it commits an epoch once every partition's barrier
+/// reached it and everything before the barriers is durable in the output.
+pub(crate) struct WriterCheckpoint {
+    pub store: SnapshotStore,
+    pub coordinator: std::sync::Arc<Coordinator>,
+    pub out_file: std::fs::File,
+    pub side_file: Option<std::fs::File>,
+    /// Bytes in the output (committed length after a restore).
+    pub written: u64,
+    pub side_written: u64,
+    /// Ordered mode: index of the next record to write (records below it are in the output).
+    pub next_index: u64,
+    pub partitions: u64,
+}
+
+/// What the writer's commit record holds besides its header (which carries the epoch, the
+/// output length in `sink_position` and the next record index in `source_position`).
+pub(crate) fn encode_commit(side_written: u64, partitions: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&side_written.to_le_bytes());
+    b[8..].copy_from_slice(&partitions.to_le_bytes());
+    b
+}
+
+/// `(side output length, partitions)` from a commit record payload.
+pub(crate) fn decode_commit(payload: &[u8]) -> Option<(u64, u64)> {
+    if payload.len() != 16 {
+        return None;
+    }
+    let side = u64::from_le_bytes(payload[..8].try_into().ok()?);
+    let partitions = u64::from_le_bytes(payload[8..].try_into().ok()?);
+    Some((side, partitions))
+}
+
 pub(crate) fn spawn_writer(
-    queues: Vec<Consumer<Item>>,
+    queues: Vec<Consumer<Marked>>,
     out: Box<dyn Write + Send>,
     side: Option<Box<dyn Write + Send>>,
     settings: WriterSettings,
+    checkpoint: Option<WriterCheckpoint>,
 ) -> JoinHandle<Result<WriterStats, EnrichError>> {
     std::thread::Builder::new()
         .name("ringwait-writer".into())
         .spawn(move || {
+            let passed = vec![0; queues.len()];
+            let next = checkpoint.as_ref().map_or(0, |c| c.next_index);
             let mut w = Writer {
                 out,
                 side,
                 settings,
                 stats: WriterStats::default(),
+                checkpoint,
+                passed,
+                next,
+                scratch: Vec::with_capacity(1024),
+                ready_to_commit: None,
             };
             let result = if w.settings.mode == OrderMode::Ordered {
                 w.merge_in_order(&queues)
@@ -63,6 +163,9 @@ pub(crate) fn spawn_writer(
             let flushed = w.flush();
             if result.is_err() {
                 w.settings.stop.store(true, Ordering::Relaxed);
+                if let Some(ck) = &w.checkpoint {
+                    ck.coordinator.cancel();
+                }
             }
             result.and(flushed).map(|()| w.stats)
         })
@@ -74,48 +177,132 @@ struct Writer {
     side: Option<Box<dyn Write + Send>>,
     settings: WriterSettings,
     stats: WriterStats,
+    checkpoint: Option<WriterCheckpoint>,
+    /// Per partition: the newest barrier taken from its queue.
+    passed: Vec<u64>,
+    /// Ordered mode: index of the next record to write.
+    next: u64,
+    scratch: Vec<u8>,
+    /// Every partition's barrier of this epoch arrived; it commits once every partition's
+    /// snapshot is durable (the partitions flush on helper threads).
+    ready_to_commit: Option<u64>,
+}
+
+fn idle_wait(idle: &mut u32) {
+    *idle += 1;
+    if *idle > 64 {
+        std::thread::sleep(Duration::from_micros(50));
+    } else {
+        std::thread::yield_now();
+    }
 }
 
 impl Writer {
     /// Record `i` went to partition `i % P`, and each partition emits in its input order, so
     /// taking from the partitions in turn restores the global order.
-    fn merge_in_order(&mut self, queues: &[Consumer<Item>]) -> Result<(), EnrichError> {
+    ///
+    /// Checkpoints: the output always holds records `0..next`. A barrier marker is taken from a
+    /// queue when the writer needs that queue's next record, or, while it waits, from the front
+    /// of any other queue (holding at most one record per queue aside); once every partition's
+    /// marker for epoch N is taken, everything emitted before the barriers is written, and the
+    /// commit record says: output length L, next record `next`. After a restore the partitions
+    /// re-emit some records below `next`; they are dropped here.
+    fn merge_in_order(&mut self, queues: &[Consumer<Marked>]) -> Result<(), EnrichError> {
         let p = queues.len() as u64;
-        let mut next = 0u64;
+        let mut aside: Vec<Option<Item>> = (0..p).map(|_| None).collect();
+        let mut idle = 0u32;
         loop {
-            let Some(item) = queues[(next % p) as usize].pop_blocking() else {
-                return Ok(()); // that partition ended: at the end of input, or it failed
+            self.commit_when_flushed()?;
+            let q = (self.next % p) as usize;
+            let item = match aside[q].take() {
+                Some(item) => item,
+                None => match queues[q].pop() {
+                    Pop::Item(Marked::Item(item)) => item,
+                    Pop::Item(Marked::Barrier(epoch)) => {
+                        self.on_barrier(q, epoch)?;
+                        continue;
+                    }
+                    Pop::Empty => {
+                        if self.checkpoint.is_some() {
+                            for (r, slot) in aside.iter_mut().enumerate() {
+                                // Take markers (and records written before the last restore)
+                                // off the front of the other queues, keeping at most one
+                                // record aside each.
+                                while r != q && slot.is_none() {
+                                    match queues[r].pop() {
+                                        Pop::Item(Marked::Item(item)) => {
+                                            if index_of(&item).is_some_and(|i| i < self.next) {
+                                                continue;
+                                            }
+                                            *slot = Some(item);
+                                        }
+                                        Pop::Item(Marked::Barrier(epoch)) => {
+                                            self.on_barrier(r, epoch)?
+                                        }
+                                        _ => break,
+                                    }
+                                }
+                            }
+                        }
+                        idle_wait(&mut idle);
+                        continue;
+                    }
+                    // That partition ended: at the end of input, or it failed.
+                    Pop::Closed => return Ok(()),
+                },
             };
+            idle = 0;
             if let Some(index) = index_of(&item) {
-                if index != next {
+                if index < self.next {
+                    continue; // written before the last restore
+                }
+                if index != self.next {
                     return Err(EnrichError::Internal(format!(
-                        "ordered merge expected record {next}, got {index}"
+                        "ordered merge expected record {}, got {index}",
+                        self.next
                     )));
                 }
             }
             self.write_item(item)?;
-            next += 1;
+            self.next += 1;
         }
     }
 
-    fn merge_as_ready(&mut self, queues: &[Consumer<Item>]) -> Result<(), EnrichError> {
+    /// Unordered and key-ordered: write whatever arrives. Checkpoints are aligned: after a
+    /// partition's barrier the writer takes nothing more from it until every partition's
+    /// barrier arrived, so the output at the commit holds exactly what was emitted before the
+    /// barriers.
+    fn merge_as_ready(&mut self, queues: &[Consumer<Marked>]) -> Result<(), EnrichError> {
         let mut open: Vec<bool> = vec![true; queues.len()];
+        let mut blocked: Vec<bool> = vec![false; queues.len()];
         let mut idle = 0u32;
         while open.iter().any(|o| *o) {
+            if self.ready_to_commit.is_some() && self.commit_when_flushed()? {
+                blocked.iter_mut().for_each(|b| *b = false);
+            }
             let mut got = false;
-            for (q, is_open) in queues.iter().zip(open.iter_mut()) {
-                if !*is_open {
+            for r in 0..queues.len() {
+                if !open[r] || blocked[r] {
                     continue;
                 }
                 loop {
-                    match q.pop() {
-                        Pop::Item(item) => {
+                    match queues[r].pop() {
+                        Pop::Item(Marked::Item(item)) => {
                             self.write_item(item)?;
                             got = true;
                         }
+                        Pop::Item(Marked::Barrier(epoch)) => {
+                            got = true;
+                            self.passed[r] = epoch;
+                            blocked[r] = true;
+                            if (0..queues.len()).all(|i| !open[i] || self.passed[i] >= epoch) {
+                                self.ready_to_commit = Some(epoch);
+                            }
+                            break;
+                        }
                         Pop::Empty => break,
                         Pop::Closed => {
-                            *is_open = false;
+                            open[r] = false;
                             break;
                         }
                     }
@@ -124,14 +311,68 @@ impl Writer {
             if got {
                 idle = 0;
             } else {
-                idle += 1;
-                if idle > 64 {
-                    std::thread::sleep(Duration::from_micros(50));
-                } else {
-                    std::thread::yield_now();
-                }
+                idle_wait(&mut idle);
             }
         }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, partition: usize, epoch: u64) -> Result<(), EnrichError> {
+        self.passed[partition] = epoch;
+        if self.passed.iter().all(|p| *p >= epoch) {
+            self.ready_to_commit = Some(epoch);
+            self.commit_when_flushed()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the epoch whose barriers all arrived once every partition flushed it; true
+    /// when it committed.
+    fn commit_when_flushed(&mut self) -> Result<bool, EnrichError> {
+        let Some(epoch) = self.ready_to_commit else {
+            return Ok(false);
+        };
+        let flushed = self
+            .checkpoint
+            .as_ref()
+            .is_none_or(|c| c.coordinator.all_flushed(epoch));
+        if !flushed {
+            return Ok(false);
+        }
+        self.ready_to_commit = None;
+        self.commit(epoch)?;
+        Ok(true)
+    }
+
+    /// Makes the output durable up to here and records the commit; then the epoch is complete.
+    fn commit(&mut self, epoch: u64) -> Result<(), EnrichError> {
+        if self.checkpoint.is_none() {
+            return Ok(());
+        }
+        self.flush()?;
+        let next = self.next;
+        let ck = self.checkpoint.as_mut().expect("checked");
+        let io = |cause| EnrichError::Io {
+            what: "sync the output",
+            path: "output".into(),
+            cause,
+        };
+        ck.out_file.sync_data().map_err(io)?;
+        if let Some(f) = &ck.side_file {
+            f.sync_data().map_err(io)?;
+        }
+        let meta = SnapshotMeta {
+            epoch,
+            capacity: ck.partitions,
+            record_count: 0,
+            source_position: next,
+            sink_position: ck.written,
+            watermark: None,
+        };
+        ck.store
+            .write(meta, &encode_commit(ck.side_written, ck.partitions))
+            .map_err(EnrichError::Checkpoint)?;
+        ck.coordinator.complete(epoch);
         Ok(())
     }
 
@@ -178,14 +419,21 @@ impl Writer {
                 entry.insert("error".into(), Value::from(error.to_string()));
                 entry.insert("record".into(), Value::Object(take_object(line)));
                 let side = self.side.as_mut().expect("side output opened");
-                serde_json::to_writer(&mut *side, &entry)
+                self.scratch.clear();
+                serde_json::to_writer(&mut self.scratch, &entry)
                     .map_err(std::io::Error::from)
-                    .and_then(|()| side.write_all(b"\n"))
+                    .and_then(|()| {
+                        self.scratch.push(b'\n');
+                        side.write_all(&self.scratch)
+                    })
                     .map_err(|cause| EnrichError::Io {
                         what: "write the side output",
                         path: path.display().to_string(),
                         cause,
                     })?;
+                if let Some(ck) = self.checkpoint.as_mut() {
+                    ck.side_written += self.scratch.len() as u64;
+                }
                 self.stats.side_output += 1;
                 Ok(())
             }
@@ -193,14 +441,27 @@ impl Writer {
     }
 
     fn write_json(&mut self, object: &Map<String, Value>) -> Result<(), EnrichError> {
-        serde_json::to_writer(&mut self.out, object)
-            .map_err(std::io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"))
-            .map_err(|cause| EnrichError::Io {
-                what: "write the output",
-                path: "output".into(),
-                cause,
-            })
+        let result = match self.checkpoint.as_mut() {
+            None => serde_json::to_writer(&mut self.out, object)
+                .map_err(std::io::Error::from)
+                .and_then(|()| self.out.write_all(b"\n")),
+            Some(ck) => {
+                // Count the bytes: the commit record holds the output's length.
+                self.scratch.clear();
+                serde_json::to_writer(&mut self.scratch, object)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| {
+                        self.scratch.push(b'\n');
+                        ck.written += self.scratch.len() as u64;
+                        self.out.write_all(&self.scratch)
+                    })
+            }
+        };
+        result.map_err(|cause| EnrichError::Io {
+            what: "write the output",
+            path: "output".into(),
+            cause,
+        })
     }
 
     fn flush(&mut self) -> Result<(), EnrichError> {

@@ -119,3 +119,38 @@ pub fn parse_line(
         key,
     })
 }
+
+/// Lines in snapshots (checkpointed `enrich`): number, index, key, and the object as JSON.
+impl crate::snapshot::SnapshotCodec for std::sync::Arc<Line> {
+    const MIN_ENCODED_LEN: usize = 32;
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.number.encode(out);
+        self.index.encode(out);
+        self.key.encode(out);
+        let at = out.len();
+        0u64.encode(out);
+        serde_json::to_writer(&mut *out, &self.object).expect("a JSON object serialises");
+        let len = (out.len() - at - 8) as u64;
+        out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, crate::snapshot::DecodeError> {
+        let number = u64::decode(input)?;
+        let index = u64::decode(input)?;
+        let key = Vec::<u8>::decode(input)?;
+        let json = Vec::<u8>::decode(input)?;
+        let object = serde_json::from_slice::<Map<String, Value>>(&json).map_err(|e| {
+            crate::snapshot::DecodeError::Invalid {
+                what: "record",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(std::sync::Arc::new(Line {
+            number,
+            index,
+            object,
+            key,
+        }))
+    }
+}

@@ -15,6 +15,7 @@
 //!   the same key.
 
 pub(crate) mod board;
+mod checkpoint;
 mod emit;
 mod error;
 mod fifo;
@@ -27,6 +28,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::task::Waker;
 
+pub use checkpoint::{encode_snapshot, Restore, RestoredEntry, SNAPSHOT_FORMAT};
 pub use error::{OperatorError, RecordError};
 
 use crate::config::{ErrorPolicy, OperatorConfig, OrderMode};
@@ -333,6 +335,51 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             "restored sequences must increase"
         );
         self.admit_record(sequence.max(self.next_sequence), value, timestamp, now)
+    }
+
+    /// Re-takes a watermark from a snapshot (SPEC S11), in its place among the restored
+    /// records. A watermark below the last one is refused like in [`process`](Self::process).
+    pub fn restore_watermark(&mut self, watermark: i64) -> Result<(), ProcessError<F::In>> {
+        if self.slots.is_full() {
+            return Err(ProcessError::Full(StreamElement::Watermark(watermark)));
+        }
+        self.admit_watermark(watermark)?;
+        Ok(())
+    }
+
+    /// Re-takes one snapshot entry: [`restore_record`](Self::restore_record) or
+    /// [`restore_watermark`](Self::restore_watermark).
+    pub fn restore_entry(
+        &mut self,
+        entry: RestoredEntry<F::In>,
+        now: Nanos,
+    ) -> Result<(), ProcessError<F::In>> {
+        match entry {
+            RestoredEntry::Record {
+                sequence,
+                value,
+                timestamp,
+            } => self.restore_record(sequence, value, timestamp, now),
+            RestoredEntry::Watermark(wm) => self.restore_watermark(wm),
+        }
+    }
+
+    /// After a restore: new records continue at sequence `next` (never goes back).
+    pub fn resume_sequence(&mut self, next: u64) {
+        self.next_sequence = self.next_sequence.max(next);
+    }
+
+    /// The last watermark taken, if any.
+    pub fn last_watermark(&self) -> Option<i64> {
+        self.last_watermark
+    }
+
+    /// After a restore: the last watermark the snapshot had seen, so that a regression below it
+    /// is still refused. Only raises it.
+    pub fn restore_last_watermark(&mut self, watermark: Option<i64>) {
+        if let Some(wm) = watermark {
+            self.last_watermark = Some(self.last_watermark.map_or(wm, |l| l.max(wm)));
+        }
     }
 
     fn admit_record(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use glommio::timer::Timer;
 
+use super::checkpoint::PartitionCheckpoint;
 use super::PipelineError;
 use crate::function::AsyncFunction;
 use crate::operator::{AsyncWaitOperator, ProcessError};
@@ -43,6 +44,7 @@ pub(crate) async fn drive<S, F, K>(
     sink: &mut K,
     clock: MonotonicClock,
     settings: &DriverSettings,
+    mut ckpt: Option<&mut PartitionCheckpoint<F>>,
 ) -> Result<DriveTimes, PipelineError>
 where
     S: Source<Item = F::In>,
@@ -68,7 +70,38 @@ where
         }
         let mut progressed = false;
 
-        if !source_done && source_idle_until.is_none_or(|t| now >= t) {
+        // Checkpoints: a few atomic loads per iteration (never per record).
+        let mut restoring = false;
+        if let Some(ck) = ckpt.as_deref_mut() {
+            if ck.coordinator.is_cancelled() {
+                return Err(PipelineError::Aborted { partition });
+            }
+            if ck.is_flushing() {
+                ck.poll_flush()?;
+            }
+            if !ck.restore.is_done() {
+                let before = op.occupancy();
+                ck.restore
+                    .feed(op, now)
+                    .map_err(|error| PipelineError::Operator { partition, error })?;
+                restoring = !ck.restore.is_done();
+                if op.occupancy() != before {
+                    progressed = true;
+                    times.first_intake.get_or_insert(now);
+                }
+            }
+            if ck.barrier_pending() && sink.has_room() {
+                ck.snapshot(op, source, sink)?;
+            }
+            let completed = ck.coordinator.completed();
+            if completed > ck.committed {
+                sink.commit(completed)
+                    .map_err(|cause| PipelineError::Sink { partition, cause })?;
+                ck.committed = completed;
+            }
+        }
+
+        if !restoring && !source_done && source_idle_until.is_none_or(|t| now >= t) {
             let mut taken = 0;
             while taken < settings.intake_batch && op.has_capacity() {
                 let event = source
@@ -123,10 +156,23 @@ where
         }
 
         if source_done && op.is_empty() {
-            if let Some(live) = &settings.live {
-                op.publish(clock.now(), live.partition(partition));
+            let may_stop = match ckpt.as_deref_mut() {
+                None => true,
+                Some(ck) => {
+                    // Stay to answer barriers until the final checkpoint completed.
+                    if !ck.finished {
+                        ck.finished = true;
+                        ck.coordinator.partition_finished();
+                    }
+                    ck.coordinator.is_done()
+                }
+            };
+            if may_stop {
+                if let Some(live) = &settings.live {
+                    op.publish(clock.now(), live.partition(partition));
+                }
+                return Ok(times);
             }
-            return Ok(times);
         }
         if progressed {
             if op.in_flight() > 0 {
@@ -144,6 +190,13 @@ where
             if let Some(t) = source_idle_until {
                 wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
             }
+        }
+        if ckpt
+            .as_ref()
+            .is_some_and(|c| c.finished || c.barrier_pending())
+        {
+            let t = now + Duration::from_millis(1);
+            wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
         }
         if op.has_output() && !sink.has_room() {
             let t = now + MIN_IDLE_POLL;

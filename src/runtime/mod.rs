@@ -30,6 +30,7 @@
 //! ```
 
 mod async_fn;
+pub mod checkpoint;
 mod delay;
 mod driver;
 mod executor;
@@ -138,6 +139,25 @@ pub enum PipelineError {
         partition: usize,
         /// Panic message.
         message: String,
+    },
+    /// A snapshot could not be opened, restored or made durable (the checkpoint fails the
+    /// pipeline, as Flink does with no tolerated checkpoint failures).
+    #[error("partition {partition}: checkpoint failed: {error}")]
+    Checkpoint {
+        /// Partition.
+        partition: usize,
+        /// What went wrong.
+        error: crate::snapshot::SnapshotError,
+    },
+    /// A snapshot payload could not be decoded.
+    #[error("partition {partition}: cannot restore from {}: {error}", path.display())]
+    Restore {
+        /// Partition.
+        partition: usize,
+        /// The snapshot file.
+        path: std::path::PathBuf,
+        /// What is wrong with the payload.
+        error: crate::snapshot::DecodeError,
     },
     /// Stopped because another partition failed.
     #[error("partition {partition} stopped because another partition failed")]
@@ -368,7 +388,7 @@ impl Pipeline {
         Fut: Future<Output = Result<F, BoxError>> + 'static,
         KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
     {
-        self.run_inner(sources, functions, sinks, None)
+        self.run_inner(sources, functions, sinks, None, None)
     }
 
     /// As [`run`](Self::run), with a key function for key-ordered mode.
@@ -388,7 +408,106 @@ impl Pipeline {
         Fut: Future<Output = Result<F, BoxError>> + 'static,
         KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
     {
-        self.run_inner(sources, functions, sinks, Some(key))
+        self.run_inner(sources, functions, sinks, Some(key), None)
+    }
+
+    /// As [`run`](Self::run) (or [`run_keyed`](Self::run_keyed) with `key`), with
+    /// checkpoints (SPEC S10–S12; see [`checkpoint`]): each partition restores
+    /// `checkpointing.restore_epoch` from its snapshot file (re-triggering the snapshotted
+    /// inputs in order before reading its source from the saved position, and truncating its
+    /// sink back to the saved position) and snapshots every epoch the coordinator requests.
+    /// The source must replay ([`Source::seek`]); the sink should commit ([`Sink::position`],
+    /// [`Sink::barrier`], [`Sink::restore`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringwait::runtime::{Pipeline, checkpoint::{Checkpointing, Coordinator, plan_restore}};
+    /// use ringwait::source::GeneratorSource;
+    /// use ringwait::sink::CountingSink;
+    /// use ringwait::function::from_fn;
+    /// use ringwait::OperatorConfig;
+    /// # let dir = std::env::temp_dir().join(format!("rw-doc-ckpt-run-{}", std::process::id()));
+    /// let pipeline = Pipeline::builder().partitions(1).pin(false).build().unwrap();
+    /// let plan = plan_restore(&dir, pipeline.operator_config().operator_id(), 1).unwrap();
+    /// let ckpt = Checkpointing {
+    ///     dir: dir.clone(),
+    ///     interval: Duration::from_millis(5),
+    ///     restore_epoch: plan.complete,
+    ///     coordinator: Coordinator::new(1, plan.first_epoch, true),
+    /// };
+    /// let report = pipeline.run_checkpointed(
+    ///     &ckpt,
+    ///     |p| Ok(GeneratorSource::new(p.index, p.partitions, 1000, |i| i)),
+    ///     |_p| async { Ok(from_fn(|x: &u64, r| { let _ = r.complete_one(*x); })) },
+    ///     |_p| Ok(CountingSink::default()),
+    ///     None,
+    /// ).unwrap();
+    /// assert_eq!(report.outputs().map(|c| c.records).sum::<u64>(), 1000);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn run_checkpointed<S, F, K, SF, FF, Fut, KF>(
+        &self,
+        checkpointing: &checkpoint::Checkpointing,
+        sources: SF,
+        functions: FF,
+        sinks: KF,
+        key: Option<SharedKeyFn<S::Item>>,
+    ) -> Result<RunReport<K::Output>, PipelineError>
+    where
+        S: Source,
+        S::Item: crate::snapshot::SnapshotCodec,
+        F: AsyncFunction<In = S::Item>,
+        K: Sink<F::Out, F::In>,
+        SF: Fn(&PartitionContext) -> Result<S, BoxError> + Send + Sync + 'static,
+        FF: Fn(&PartitionContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<F, BoxError>> + 'static,
+        KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
+    {
+        if checkpointing.coordinator.partitions() != self.partitions {
+            return Err(ConfigError::Invalid {
+                setting: "checkpointing",
+                reason: format!(
+                    "the coordinator has {} partitions but the pipeline has {}",
+                    checkpointing.coordinator.partitions(),
+                    self.partitions
+                ),
+            }
+            .into());
+        }
+        if checkpointing.interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "checkpoint interval",
+                reason: "must be above zero".into(),
+            }
+            .into());
+        }
+        let fns = CheckpointFns::<F> {
+            encode: crate::operator::encode_snapshot::<F>,
+            decode: crate::operator::Restore::<F::In>::decode,
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let coordinator = {
+            let c = checkpointing.coordinator.clone();
+            let stop = stop.clone();
+            let interval = checkpointing.interval;
+            std::thread::Builder::new()
+                .name("ringwait-checkpoints".into())
+                .spawn(move || checkpoint::coordinate(&c, interval, &stop))
+                .map_err(|e| PipelineError::Executor {
+                    partition: 0,
+                    message: format!("cannot start the checkpoint coordinator: {e}"),
+                })?
+        };
+        let result = self.run_inner(
+            sources,
+            functions,
+            sinks,
+            key,
+            Some((checkpointing.clone(), fns)),
+        );
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = coordinator.join();
+        result
     }
 
     fn run_inner<S, F, K, SF, FF, Fut, KF>(
@@ -397,6 +516,7 @@ impl Pipeline {
         functions: FF,
         sinks: KF,
         key: Option<SharedKeyFn<S::Item>>,
+        checkpoint: Option<(checkpoint::Checkpointing, CheckpointFns<F>)>,
     ) -> Result<RunReport<K::Output>, PipelineError>
     where
         S: Source,
@@ -433,9 +553,10 @@ impl Pipeline {
                 abort: abort.clone(),
                 intake_batch: self.intake_batch,
                 live: self.live.clone(),
+                checkpoint: checkpoint.clone(),
             };
             let spawned = executor::builder(index, ctx.core, &self.executor)
-                .spawn(move || task.run::<S, F, K, Fut>());
+                .spawn(move || task.run::<S, K, Fut>());
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -498,8 +619,23 @@ fn collect_reports<O>(
     })
 }
 
+/// The monomorphised snapshot codec of a checkpointed run.
+struct CheckpointFns<F: AsyncFunction> {
+    encode: checkpoint::EncodeFn<F>,
+    decode: checkpoint::DecodeFn<F::In>,
+}
+
+impl<F: AsyncFunction> Clone for CheckpointFns<F> {
+    fn clone(&self) -> Self {
+        CheckpointFns {
+            encode: self.encode,
+            decode: self.decode,
+        }
+    }
+}
+
 /// Everything one partition needs, moved to its executor thread.
-struct PartitionTask<SF, FF, KF, In> {
+struct PartitionTask<SF, FF, KF, In, F: AsyncFunction> {
     ctx: PartitionContext,
     config: OperatorConfig,
     factories: std::sync::Arc<(SF, FF, KF)>,
@@ -508,13 +644,13 @@ struct PartitionTask<SF, FF, KF, In> {
     abort: Arc<AtomicBool>,
     intake_batch: usize,
     live: Option<std::sync::Arc<LiveMetrics>>,
+    checkpoint: Option<(checkpoint::Checkpointing, CheckpointFns<F>)>,
 }
 
-impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
-    async fn run<S, F, K, Fut>(self) -> Result<PartitionReport<K::Output>, PipelineError>
+impl<SF, FF, KF, In: 'static, F: AsyncFunction<In = In>> PartitionTask<SF, FF, KF, In, F> {
+    async fn run<S, K, Fut>(self) -> Result<PartitionReport<K::Output>, PipelineError>
     where
         S: Source<Item = In>,
-        F: AsyncFunction<In = In>,
         K: Sink<F::Out, F::In>,
         SF: Fn(&PartitionContext) -> Result<S, BoxError>,
         FF: Fn(&PartitionContext) -> Fut,
@@ -523,7 +659,7 @@ impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
     {
         let partition = self.ctx.index;
         let abort = self.abort.clone();
-        let outcome = AssertUnwindSafe(self.run_partition::<S, F, K, Fut>())
+        let outcome = AssertUnwindSafe(self.run_partition::<S, K, Fut>())
             .catch_unwind()
             .await;
         let result = match outcome {
@@ -541,10 +677,9 @@ impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
         result
     }
 
-    async fn run_partition<S, F, K, Fut>(self) -> Result<PartitionReport<K::Output>, PipelineError>
+    async fn run_partition<S, K, Fut>(self) -> Result<PartitionReport<K::Output>, PipelineError>
     where
         S: Source<Item = In>,
-        F: AsyncFunction<In = In>,
         K: Sink<F::Out, F::In>,
         SF: Fn(&PartitionContext) -> Result<S, BoxError>,
         FF: Fn(&PartitionContext) -> Fut,
@@ -581,8 +716,27 @@ impl<SF, FF, KF, In: 'static> PartitionTask<SF, FF, KF, In> {
             abort: self.abort.clone(),
             live: self.live.clone(),
         };
-        let times: DriveTimes =
-            driver::drive(&mut op, &mut source, &mut sink, self.clock, &settings).await?;
+        let mut ckpt = match &self.checkpoint {
+            Some((c, fns)) => Some(checkpoint::PartitionCheckpoint::open(
+                c,
+                fns.decode,
+                fns.encode,
+                &mut op,
+                &mut source,
+                &mut sink,
+                partition,
+            )?),
+            None => None,
+        };
+        let times: DriveTimes = driver::drive(
+            &mut op,
+            &mut source,
+            &mut sink,
+            self.clock,
+            &settings,
+            ckpt.as_mut(),
+        )
+        .await?;
         let output = sink
             .finish()
             .map_err(|cause| PipelineError::Sink { partition, cause })?;

@@ -317,6 +317,18 @@ pub enum SnapshotError {
         /// What is wrong with header B.
         b: HeaderStatus,
     },
+    /// The epoch a restore asked for is in neither header.
+    #[error("snapshot file {} does not hold epoch {epoch} (header A: {a}; header B: {b})", path.display())]
+    EpochMissing {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The epoch asked for.
+        epoch: u64,
+        /// What header A holds.
+        a: HeaderStatus,
+        /// What header B holds.
+        b: HeaderStatus,
+    },
     /// Both headers are valid, carry the same epoch, but describe different snapshots.
     #[error("snapshot file {} has two different snapshots for epoch {epoch}", path.display())]
     Ambiguous {
@@ -431,5 +443,29 @@ pub enum DecodeError {
     TrailingBytes {
         /// How many.
         count: usize,
+    },
+    /// The payload does not start with the expected format tag (another format or version).
+    #[error("unknown payload format {found:#018x} (expected {expected:#018x})")]
+    UnknownFormat {
+        /// Tag read.
+        found: u64,
+        /// Tag this version writes.
+        expected: u64,
+    },
+    /// A value has a tag this version does not know.
+    #[error("invalid tag {tag} for {what}")]
+    InvalidTag {
+        /// The tag byte.
+        tag: u8,
+        /// What was being decoded.
+        what: &'static str,
+    },
+    /// A value other than bytes failed to decode (e.g. a record's JSON).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it was refused.
+        reason: String,
     },
 }

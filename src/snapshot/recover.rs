@@ -90,7 +90,7 @@ pub(crate) enum SlotScan {
 }
 
 impl SlotScan {
-    fn status(&self) -> HeaderStatus {
+    pub(crate) fn status(&self) -> HeaderStatus {
         match self {
             SlotScan::Empty => HeaderStatus::Empty,
             SlotScan::Invalid(p) => HeaderStatus::Invalid(p.clone()),

@@ -383,6 +383,56 @@ impl SnapshotStore {
         self.pending.take().map(|p| p.meta.epoch)
     }
 
+    /// Makes committed `epoch` the latest again and returns it: the newer epoch in the other
+    /// slot, if any, belongs to a checkpoint that never completed, and the next commit
+    /// overwrites it — so the restored epoch survives until a newer one is committed. Any
+    /// staged epoch is dropped. [`SnapshotError::EpochMissing`] when neither valid header
+    /// holds `epoch`.
+    ///
+    /// ```
+    /// # use ringwait::snapshot::{SnapshotMeta, SnapshotStore};
+    /// # let dir = std::env::temp_dir().join(format!("rw-doc-rollback-{}", std::process::id()));
+    /// let mut store = SnapshotStore::open(&dir, 1, 0, 4096)?;
+    /// store.write(SnapshotMeta { epoch: 1, ..Default::default() }, b"one")?;
+    /// store.write(SnapshotMeta { epoch: 2, ..Default::default() }, b"two")?;
+    /// assert_eq!(store.rollback_to(1)?.payload, b"one");
+    /// store.write(SnapshotMeta { epoch: 3, ..Default::default() }, b"three")?; // replaces 2
+    /// assert!(store.rollback_to(2).is_err());
+    /// assert_eq!(store.rollback_to(1)?.payload, b"one");
+    /// # drop(store); std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), ringwait::snapshot::SnapshotError>(())
+    /// ```
+    pub fn rollback_to(&mut self, epoch: u64) -> Result<Recovered, SnapshotError> {
+        self.pending = None;
+        let slots = recover::scan(&self.file, self.operator_id, self.partition)
+            .map_err(|e| SnapshotError::io("read", &self.path, e))?;
+        let status = [slots[0].status(), slots[1].status()];
+        for (slot, scan) in Slot::ALL.into_iter().zip(slots) {
+            if let SlotScan::Valid(h, payload) = scan {
+                if h.meta.epoch == epoch {
+                    self.live = Some(Live {
+                        slot,
+                        meta: h.meta,
+                        payload: h.payload,
+                    });
+                    return Ok(Recovered {
+                        meta: h.meta,
+                        payload,
+                        slot,
+                        other: status[slot.other().index()].clone(),
+                    });
+                }
+            }
+        }
+        let [a, b] = status;
+        Err(SnapshotError::EpochMissing {
+            path: self.path.clone(),
+            epoch,
+            a,
+            b,
+        })
+    }
+
     /// Installs (or removes) a flush fault injector.
     ///
     /// ```

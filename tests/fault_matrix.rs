@@ -175,12 +175,15 @@ fn every_failing_fault_resolves_every_record_exactly_once() {
             !r.outputs.is_empty(),
             "{name}: lookups before and after the fault succeed"
         );
-        // Recovery once the fault clears: a fresh run is clean.
-        let healed = run(&s, &format!("{name}-healed"), OrderMode::Ordered, 1_000);
+        // Recovery once the fault clears: a fresh run is clean. The timeout is generous: this
+        // checks that the fault is gone, not latency, on a machine that may be overloaded.
+        let healed = run(&s, &format!("{name}-healed"), OrderMode::Ordered, 10_000);
         check_exactly_once(name, &healed);
         assert!(
             healed.failed.is_empty(),
-            "{name}: lookups recover after the fault"
+            "{name}: lookups recover after the fault, yet {} failed, e.g. {:?}",
+            healed.failed.len(),
+            healed.failed.iter().take(3).collect::<Vec<_>>()
         );
         match std::sync::Arc::try_unwrap(s) {
             Ok(s) => s.shutdown().unwrap(),

@@ -93,7 +93,7 @@ struct EnrichArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// overhead | delay
+    /// overhead | delay | redis
     #[arg(long)]
     workload: Workload,
     /// ordered | unordered | key-ordered
@@ -123,6 +123,8 @@ struct BenchArgs {
     /// Repeat the run this many times, printing one line each.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    #[command(flatten)]
+    perf: ringwait::bench::cli::PerfArgs,
 }
 
 fn main() {
@@ -198,10 +200,15 @@ fn bench(a: BenchArgs) -> Result<()> {
     cfg.spin = Duration::from_micros(a.spin_us);
     cfg.spin_before_park =
         (a.spin_before_park_us > 0).then(|| Duration::from_micros(a.spin_before_park_us));
+    if a.perf.handles(cfg.workload) {
+        return ringwait::bench::cli::run(&cfg, &a.perf, a.repeat)
+            .map_err(|e| anyhow::anyhow!("{} workload failed: {e}", cfg.workload));
+    }
     for _ in 0..a.repeat.max(1) {
         let result = match cfg.workload {
             Workload::Overhead => ringwait::bench::run_overhead(&cfg),
             Workload::Delay => ringwait::bench::run_delay(&cfg),
+            other => unreachable!("{other} is run by bench::cli"),
         }
         .with_context(|| format!("{} workload failed", cfg.workload))?;
         println!("{result}");

@@ -3,6 +3,8 @@
 //! Every workload prints one line of `key=value` pairs (see [`BenchResult`]), the format the
 //! baseline in `perf/baseline` prints too, so the two can be compared in one table.
 
+pub mod cli;
+pub mod redis;
 mod workloads;
 
 use std::fmt;
@@ -21,6 +23,8 @@ pub enum Workload {
     Overhead,
     /// The function completes 1 ms later from a timer.
     Delay,
+    /// `GET k:<key_of(i)>` per record through the ringwait Redis client.
+    Redis,
 }
 
 impl std::str::FromStr for Workload {
@@ -29,7 +33,10 @@ impl std::str::FromStr for Workload {
         match s {
             "overhead" => Ok(Workload::Overhead),
             "delay" => Ok(Workload::Delay),
-            other => Err(format!("unknown workload {other:?}: use overhead or delay")),
+            "redis" => Ok(Workload::Redis),
+            other => Err(format!(
+                "unknown workload {other:?}: use overhead, delay or redis"
+            )),
         }
     }
 }
@@ -39,6 +46,7 @@ impl fmt::Display for Workload {
         f.write_str(match self {
             Workload::Overhead => "overhead",
             Workload::Delay => "delay",
+            Workload::Redis => "redis",
         })
     }
 }
@@ -76,6 +84,7 @@ impl BenchConfig {
             records: match workload {
                 Workload::Overhead => 20_000_000,
                 Workload::Delay => 2_000_000,
+                Workload::Redis => 1_000_000,
             },
             capacity: 1000,
             delay: Duration::from_millis(1),

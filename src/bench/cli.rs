@@ -2,9 +2,15 @@
 //! soak) and of the outputs shared by every workload; flattened into the `bench` command.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
+use hdrhistogram::Histogram;
+
+use super::hist::{percentile_distribution, read_distribution};
 use super::redis::{run_redis, Measured, RedisOptions};
-use super::{BenchConfig, Workload};
+use super::workloads::{delay_report, overhead_report};
+use super::{BenchConfig, BenchResult, Workload};
+use crate::report::{percentile_chart, Series};
 use crate::source::BoxError;
 
 /// Options of `ringwait bench` beyond the operator's.
@@ -26,6 +32,16 @@ pub struct PerfArgs {
     /// redis: pin the embedded server's thread to this CPU.
     #[arg(long, value_name = "CPU")]
     pub server_cpu: Option<usize>,
+    /// Write the latency distribution (HdrHistogram percentile distribution text, values
+    /// in µs; all repeats merged) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub hist_out: Option<PathBuf>,
+    /// Write an SVG latency-percentile chart (all repeats merged) to FILE.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
+    /// Add NAME=FILE (a percentile distribution, e.g. another --hist-out) to the chart.
+    #[arg(long, value_name = "NAME=FILE")]
+    pub chart_with: Vec<String>,
 }
 
 impl PerfArgs {
@@ -42,25 +58,80 @@ impl PerfArgs {
 
     /// Whether [`run`] handles `workload` with these options (else the plain loop does).
     pub fn handles(&self, workload: Workload) -> bool {
-        matches!(workload, Workload::Redis)
+        matches!(workload, Workload::Redis) || self.hist_out.is_some() || self.chart.is_some()
     }
 }
 
 /// Runs `repeat` times, printing one line each.
 pub fn run(cfg: &BenchConfig, args: &PerfArgs, repeat: usize) -> Result<(), BoxError> {
+    let mut all: Option<Histogram<u64>> = None;
+    let mut lines = Vec::new();
     for _ in 0..repeat.max(1) {
         let m = measure(cfg, args)?;
         println!("{}", m.result);
         if let Some(v) = m.verified {
             eprintln!("redis: hits={} misses={}", v.hits, v.misses);
         }
+        lines.push(m.result.to_string());
+        match &mut all {
+            Some(h) => h
+                .add(&m.latency)
+                .map_err(|e| format!("merging histograms: {e}"))?,
+            None => all = Some(m.latency),
+        }
+    }
+    let all = all.expect("at least one run");
+    if let Some(path) = &args.hist_out {
+        write(path, &percentile_distribution(&all))?;
+    }
+    if let Some(path) = &args.chart {
+        let mut others = Vec::new();
+        for spec in &args.chart_with {
+            let (name, file) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--chart-with {spec:?}: use NAME=FILE"))?;
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--chart-with: cannot read {file}: {e}"))?;
+            let h = read_distribution(&text)
+                .ok_or_else(|| format!("--chart-with: {file} holds no percentile distribution"))?;
+            others.push((name.to_string(), h));
+        }
+        let mut series = vec![Series {
+            name: "ringwait",
+            histogram: &all,
+        }];
+        series.extend(others.iter().map(|(name, h)| Series { name, histogram: h }));
+        let title = format!(
+            "{} {} P={} latency (µs) by percentile",
+            cfg.workload, cfg.mode, cfg.partitions
+        );
+        write(path, &percentile_chart(&title, &series, &lines))?;
     }
     Ok(())
+}
+
+fn write(path: &PathBuf, text: &str) -> Result<(), BoxError> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
 fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
     match cfg.workload {
         Workload::Redis => run_redis(cfg, &args.redis_options()),
-        other => Err(format!("{other} is not handled here").into()),
+        Workload::Overhead => {
+            let report = overhead_report(cfg)?;
+            Ok(Measured {
+                result: BenchResult::from_report("overhead", cfg.mode, &report),
+                latency: report.merged.latency.clone(),
+                verified: None,
+            })
+        }
+        Workload::Delay => {
+            let report = delay_report(cfg)?;
+            Ok(Measured {
+                result: BenchResult::from_report("delay", cfg.mode, &report),
+                latency: report.merged.latency.clone(),
+                verified: None,
+            })
+        }
     }
 }

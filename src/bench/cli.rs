@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
 use super::hist::{percentile_distribution, read_distribution};
+use super::latency::{run_latency, LatencyOptions};
 use super::redis::{run_redis, Measured, RedisOptions};
 use super::workloads::{delay_report, overhead_report};
 use super::{BenchConfig, BenchResult, Workload};
@@ -39,6 +41,13 @@ pub struct PerfArgs {
     /// Write an SVG latency-percentile chart (all repeats merged) to FILE.svg.
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
+    /// latency: arrivals per second over all partitions (default: 10% of the maximum
+    /// measured first with 300k unordered lookups).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// latency: how long arrivals go on when --records is not given.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration_s: f64,
     /// Add NAME=FILE (a percentile distribution, e.g. another --hist-out) to the chart.
     #[arg(long, value_name = "NAME=FILE")]
     pub chart_with: Vec<String>,
@@ -58,7 +67,9 @@ impl PerfArgs {
 
     /// Whether [`run`] handles `workload` with these options (else the plain loop does).
     pub fn handles(&self, workload: Workload) -> bool {
-        matches!(workload, Workload::Redis) || self.hist_out.is_some() || self.chart.is_some()
+        matches!(workload, Workload::Redis | Workload::Latency)
+            || self.hist_out.is_some()
+            || self.chart.is_some()
     }
 }
 
@@ -66,13 +77,26 @@ impl PerfArgs {
 pub fn run(cfg: &BenchConfig, args: &PerfArgs, repeat: usize) -> Result<(), BoxError> {
     let mut all: Option<Histogram<u64>> = None;
     let mut lines = Vec::new();
+    let mut extra: Vec<(String, Histogram<u64>)> = Vec::new();
     for _ in 0..repeat.max(1) {
         let m = measure(cfg, args)?;
         println!("{}", m.result);
         if let Some(v) = m.verified {
             eprintln!("redis: hits={} misses={}", v.hits, v.misses);
         }
+        for l in &m.extra_lines {
+            println!("{l}");
+        }
         lines.push(m.result.to_string());
+        lines.extend(m.extra_lines.iter().cloned());
+        for (name, h) in m.extra_series {
+            match extra.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, all)) => all
+                    .add(&h)
+                    .map_err(|e| format!("merging histograms: {e}"))?,
+                None => extra.push((name, h)),
+            }
+        }
         match &mut all {
             Some(h) => h
                 .add(&m.latency)
@@ -85,7 +109,7 @@ pub fn run(cfg: &BenchConfig, args: &PerfArgs, repeat: usize) -> Result<(), BoxE
         write(path, &percentile_distribution(&all))?;
     }
     if let Some(path) = &args.chart {
-        let mut others = Vec::new();
+        let mut others = extra;
         for spec in &args.chart_with {
             let (name, file) = spec
                 .split_once('=')
@@ -117,12 +141,28 @@ fn write(path: &PathBuf, text: &str) -> Result<(), BoxError> {
 fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
     match cfg.workload {
         Workload::Redis => run_redis(cfg, &args.redis_options()),
+        Workload::Latency => {
+            let opts = LatencyOptions {
+                rate: args.rate,
+                duration: Duration::from_secs_f64(args.duration_s.max(0.001)),
+            };
+            let run = run_latency(cfg, &args.redis_options(), &opts)?;
+            Ok(Measured {
+                result: run.result,
+                latency: run.ringwait,
+                verified: None,
+                extra_lines: vec![run.raw_line, run.added_line],
+                extra_series: vec![("raw loopback client".into(), run.raw)],
+            })
+        }
         Workload::Overhead => {
             let report = overhead_report(cfg)?;
             Ok(Measured {
                 result: BenchResult::from_report("overhead", cfg.mode, &report),
                 latency: report.merged.latency.clone(),
                 verified: None,
+                extra_lines: Vec::new(),
+                extra_series: Vec::new(),
             })
         }
         Workload::Delay => {
@@ -131,6 +171,8 @@ fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
                 result: BenchResult::from_report("delay", cfg.mode, &report),
                 latency: report.merged.latency.clone(),
                 verified: None,
+                extra_lines: Vec::new(),
+                extra_series: Vec::new(),
             })
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod hist;
+pub mod latency;
 pub mod redis;
 mod workloads;
 
@@ -26,6 +27,9 @@ pub enum Workload {
     Delay,
     /// `GET k:<key_of(i)>` per record through the ringwait Redis client.
     Redis,
+    /// Open-loop redis lookups at a fixed rate; latency from the intended arrival, against
+    /// the raw round trip of a minimal client.
+    Latency,
 }
 
 impl std::str::FromStr for Workload {
@@ -35,8 +39,9 @@ impl std::str::FromStr for Workload {
             "overhead" => Ok(Workload::Overhead),
             "delay" => Ok(Workload::Delay),
             "redis" => Ok(Workload::Redis),
+            "latency" => Ok(Workload::Latency),
             other => Err(format!(
-                "unknown workload {other:?}: use overhead, delay or redis"
+                "unknown workload {other:?}: use overhead, delay, redis or latency"
             )),
         }
     }
@@ -48,6 +53,7 @@ impl fmt::Display for Workload {
             Workload::Overhead => "overhead",
             Workload::Delay => "delay",
             Workload::Redis => "redis",
+            Workload::Latency => "latency",
         })
     }
 }
@@ -86,6 +92,8 @@ impl BenchConfig {
                 Workload::Overhead => 20_000_000,
                 Workload::Delay => 2_000_000,
                 Workload::Redis => 1_000_000,
+                // 0: rate × duration.
+                Workload::Latency => 0,
             },
             capacity: 1000,
             delay: Duration::from_millis(1),

@@ -150,6 +150,34 @@ impl ReplyHandler for Verify {
     }
 }
 
+/// `opts.connections` connections to `addr` (on the current executor).
+pub async fn connect_all<H: ReplyHandler>(
+    addr: SocketAddr,
+    opts: &RedisOptions,
+) -> Result<Vec<Connection<H>>, LookupError> {
+    let config = ConnectionConfig {
+        mget_batching: opts.mget_batching,
+        max_batch: opts.max_batch,
+        ..ConnectionConfig::default()
+    };
+    let mut conns = Vec::with_capacity(opts.connections.max(1));
+    for _ in 0..opts.connections.max(1) {
+        conns.push(Connection::connect(addr, config.clone()).await?);
+    }
+    Ok(conns)
+}
+
+/// The next connection of a round robin over `conns`.
+#[inline]
+pub fn round_robin<'a, T>(conns: &'a [T], next: &Cell<usize>) -> &'a T {
+    if conns.len() == 1 {
+        return &conns[0];
+    }
+    let n = next.get();
+    next.set(if n + 1 == conns.len() { 0 } else { n + 1 });
+    &conns[n]
+}
+
 /// `GET k:<key_of(i)>` for record `i`, over the partition's connections.
 pub struct RedisGet {
     conns: Vec<Connection<Verify>>,
@@ -159,17 +187,8 @@ pub struct RedisGet {
 impl RedisGet {
     /// Connects `opts.connections` connections to `addr` (on the current executor).
     pub async fn connect(addr: SocketAddr, opts: &RedisOptions) -> Result<Self, LookupError> {
-        let config = ConnectionConfig {
-            mget_batching: opts.mget_batching,
-            max_batch: opts.max_batch,
-            ..ConnectionConfig::default()
-        };
-        let mut conns = Vec::with_capacity(opts.connections.max(1));
-        for _ in 0..opts.connections.max(1) {
-            conns.push(Connection::connect(addr, config.clone()).await?);
-        }
         Ok(RedisGet {
-            conns,
+            conns: connect_all(addr, opts).await?,
             next: Cell::new(0),
         })
     }
@@ -245,6 +264,10 @@ pub struct Measured {
     pub latency: Histogram<u64>,
     /// Hits and misses summed over the partitions (redis).
     pub verified: Option<VerifySink>,
+    /// More lines to print after the result (latency: the raw client, the added latency).
+    pub extra_lines: Vec<String>,
+    /// More series for the chart (latency: the raw client).
+    pub extra_series: Vec<(String, Histogram<u64>)>,
 }
 
 /// Runs the redis workload against `addr`.
@@ -289,6 +312,8 @@ pub fn run_redis(cfg: &BenchConfig, opts: &RedisOptions) -> Result<Measured, Box
         result: BenchResult::from_report("redis", cfg.mode, &report),
         latency: report.merged.latency.clone(),
         verified: Some(v),
+        extra_lines: Vec::new(),
+        extra_series: Vec::new(),
     })
 }
 

@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use super::hist::{percentile_distribution, read_distribution};
 use super::latency::{run_latency, LatencyOptions};
 use super::redis::{run_redis, Measured, RedisOptions};
+use super::soak::{run_soak, SoakOptions};
 use super::workloads::{delay_report, overhead_report};
 use super::{BenchConfig, BenchResult, Workload};
 use crate::report::{percentile_chart, Series};
@@ -45,9 +46,13 @@ pub struct PerfArgs {
     /// measured first with 300k unordered lookups).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// latency: how long arrivals go on when --records is not given.
+    /// latency: how long arrivals go on when --records is not given; soak: how long the
+    /// load runs.
     #[arg(long, default_value_t = 5.0)]
     pub duration_s: f64,
+    /// soak: load with the overhead function instead of redis lookups.
+    #[arg(long)]
+    pub soak_overhead: bool,
     /// Add NAME=FILE (a percentile distribution, e.g. another --hist-out) to the chart.
     #[arg(long, value_name = "NAME=FILE")]
     pub chart_with: Vec<String>,
@@ -67,14 +72,35 @@ impl PerfArgs {
 
     /// Whether [`run`] handles `workload` with these options (else the plain loop does).
     pub fn handles(&self, workload: Workload) -> bool {
-        matches!(workload, Workload::Redis | Workload::Latency)
-            || self.hist_out.is_some()
+        matches!(
+            workload,
+            Workload::Redis | Workload::Latency | Workload::Soak
+        ) || self.hist_out.is_some()
             || self.chart.is_some()
     }
 }
 
 /// Runs `repeat` times, printing one line each.
 pub fn run(cfg: &BenchConfig, args: &PerfArgs, repeat: usize) -> Result<(), BoxError> {
+    if cfg.workload == Workload::Soak {
+        let mut opts = SoakOptions::new(Duration::from_secs_f64(args.duration_s.max(0.001)));
+        opts.redis = !args.soak_overhead;
+        let report = run_soak(cfg, &args.redis_options(), &opts)?;
+        for s in &report.samples {
+            println!(
+                "soak t_s={:.1} rss_kib={} fds={}",
+                s.t_ms as f64 / 1000.0,
+                s.rss_kib,
+                s.fds
+            );
+        }
+        println!("{report}");
+        return if report.flat {
+            Ok(())
+        } else {
+            Err("RSS or descriptors grew during the soak".into())
+        };
+    }
     let mut all: Option<Histogram<u64>> = None;
     let mut lines = Vec::new();
     let mut extra: Vec<(String, Histogram<u64>)> = Vec::new();
@@ -140,6 +166,7 @@ fn write(path: &PathBuf, text: &str) -> Result<(), BoxError> {
 
 fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
     match cfg.workload {
+        Workload::Soak => Err("soak is run by run".into()),
         Workload::Redis => run_redis(cfg, &args.redis_options()),
         Workload::Latency => {
             let opts = LatencyOptions {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod hist;
 pub mod latency;
 pub mod redis;
+pub mod soak;
 mod workloads;
 
 use std::fmt;
@@ -30,6 +31,8 @@ pub enum Workload {
     /// Open-loop redis lookups at a fixed rate; latency from the intended arrival, against
     /// the raw round trip of a minimal client.
     Latency,
+    /// Steady load for a set time while RSS and descriptors are sampled.
+    Soak,
 }
 
 impl std::str::FromStr for Workload {
@@ -40,8 +43,9 @@ impl std::str::FromStr for Workload {
             "delay" => Ok(Workload::Delay),
             "redis" => Ok(Workload::Redis),
             "latency" => Ok(Workload::Latency),
+            "soak" => Ok(Workload::Soak),
             other => Err(format!(
-                "unknown workload {other:?}: use overhead, delay, redis or latency"
+                "unknown workload {other:?}: use overhead, delay, redis, latency or soak"
             )),
         }
     }
@@ -54,6 +58,7 @@ impl fmt::Display for Workload {
             Workload::Delay => "delay",
             Workload::Redis => "redis",
             Workload::Latency => "latency",
+            Workload::Soak => "soak",
         })
     }
 }
@@ -93,7 +98,7 @@ impl BenchConfig {
                 Workload::Delay => 2_000_000,
                 Workload::Redis => 1_000_000,
                 // 0: rate × duration.
-                Workload::Latency => 0,
+                Workload::Latency | Workload::Soak => 0,
             },
             capacity: 1000,
             delay: Duration::from_millis(1),

@@ -108,7 +108,15 @@ pub fn run(cfg: &BenchConfig, args: &PerfArgs, repeat: usize) -> Result<(), BoxE
         let m = measure(cfg, args)?;
         println!("{}", m.result);
         if let Some(v) = m.verified {
-            eprintln!("redis: hits={} misses={}", v.hits, v.misses);
+            use std::sync::atomic::Ordering::Relaxed;
+            let [r, w] = &super::redis::REQUESTS_WRITES;
+            let (r, w) = (r.swap(0, Relaxed), w.swap(0, Relaxed));
+            eprintln!(
+                "redis: hits={} misses={} requests={r} writes={w} requests_per_write={:.1}",
+                v.hits,
+                v.misses,
+                r as f64 / w.max(1) as f64
+            );
         }
         for l in &m.extra_lines {
             println!("{l}");

@@ -150,6 +150,24 @@ impl ReplyHandler for Verify {
     }
 }
 
+/// Requests and `write` calls of every [`RedisGet`] dropped so far in this process (for the
+/// requests-per-write figure `bench` prints).
+pub static REQUESTS_WRITES: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+impl Drop for RedisGet {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for c in &self.conns {
+            let s = c.stats();
+            REQUESTS_WRITES[0].fetch_add(s.requests, Relaxed);
+            REQUESTS_WRITES[1].fetch_add(s.writes, Relaxed);
+        }
+    }
+}
+
 /// `opts.connections` connections to `addr` (on the current executor).
 pub async fn connect_all<H: ReplyHandler>(
     addr: SocketAddr,

@@ -50,7 +50,8 @@ def main():
             by_impl[r["impl"]].append(r)
         base = [i for i in ("tokio-buffered", "tokio-buffered-unconstrained") if i in by_impl]
         better = max(base, key=lambda i: med(by_impl[i], "records_per_s")) if base else None
-        for impl in ("ringwait", "tokio-buffered", "tokio-buffered-unconstrained"):
+        for impl in ("ringwait", "tokio-buffered", "tokio-buffered-unconstrained",
+                     "ringwait-builtin-server"):
             rs = by_impl.get(impl)
             if not rs:
                 continue

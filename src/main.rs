@@ -101,7 +101,7 @@ struct EnrichArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// overhead | delay | checkpoint
+    /// overhead | delay | redis | latency | soak | checkpoint
     #[arg(long)]
     workload: Workload,
     /// ordered | unordered | key-ordered
@@ -134,6 +134,8 @@ struct BenchArgs {
     /// overhead: take a checkpoint of every partition this often (0: none).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     checkpoint_interval_ms: u64,
+    #[command(flatten)]
+    perf: ringwait::bench::cli::PerfArgs,
 }
 
 fn main() {
@@ -213,6 +215,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         (a.spin_before_park_us > 0).then(|| Duration::from_micros(a.spin_before_park_us));
     cfg.checkpoint_interval =
         (a.checkpoint_interval_ms > 0).then(|| Duration::from_millis(a.checkpoint_interval_ms));
+    if a.perf.handles(cfg.workload) {
+        return ringwait::bench::cli::run(&cfg, &a.perf, a.repeat)
+            .map_err(|e| anyhow::anyhow!("{} workload failed: {e}", cfg.workload));
+    }
     for _ in 0..a.repeat.max(1) {
         if cfg.workload == Workload::Checkpoint {
             for line in ringwait::bench::run_checkpoint().context("checkpoint workload failed")? {
@@ -224,6 +230,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             Workload::Overhead => ringwait::bench::run_overhead(&cfg),
             Workload::Delay => ringwait::bench::run_delay(&cfg),
             Workload::Checkpoint => unreachable!("handled above"),
+            other => unreachable!("{other} is run by bench::cli"),
         }
         .with_context(|| format!("{} workload failed", cfg.workload))?;
         println!("{result}");

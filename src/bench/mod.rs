@@ -4,6 +4,11 @@
 //! baseline in `perf/baseline` prints too, so the two can be compared in one table.
 
 mod checkpoint;
+pub mod cli;
+pub mod hist;
+pub mod latency;
+pub mod redis;
+pub mod soak;
 mod workloads;
 
 use std::fmt;
@@ -25,6 +30,13 @@ pub enum Workload {
     Delay,
     /// Snapshot and restore cost at 0, 1k and 64k in flight.
     Checkpoint,
+    /// `GET k:<key_of(i)>` per record through the ringwait Redis client.
+    Redis,
+    /// Open-loop redis lookups at a fixed rate; latency from the intended arrival, against
+    /// the raw round trip of a minimal client.
+    Latency,
+    /// Steady load for a set time while RSS and descriptors are sampled.
+    Soak,
 }
 
 impl std::str::FromStr for Workload {
@@ -34,7 +46,12 @@ impl std::str::FromStr for Workload {
             "overhead" => Ok(Workload::Overhead),
             "delay" => Ok(Workload::Delay),
             "checkpoint" => Ok(Workload::Checkpoint),
-            other => Err(format!("unknown workload {other:?}: use overhead or delay")),
+            "redis" => Ok(Workload::Redis),
+            "latency" => Ok(Workload::Latency),
+            "soak" => Ok(Workload::Soak),
+            other => Err(format!(
+                "unknown workload {other:?}: use overhead, delay, redis, latency, soak or checkpoint"
+            )),
         }
     }
 }
@@ -45,6 +62,9 @@ impl fmt::Display for Workload {
             Workload::Overhead => "overhead",
             Workload::Delay => "delay",
             Workload::Checkpoint => "checkpoint",
+            Workload::Redis => "redis",
+            Workload::Latency => "latency",
+            Workload::Soak => "soak",
         })
     }
 }
@@ -83,7 +103,10 @@ impl BenchConfig {
             partitions: 1,
             records: match workload {
                 Workload::Delay => 2_000_000,
-                _ => 20_000_000,
+                Workload::Redis => 1_000_000,
+                // 0: rate × duration.
+                Workload::Latency | Workload::Soak => 0,
+                Workload::Overhead | Workload::Checkpoint => 20_000_000,
             },
             capacity: 1000,
             delay: Duration::from_millis(1),

@@ -1,7 +1,7 @@
 //! The overhead and delay workloads.
 
 use crate::function::{from_fn, AsyncFunction, ResultFuture};
-use crate::runtime::{DelayLine, Pipeline, PipelineError};
+use crate::runtime::{DelayLine, Pipeline, PipelineError, RunReport};
 use crate::sink::CountingSink;
 use crate::source::GeneratorSource;
 use crate::OperatorConfig;
@@ -22,7 +22,7 @@ pub fn key_of(i: u64) -> u64 {
     z % 1_000_000
 }
 
-fn pipeline(cfg: &BenchConfig) -> Result<Pipeline, PipelineError> {
+pub(super) fn pipeline(cfg: &BenchConfig) -> Result<Pipeline, PipelineError> {
     let operator = OperatorConfig::builder()
         .mode(cfg.mode)
         .capacity(cfg.capacity)
@@ -41,6 +41,12 @@ fn pipeline(cfg: &BenchConfig) -> Result<Pipeline, PipelineError> {
 /// `cfg.checkpoint_interval`, a checkpoint of every partition is taken that often (to a
 /// temporary directory, removed afterwards).
 pub fn run_overhead(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
+    let report = overhead_report(cfg)?;
+    Ok(BenchResult::from_report("overhead", cfg.mode, &report))
+}
+
+/// The overhead workload's run report (latency histogram and all).
+pub(super) fn overhead_report(cfg: &BenchConfig) -> Result<RunReport<CountingSink>, PipelineError> {
     let records = cfg.records;
     if let Some(interval) = cfg.checkpoint_interval {
         let pipeline = pipeline(cfg)?;
@@ -67,9 +73,9 @@ pub fn run_overhead(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
             None,
         );
         let _ = std::fs::remove_dir_all(&dir);
-        return Ok(BenchResult::from_report("overhead", cfg.mode, &report?));
+        return report;
     }
-    let report = pipeline(cfg)?.run(
+    pipeline(cfg)?.run(
         move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
         |_p| async {
             Ok(from_fn(|x: &u64, r: ResultFuture<u64>| {
@@ -77,8 +83,7 @@ pub fn run_overhead(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
             }))
         },
         |_p| Ok(CountingSink::default()),
-    )?;
-    Ok(BenchResult::from_report("overhead", cfg.mode, &report))
+    )
 }
 
 /// The delay workload's function: completes each record `delay` later from one delay line.
@@ -96,12 +101,17 @@ impl AsyncFunction for Delayed {
 
 /// delay: records `0..N`, each completes `delay` (1 ms) later from a timer.
 pub fn run_delay(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
+    let report = delay_report(cfg)?;
+    Ok(BenchResult::from_report("delay", cfg.mode, &report))
+}
+
+/// The delay workload's run report.
+pub(super) fn delay_report(cfg: &BenchConfig) -> Result<RunReport<CountingSink>, PipelineError> {
     let records = cfg.records;
     let (delay, spin, capacity) = (cfg.delay, cfg.spin, cfg.capacity);
-    let report = pipeline(cfg)?.run(
+    pipeline(cfg)?.run(
         move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
         move |_p| async move { Ok(Delayed(DelayLine::start(delay, spin, capacity))) },
         |_p| Ok(CountingSink::default()),
-    )?;
-    Ok(BenchResult::from_report("delay", cfg.mode, &report))
+    )
 }

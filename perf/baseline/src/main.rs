@@ -82,6 +82,10 @@ struct BenchArgs {
     /// Delay of the delay workload, in microseconds.
     #[arg(long, default_value_t = 1000)]
     delay_us: u64,
+    /// Write the latency distribution to FILE: HdrHistogram percentile distribution text,
+    /// values in µs (the format of `ringwait bench --hist-out`).
+    #[arg(long, value_name = "FILE")]
+    hist_out: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -116,6 +120,9 @@ fn bench(args: &BenchArgs) -> Result<(), BoxError> {
         return Err(format!("{} records got a Redis error or a miss", summary.bad).into());
     }
     println!("{}", report_line(args, workload, &summary));
+    if let Some(path) = &args.hist_out {
+        std::fs::write(path, percentile_distribution(&summary.hist))?;
+    }
     Ok(())
 }
 
@@ -214,4 +221,35 @@ fn report_line(args: &BenchArgs, workload: Workload, s: &Summary) -> String {
             "tokio-buffered"
         }
     )
+}
+
+/// HdrHistogram's percentile distribution of `h` (ns) in µs, 5 ticks per half distance;
+/// the same text `ringwait bench --hist-out` writes.
+fn percentile_distribution(h: &hdrhistogram::Histogram<u64>) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let value = h.highest_equivalent(v.value_iterated_to()) as f64 / 1_000.0;
+        total += v.count_since_last_iteration();
+        let _ = write!(s, "{value:12.3} {q:14.12} {total:10}");
+        if q < 1.0 {
+            let _ = write!(s, " {:14.2}", 1.0 / (1.0 - q));
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1_000.0,
+        h.stdev() / 1_000.0
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / 1_000.0,
+        h.len()
+    );
+    s
 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""The table of perf/run: medians per configuration and ringwait / better baseline ratios.
+
+usage: report.py RESULTS META STAMP
+Each column's median is taken on its own; "better baseline" is the tokio variant with the
+higher median throughput; ratio = ringwait's median records/s over it (and its p99 over
+ringwait's, so > 1 means ringwait is better on both).
+"""
+import statistics
+import sys
+from collections import defaultdict
+
+
+def parse(line):
+    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
+def fmt_us(v):
+    return f"{v:.0f}" if v >= 100 else (f"{v:.1f}" if v >= 1 else f"{v:.2f}")
+
+
+def main():
+    rows = [parse(l) for l in open(sys.argv[1]) if l.strip()]
+    meta = open(sys.argv[2]).read().strip() if len(sys.argv) > 2 else ""
+    stamp = sys.argv[3] if len(sys.argv) > 3 else ""
+    groups = defaultdict(list)
+    order = []
+    for r in rows:
+        if r.get("workload") not in ("overhead", "delay", "redis"):
+            continue
+        key = (r["workload"], r["mode"], r["partitions"])
+        if key not in groups:
+            order.append(key)
+        groups[key].append(r)
+    med = lambda rs, c: statistics.median(float(r[c]) for r in rs)
+    out = []
+    out.append(f"# perf/run {stamp}\n")
+    for l in meta.splitlines():
+        out.append(l.lstrip("# ") + "  ")
+    reps = max((int(r["rep"]) for r in rows if r.get("rep", "").isdigit()), default=0)
+    out.append(f"\nMedians of {reps} interleaved repetition(s); each column's median on its own. "
+               "ratio = ringwait records/s ÷ the better tokio variant's; p99 ratio = that "
+               "variant's p99 ÷ ringwait's (> 1: ringwait lower).\n")
+    out.append("| workload | mode | P | impl | n | records/s | p50 µs | p99 µs | p99.9 µs | ratio | p99 ratio |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    summary = []
+    for key in order:
+        by_impl = defaultdict(list)
+        for r in groups[key]:
+            by_impl[r["impl"]].append(r)
+        base = [i for i in ("tokio-buffered", "tokio-buffered-unconstrained") if i in by_impl]
+        better = max(base, key=lambda i: med(by_impl[i], "records_per_s")) if base else None
+        for impl in ("ringwait", "tokio-buffered", "tokio-buffered-unconstrained",
+                     "ringwait-builtin-server"):
+            rs = by_impl.get(impl)
+            if not rs:
+                continue
+            ratio = p99r = ""
+            if impl == "ringwait" and better:
+                ratio = f"**{med(rs, 'records_per_s') / med(by_impl[better], 'records_per_s'):.2f}×**"
+                p99r = f"{med(by_impl[better], 'p99_us') / max(med(rs, 'p99_us'), 1e-9):.1f}×"
+                summary.append((key, med(rs, "records_per_s"), med(rs, "p99_us"), ratio))
+            w, m, p = key
+            out.append(
+                f"| {w} | {m} | {p} | {impl} | {len(rs)} | {med(rs, 'records_per_s') / 1e6:.3f} M | "
+                f"{fmt_us(med(rs, 'p50_us'))} | {fmt_us(med(rs, 'p99_us'))} | "
+                f"{fmt_us(med(rs, 'p999_us'))} | {ratio} | {p99r} |")
+    lat = [r for r in rows if r.get("workload") == "latency"]
+    if lat:
+        out.append("\n## latency (open loop, 10% of the measured maximum, from the intended send time)\n")
+        out.append("| impl | n | rate/s | p50 µs | p99 µs | p99.9 µs | max µs |")
+        out.append("|---|---|---|---|---|---|---|")
+        for impl in ("ringwait", "raw-loopback"):
+            rs = [r for r in lat if r["impl"] == impl]
+            if rs:
+                out.append(f"| {impl} | {len(rs)} | {med(rs, 'records_per_s'):.0f} | "
+                           f"{fmt_us(med(rs, 'p50_us'))} | {fmt_us(med(rs, 'p99_us'))} | "
+                           f"{fmt_us(med(rs, 'p999_us'))} | {fmt_us(med(rs, 'max_us'))} |")
+        rs = [r for r in lat if r["impl"] == "added"]
+        if rs:
+            out.append(f"| **added by ringwait** | {len(rs)} | {med(rs, 'rate'):.0f} | "
+                       f"{med(rs, 'added_p50_us'):.1f} | {med(rs, 'added_p99_us'):.1f} | "
+                       f"{med(rs, 'added_p999_us'):.1f} | {med(rs, 'added_max_us'):.1f} |")
+    rbv = []
+    for l in open(sys.argv[1]):
+        if "workload=redis-benchmark" in l and "GET:" in l:
+            rbv.append(float(l.split("GET:")[1].split()[0]))
+    if rbv:
+        out.append(f"\nredis-benchmark -t get -P 1000 -c 1 (the store's ceiling): median "
+                   f"{statistics.median(rbv) / 1e6:.2f} M GET/s ({', '.join(f'{v / 1e6:.2f}' for v in rbv)})")
+    cg = [r for r in rows if r.get("workload") == "callgrind"]
+    if cg:
+        out.append("\n## callgrind instructions per record (overhead, P=1 ordered)\n")
+        out.append("| impl | Ir per record | (Ir large − Ir small) / (records large − records small) |")
+        out.append("|---|---|---|")
+        per = {}
+        for r in cg:
+            try:
+                d = (int(r["ir_large"]) - int(r["ir_small"])) / (
+                    int(r["records_large"]) - int(r["records_small"]))
+            except (ValueError, KeyError):
+                continue
+            per[r["impl"]] = d
+            out.append(f"| {r['impl']} | {d:.0f} | {r['ir_large']} − {r['ir_small']} over "
+                       f"{r['records_large']} − {r['records_small']} |")
+        if "ringwait" in per and "tokio-buffered" in per and per["ringwait"] > 0:
+            out.append(f"\ntokio-buffered / ringwait instructions per record: "
+                       f"{per['tokio-buffered'] / per['ringwait']:.1f}×")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

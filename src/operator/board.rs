@@ -222,24 +222,27 @@ impl<Out> CompletionBoard<Out> {
     }
 
     /// Ends the function call started by [`arm`](Self::arm): if the record completed during
-    /// it, collects that completion and says what kind it is.
+    /// it, collects that completion and says what kind it is. Also says whether completions
+    /// of other records wait to be collected (as [`has_landed`](Self::has_landed)).
     #[inline]
-    pub(crate) fn end_invoke(&self, slot: u32) -> Option<Landed> {
+    pub(crate) fn end_invoke(&self, slot: u32) -> (Option<Landed>, bool) {
         let mut inner = self.inner.borrow_mut();
         debug_assert_eq!(inner.invoking, slot);
         inner.invoking = u32::MAX;
+        let others = !inner.landed.is_empty();
         if !std::mem::take(&mut inner.sync_landed) {
-            return None;
+            return (None, others);
         }
         let cell = inner.cell(slot);
         debug_assert_eq!(cell.state, CellState::Landed);
         cell.state = CellState::Collected;
-        Some(match &cell.result {
+        let kind = match &cell.result {
             Some(Ok(_)) => Landed::Ok,
             Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
             Some(Err(_)) => Landed::Failed,
             None => unreachable!("a landed cell holds a result"),
-        })
+        };
+        (Some(kind), others)
     }
 
     /// Whether any completion waits to be collected.

@@ -420,8 +420,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         if self.mode == OrderMode::KeyOrdered {
             self.link_key(idx, key);
         }
-        self.invoke(idx, now)?;
-        if self.board.has_landed() {
+        if self.invoke(idx, now)? {
             self.collect(now)?;
         }
         Ok(())
@@ -451,15 +450,17 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     }
 
     /// Runs one attempt of the function for the record in `idx`; a panic fails the record.
+    /// Returns whether completions of other records wait to be collected (they may have
+    /// landed during the call).
     #[inline]
-    fn invoke(&mut self, idx: u32, now: Nanos) -> Result<(), OperatorError> {
+    fn invoke(&mut self, idx: u32, now: Nanos) -> Result<bool, OperatorError> {
         let slot = self.slots.get(idx);
         let generation = self.board.arm(idx, slot.sequence);
         let handle = ResultFuture::new(self.board.clone(), idx, generation, slot.sequence);
         let input = slot.input.as_ref().expect("a record slot holds its input");
         let function = &self.function;
         let outcome = catch_unwind(AssertUnwindSafe(|| function.invoke(input, handle)));
-        let landed = self.board.end_invoke(idx);
+        let (landed, others) = self.board.end_invoke(idx);
         if let Err(payload) = outcome {
             self.counters.panics += 1;
             if landed.is_none() {
@@ -467,16 +468,15 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 self.board.time_out(idx);
                 self.board
                     .set_result(idx, Err(RecordError::from_panic(payload)));
-                return self.resolve(idx);
+                self.resolve(idx)?;
+                return Ok(others);
             }
         }
-        match landed {
-            Some(kind) => {
-                self.counters.completions += 1;
-                self.on_landed(idx, kind, now)
-            }
-            None => Ok(()),
+        if let Some(kind) = landed {
+            self.counters.completions += 1;
+            self.on_landed(idx, kind, now)?;
         }
+        Ok(others)
     }
 
     /// Collects arrived completions, starts due retries and fires expired timeouts.
@@ -569,6 +569,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             }
             slot.state = SlotState::InFlight;
             slot.attempts += 1;
+            // Completions that landed meanwhile are collected by `advance` afterwards.
             self.invoke(idx, now)?;
         }
         Ok(())

@@ -508,6 +508,9 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             {
                 return Ok(());
             }
+            // Without retries nothing can replace an `Ok` result before it resolves: the
+            // error check (a board borrow) is not needed.
+            Landed::Ok if !self.retries_enabled => return self.resolve_as(idx, false),
             _ => {}
         }
         self.resolve(idx)
@@ -613,6 +616,14 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     /// under `ErrorPolicy::Fail` an error stops the operator here, naming the record.
     #[inline(always)]
     fn resolve(&mut self, idx: u32) -> Result<(), OperatorError> {
+        self.resolve_as(idx, true)
+    }
+
+    /// [`resolve`](Self::resolve); `maybe_err: false` promises that the result in the board
+    /// is `Ok` (checked in debug builds).
+    #[inline(always)]
+    fn resolve_as(&mut self, idx: u32, maybe_err: bool) -> Result<(), OperatorError> {
+        debug_assert!(maybe_err || !self.board.result_is_err(idx));
         if self.slots.is_linked(ListId::Pending, idx) {
             self.slots.unlink(ListId::Pending, idx);
         }
@@ -620,7 +631,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         self.counters.records_done += 1;
         let slot = self.slots.get_mut(idx);
         slot.state = SlotState::Done;
-        if self.board.result_is_err(idx) {
+        if maybe_err && self.board.result_is_err(idx) {
             self.counters.errors += 1;
             if self.config.error_policy() == ErrorPolicy::Fail {
                 let sequence = self.slots.get(idx).sequence;

@@ -382,6 +382,9 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         }
     }
 
+    // Inlined into `process` (the per-record path): left to itself the compiler outlined it
+    // in the runtime's partition loop once the board got cheaper, costing more than it saved.
+    #[inline(always)]
     fn admit_record(
         &mut self,
         sequence: u64,

@@ -454,8 +454,8 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// Runs one attempt of the function for the record in `idx`; a panic fails the record.
     /// Returns whether completions of other records wait to be collected (they may have
-    /// landed during the call).
-    #[inline]
+    /// landed during the call). Always inlined: it is the per-record path.
+    #[inline(always)]
     fn invoke(&mut self, idx: u32, now: Nanos) -> Result<bool, OperatorError> {
         let slot = self.slots.get(idx);
         let generation = self.board.arm(idx, slot.sequence);

@@ -10,7 +10,7 @@
 //! exactly twice (into the cell, out to the sink). The operator never holds a borrow of the
 //! board while user code runs, so a function may complete synchronously inside `invoke`.
 
-use std::cell::RefCell;
+use std::cell::UnsafeCell;
 use std::task::Waker;
 
 use super::fifo::Fifo;
@@ -99,7 +99,9 @@ pub(crate) struct IgnoredCounts {
 }
 
 pub(crate) struct CompletionBoard<Out> {
-    inner: RefCell<BoardInner<Out>>,
+    /// Accessed only through [`with`](Self::with) (an `UnsafeCell` rather than a `RefCell`:
+    /// the borrow-flag checks cost about 20 instructions per record on the hot path).
+    inner: UnsafeCell<BoardInner<Out>>,
     operator_id: u64,
     partition: u32,
 }
@@ -115,7 +117,7 @@ impl<Out> CompletionBoard<Out> {
             })
             .collect();
         CompletionBoard {
-            inner: RefCell::new(BoardInner {
+            inner: UnsafeCell::new(BoardInner {
                 cells,
                 landed: Fifo::with_capacity(capacity),
                 waker: None,
@@ -137,24 +139,43 @@ impl<Out> CompletionBoard<Out> {
         self.partition
     }
 
+    /// Runs `f` with exclusive access to the board's state.
+    ///
+    /// Every `f` passed here must be plain bookkeeping that cannot reach this board again:
+    /// it must not run user code — call no user callback, waker or hook, and drop no value
+    /// whose type the user chose (`Out`, errors, wakers). Such values are moved out of the
+    /// closure and dropped (or called) after it returns. Debug assertions and `expect`s may
+    /// panic inside `f`; unwinding just ends the borrow.
+    #[inline(always)]
+    fn with<R>(&self, f: impl FnOnce(&mut BoardInner<Out>) -> R) -> R {
+        // SAFETY: the board is neither `Sync` (UnsafeCell) nor shared across threads (it
+        // lives in an `Rc`), so only this thread can reach `inner`. `with` is never entered
+        // while another `with` call is running, because closures passed to it run no user
+        // code (see above) and `with` is private, so this is the only reference to `inner`
+        // for the closure's duration.
+        f(unsafe { &mut *self.inner.get() })
+    }
+
     /// Starts a new attempt on `slot` for the record `sequence`, whose function call follows
     /// (end it with [`end_invoke`](Self::end_invoke)); returns the generation its handle must
     /// carry.
     #[inline]
     pub(crate) fn arm(&self, slot: u32, sequence: u64) -> u32 {
-        let mut inner = self.inner.borrow_mut();
-        inner.invoking = slot;
-        inner.sync_landed = false;
-        let cell = inner.cell(slot);
-        debug_assert!(cell.result.is_none(), "arming a cell holding a result");
-        cell.sequence = sequence;
-        cell.generation = cell.generation.wrapping_add(1);
-        cell.state = CellState::Armed;
-        cell.generation
+        self.with(|inner| {
+            inner.invoking = slot;
+            inner.sync_landed = false;
+            let cell = inner.cell(slot);
+            debug_assert!(cell.result.is_none(), "arming a cell holding a result");
+            cell.sequence = sequence;
+            cell.generation = cell.generation.wrapping_add(1);
+            cell.state = CellState::Armed;
+            cell.generation
+        })
     }
 
-    /// Delivers a handle's completion.
-    #[inline]
+    /// Delivers a handle's completion. Always inlined: it is the per-record path of every
+    /// function, and outlined its prologue and the result copy cost ~20 instructions.
+    #[inline(always)]
     pub(crate) fn complete(
         &self,
         slot: u32,
@@ -162,8 +183,15 @@ impl<Out> CompletionBoard<Out> {
         sequence: u64,
         result: Result<Outputs<Out>, AsyncError>,
     ) -> Completion {
-        let waker = {
-            let mut inner = self.inner.borrow_mut();
+        // Outside `with`: converting an error may drop the user's error value.
+        let result = result.map_err(RecordError::from_function);
+        // Returns the verdict, the waker to wake and a value to drop: both are handled after
+        // the state is updated, never inside `with`.
+        let (verdict, waker, unused) = {
+            // SAFETY: as in `with` (open-coded here so that this per-record path is inlined
+            // whole): this block runs no user code and drops no user value; the only
+            // reference to the state lives for the block.
+            let inner = unsafe { &mut *self.inner.get() };
             let cell = inner.cell(slot);
             let verdict = if cell.generation != generation || cell.sequence != sequence {
                 Completion::Late
@@ -177,146 +205,158 @@ impl<Out> CompletionBoard<Out> {
             match verdict {
                 Completion::Accepted => {
                     cell.state = CellState::Landed;
-                    cell.result = Some(result.map_err(RecordError::from_function));
+                    debug_assert!(cell.result.is_none(), "an armed cell holds no result");
+                    let old = cell.result.replace(result); // None: an armed cell is empty
                     if inner.invoking == slot {
                         // Completed inside its own call: the operator picks it up right
                         // after the call returns, no queue and no wake-up needed.
                         inner.sync_landed = true;
-                        return Completion::Accepted;
+                        (verdict, None, old)
+                    } else {
+                        inner.landed.push(slot);
+                        (verdict, inner.waker.take(), old)
                     }
-                    inner.landed.push(slot);
-                    inner.waker.take()
                 }
                 Completion::Duplicate => {
                     inner.duplicates += 1;
-                    return verdict;
+                    (verdict, None, Some(result))
                 }
                 Completion::Late => {
                     inner.late += 1;
-                    return verdict;
+                    (verdict, None, Some(result))
                 }
             }
         };
+        drop(unused);
         if let Some(w) = waker {
             w.wake();
         }
-        Completion::Accepted
+        verdict
     }
 
     /// Collects the next landed completion: its slot and what kind it is. The result stays in
     /// the cell.
     #[inline]
     pub(crate) fn next_landed(&self) -> Option<(u32, Landed)> {
-        let mut inner = self.inner.borrow_mut();
-        let slot = inner.landed.pop()?;
-        let cell = inner.cell(slot);
-        debug_assert_eq!(cell.state, CellState::Landed);
-        cell.state = CellState::Collected;
-        let kind = match &cell.result {
-            Some(Ok(_)) => Landed::Ok,
-            Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
-            Some(Err(_)) => Landed::Failed,
-            None => unreachable!("a landed cell holds a result"),
-        };
-        Some((slot, kind))
+        self.with(|inner| {
+            let slot = inner.landed.pop()?;
+            let cell = inner.cell(slot);
+            debug_assert_eq!(cell.state, CellState::Landed);
+            cell.state = CellState::Collected;
+            let kind = match &cell.result {
+                Some(Ok(_)) => Landed::Ok,
+                Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
+                Some(Err(_)) => Landed::Failed,
+                None => unreachable!("a landed cell holds a result"),
+            };
+            Some((slot, kind))
+        })
     }
 
     /// Ends the function call started by [`arm`](Self::arm): if the record completed during
-    /// it, collects that completion and says what kind it is.
+    /// it, collects that completion and says what kind it is. Also says whether completions
+    /// of other records wait to be collected (as [`has_landed`](Self::has_landed)).
     #[inline]
-    pub(crate) fn end_invoke(&self, slot: u32) -> Option<Landed> {
-        let mut inner = self.inner.borrow_mut();
-        debug_assert_eq!(inner.invoking, slot);
-        inner.invoking = u32::MAX;
-        if !std::mem::take(&mut inner.sync_landed) {
-            return None;
-        }
-        let cell = inner.cell(slot);
-        debug_assert_eq!(cell.state, CellState::Landed);
-        cell.state = CellState::Collected;
-        Some(match &cell.result {
-            Some(Ok(_)) => Landed::Ok,
-            Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
-            Some(Err(_)) => Landed::Failed,
-            None => unreachable!("a landed cell holds a result"),
+    pub(crate) fn end_invoke(&self, slot: u32) -> (Option<Landed>, bool) {
+        self.with(|inner| {
+            debug_assert_eq!(inner.invoking, slot);
+            inner.invoking = u32::MAX;
+            let others = !inner.landed.is_empty();
+            if !std::mem::take(&mut inner.sync_landed) {
+                return (None, others);
+            }
+            let cell = inner.cell(slot);
+            debug_assert_eq!(cell.state, CellState::Landed);
+            cell.state = CellState::Collected;
+            let kind = match &cell.result {
+                Some(Ok(_)) => Landed::Ok,
+                Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
+                Some(Err(_)) => Landed::Failed,
+                None => unreachable!("a landed cell holds a result"),
+            };
+            (Some(kind), others)
         })
     }
 
     /// Whether any completion waits to be collected.
     #[inline]
     pub(crate) fn has_landed(&self) -> bool {
-        !self.inner.borrow().landed.is_empty()
+        self.with(|inner| !inner.landed.is_empty())
     }
 
     /// Whether `slot` holds a completion not yet collected.
     pub(crate) fn is_landed(&self, slot: u32) -> bool {
-        self.inner.borrow().cell_ref(slot).state == CellState::Landed
+        self.with(|inner| inner.cell_ref(slot).state == CellState::Landed)
     }
 
     /// Takes the result out of `slot` (to show it to a retry predicate, or to build an error).
     pub(crate) fn take_result(&self, slot: u32) -> Resolution<Out> {
-        self.inner
-            .borrow_mut()
-            .cell(slot)
-            .result
-            .take()
+        self.with(|inner| inner.cell(slot).result.take())
             .expect("the cell holds a result")
     }
 
     /// Puts a (final) result into `slot`.
     pub(crate) fn set_result(&self, slot: u32, result: Resolution<Out>) {
-        self.inner.borrow_mut().cell(slot).result = Some(result);
+        let old = self.with(|inner| inner.cell(slot).result.replace(result));
+        drop(old); // outside `with`: it may hold user values
     }
 
     /// Whether the result in `slot` is an error.
     pub(crate) fn result_is_err(&self, slot: u32) -> bool {
-        matches!(self.inner.borrow().cell_ref(slot).result, Some(Err(_)))
+        self.with(|inner| matches!(inner.cell_ref(slot).result, Some(Err(_))))
     }
 
     /// Takes the final result for emission; every handle of the record is stale afterwards.
     #[inline]
     pub(crate) fn take_for_emit(&self, slot: u32) -> Resolution<Out> {
-        let mut inner = self.inner.borrow_mut();
-        let cell = inner.cell(slot);
-        debug_assert_ne!(cell.state, CellState::Landed);
-        cell.generation = cell.generation.wrapping_add(1);
-        cell.state = CellState::Idle;
-        cell.result.take().expect("a done record has a result")
+        self.with(|inner| {
+            let cell = inner.cell(slot);
+            debug_assert_ne!(cell.state, CellState::Landed);
+            cell.generation = cell.generation.wrapping_add(1);
+            cell.state = CellState::Idle;
+            cell.result.take()
+        })
+        .expect("a done record has a result")
     }
 
     /// Marks `slot` timed out: later completions of its current attempt are late.
     pub(crate) fn time_out(&self, slot: u32) {
-        let mut inner = self.inner.borrow_mut();
-        let cell = inner.cell(slot);
-        debug_assert_ne!(cell.state, CellState::Landed);
-        cell.state = CellState::TimedOut;
+        self.with(|inner| {
+            let cell = inner.cell(slot);
+            debug_assert_ne!(cell.state, CellState::Landed);
+            cell.state = CellState::TimedOut;
+        })
     }
 
     /// Ends the current attempt without a result (a retry is pending): later completions of
     /// it are late.
     pub(crate) fn retire(&self, slot: u32) {
-        let mut inner = self.inner.borrow_mut();
-        let cell = inner.cell(slot);
-        debug_assert_ne!(cell.state, CellState::Landed);
-        cell.generation = cell.generation.wrapping_add(1);
-        cell.state = CellState::Idle;
-        cell.result = None;
+        let old = self.with(|inner| {
+            let cell = inner.cell(slot);
+            debug_assert_ne!(cell.state, CellState::Landed);
+            cell.generation = cell.generation.wrapping_add(1);
+            cell.state = CellState::Idle;
+            cell.result.take()
+        });
+        drop(old); // outside `with`: it may hold user values
     }
 
     /// Registers the task to wake when a completion lands.
     pub(crate) fn register_waker(&self, waker: &Waker) {
-        let mut inner = self.inner.borrow_mut();
-        match &inner.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => inner.waker = Some(waker.clone()),
+        // `will_wake` only compares pointers; cloning and dropping wakers runs executor code,
+        // so both happen outside `with`.
+        let same = self.with(|inner| inner.waker.as_ref().is_some_and(|w| w.will_wake(waker)));
+        if !same {
+            let new = waker.clone();
+            let old = self.with(|inner| inner.waker.replace(new));
+            drop(old);
         }
     }
 
     pub(crate) fn ignored(&self) -> IgnoredCounts {
-        let inner = self.inner.borrow();
-        IgnoredCounts {
+        self.with(|inner| IgnoredCounts {
             duplicates: inner.duplicates,
             late: inner.late,
-        }
+        })
     }
 }

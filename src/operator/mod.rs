@@ -382,6 +382,9 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         }
     }
 
+    // Inlined into `process` (the per-record path): left to itself the compiler outlined it
+    // in the runtime's partition loop once the board got cheaper, costing more than it saved.
+    #[inline(always)]
     fn admit_record(
         &mut self,
         sequence: u64,
@@ -420,8 +423,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         if self.mode == OrderMode::KeyOrdered {
             self.link_key(idx, key);
         }
-        self.invoke(idx, now)?;
-        if self.board.has_landed() {
+        if self.invoke(idx, now)? {
             self.collect(now)?;
         }
         Ok(())
@@ -451,15 +453,17 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     }
 
     /// Runs one attempt of the function for the record in `idx`; a panic fails the record.
-    #[inline]
-    fn invoke(&mut self, idx: u32, now: Nanos) -> Result<(), OperatorError> {
+    /// Returns whether completions of other records wait to be collected (they may have
+    /// landed during the call). Always inlined: it is the per-record path.
+    #[inline(always)]
+    fn invoke(&mut self, idx: u32, now: Nanos) -> Result<bool, OperatorError> {
         let slot = self.slots.get(idx);
         let generation = self.board.arm(idx, slot.sequence);
         let handle = ResultFuture::new(self.board.clone(), idx, generation, slot.sequence);
         let input = slot.input.as_ref().expect("a record slot holds its input");
         let function = &self.function;
         let outcome = catch_unwind(AssertUnwindSafe(|| function.invoke(input, handle)));
-        let landed = self.board.end_invoke(idx);
+        let (landed, others) = self.board.end_invoke(idx);
         if let Err(payload) = outcome {
             self.counters.panics += 1;
             if landed.is_none() {
@@ -467,16 +471,15 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 self.board.time_out(idx);
                 self.board
                     .set_result(idx, Err(RecordError::from_panic(payload)));
-                return self.resolve(idx);
+                self.resolve(idx)?;
+                return Ok(others);
             }
         }
-        match landed {
-            Some(kind) => {
-                self.counters.completions += 1;
-                self.on_landed(idx, kind, now)
-            }
-            None => Ok(()),
+        if let Some(kind) = landed {
+            self.counters.completions += 1;
+            self.on_landed(idx, kind, now)?;
         }
+        Ok(others)
     }
 
     /// Collects arrived completions, starts due retries and fires expired timeouts.
@@ -508,6 +511,9 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             {
                 return Ok(());
             }
+            // Without retries nothing can replace an `Ok` result before it resolves: the
+            // error check (a board borrow) is not needed.
+            Landed::Ok if !self.retries_enabled => return self.resolve_as(idx, false),
             _ => {}
         }
         self.resolve(idx)
@@ -569,6 +575,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             }
             slot.state = SlotState::InFlight;
             slot.attempts += 1;
+            // Completions that landed meanwhile are collected by `advance` afterwards.
             self.invoke(idx, now)?;
         }
         Ok(())
@@ -612,6 +619,14 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     /// under `ErrorPolicy::Fail` an error stops the operator here, naming the record.
     #[inline(always)]
     fn resolve(&mut self, idx: u32) -> Result<(), OperatorError> {
+        self.resolve_as(idx, true)
+    }
+
+    /// [`resolve`](Self::resolve); `maybe_err: false` promises that the result in the board
+    /// is `Ok` (checked in debug builds).
+    #[inline(always)]
+    fn resolve_as(&mut self, idx: u32, maybe_err: bool) -> Result<(), OperatorError> {
+        debug_assert!(maybe_err || !self.board.result_is_err(idx));
         if self.slots.is_linked(ListId::Pending, idx) {
             self.slots.unlink(ListId::Pending, idx);
         }
@@ -619,7 +634,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         self.counters.records_done += 1;
         let slot = self.slots.get_mut(idx);
         slot.state = SlotState::Done;
-        if self.board.result_is_err(idx) {
+        if maybe_err && self.board.result_is_err(idx) {
             self.counters.errors += 1;
             if self.config.error_policy() == ErrorPolicy::Fail {
                 let sequence = self.slots.get(idx).sequence;

@@ -61,13 +61,11 @@ const UNLINKED: Links = Links {
 struct List {
     head: u32,
     tail: u32,
-    len: usize,
 }
 
 const EMPTY: List = List {
     head: NIL,
     tail: NIL,
-    len: 0,
 };
 
 pub(crate) struct Slot<In> {
@@ -185,25 +183,46 @@ impl<In> SlotTable<In> {
         Some(idx)
     }
 
-    /// Unlinks the slot from every list, clears it and returns it to the free list.
+    /// Unlinks the slot from the order list, clears it and returns it to the free list.
     /// Returns the input it held.
+    ///
+    /// The slot must be off the pending list already: a record leaves it when it resolves
+    /// (before it can be emitted), and a watermark is never on it.
     #[inline]
     pub(crate) fn release(&mut self, idx: u32) -> Option<In> {
-        for list in [ListId::Order, ListId::Pending] {
-            if self.at(idx).links[list.index()].linked {
-                self.unlink(list, idx);
-            }
+        debug_assert!(
+            !self.at(idx).links[ListId::Pending.index()].linked,
+            "released a slot still on the pending list"
+        );
+        if self.lists[ListId::Order.index()].head == idx {
+            self.unlink_head(ListId::Order, idx);
+        } else {
+            self.unlink(ListId::Order, idx);
         }
         let slot = self.at_mut(idx);
         debug_assert_ne!(slot.state, SlotState::Free);
         slot.state = SlotState::Free;
+        // `key_head`, `queued` and `deadline` are written whenever a slot is (re)used before
+        // anything reads them; only the key chain link must be reset here.
         slot.key_next = NIL;
-        slot.key_head = false;
-        slot.queued = false;
-        slot.deadline = Nanos::NEVER;
         let input = slot.input.take();
         self.free.push(idx);
         input
+    }
+
+    /// Unlinks `idx`, which is the head of `list` (cheaper than [`Self::unlink`]).
+    #[inline(always)]
+    fn unlink_head(&mut self, list: ListId, idx: u32) {
+        let l = list.index();
+        debug_assert_eq!(self.lists[l].head, idx);
+        let next = self.at(idx).links[l].next;
+        self.lists[l].head = next;
+        if next == NIL {
+            self.lists[l].tail = NIL;
+        } else {
+            self.at_mut(next).links[l].prev = NIL;
+        }
+        self.at_mut(idx).links[l] = UNLINKED;
     }
 
     pub(crate) fn head(&self, list: ListId) -> Option<u32> {
@@ -236,7 +255,6 @@ impl<In> SlotTable<In> {
             self.at_mut(tail).links[l].next = idx;
         }
         self.lists[l].tail = idx;
-        self.lists[l].len += 1;
     }
 
     #[inline]
@@ -255,7 +273,6 @@ impl<In> SlotTable<In> {
             self.at_mut(next).links[l].prev = prev;
         }
         self.at_mut(idx).links[l] = UNLINKED;
-        self.lists[l].len -= 1;
     }
 
     /// Iterates a list from head to tail.
@@ -306,9 +323,21 @@ mod tests {
         t.unlink(ListId::Pending, ids[3]);
         assert_eq!(t.iter(ListId::Pending).collect::<Vec<_>>(), vec![ids[2]]);
         assert_eq!(t.iter(ListId::Pending).count(), 1);
-        t.release(ids[2]);
+        t.unlink(ListId::Pending, ids[2]);
         assert_eq!(t.iter(ListId::Pending).count(), 0);
         assert_eq!(t.head(ListId::Pending), None);
-        assert_eq!(t.iter(ListId::Order).count(), 3);
+        // Release unlinks from the order list: the head, the tail and one in the middle.
+        t.release(ids[0]);
+        t.release(ids[3]);
+        assert_eq!(
+            t.iter(ListId::Order).collect::<Vec<_>>(),
+            vec![ids[1], ids[2]]
+        );
+        t.release(ids[2]);
+        assert_eq!(t.iter(ListId::Order).collect::<Vec<_>>(), vec![ids[1]]);
+        t.release(ids[1]);
+        assert_eq!(t.head(ListId::Order), None);
+        let e = t.allocate(SlotState::Done).unwrap();
+        assert_eq!(t.iter(ListId::Order).collect::<Vec<_>>(), vec![e]);
     }
 }

@@ -241,14 +241,7 @@ impl<Out> CompletionBoard<Out> {
         self.with(|inner| {
             let slot = inner.landed.pop()?;
             let cell = inner.cell(slot);
-            debug_assert_eq!(cell.state, CellState::Landed);
-            cell.state = CellState::Collected;
-            let kind = match &cell.result {
-                Some(Ok(_)) => Landed::Ok,
-                Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
-                Some(Err(_)) => Landed::Failed,
-                None => unreachable!("a landed cell holds a result"),
-            };
+            let kind = collect(cell);
             Some((slot, kind))
         })
     }
@@ -266,14 +259,7 @@ impl<Out> CompletionBoard<Out> {
                 return (None, others);
             }
             let cell = inner.cell(slot);
-            debug_assert_eq!(cell.state, CellState::Landed);
-            cell.state = CellState::Collected;
-            let kind = match &cell.result {
-                Some(Ok(_)) => Landed::Ok,
-                Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
-                Some(Err(_)) => Landed::Failed,
-                None => unreachable!("a landed cell holds a result"),
-            };
+            let kind = collect(cell);
             (Some(kind), others)
         })
     }
@@ -358,5 +344,18 @@ impl<Out> CompletionBoard<Out> {
             duplicates: inner.duplicates,
             late: inner.late,
         })
+    }
+}
+
+/// Marks a landed cell collected and says what kind of result it holds (which stays in it).
+#[inline(always)]
+fn collect<Out>(cell: &mut Cell<Out>) -> Landed {
+    debug_assert_eq!(cell.state, CellState::Landed);
+    cell.state = CellState::Collected;
+    match &cell.result {
+        Some(Ok(_)) => Landed::Ok,
+        Some(Err(RecordError::Panicked { .. })) => Landed::Panicked,
+        Some(Err(_)) => Landed::Failed,
+        None => unreachable!("a landed cell holds a result"),
     }
 }

@@ -63,8 +63,13 @@ impl Coordinator {
     /// every epoch in the stores). With `auto_complete`, an epoch completes as soon as every
     /// partition flushed it; otherwise the output's owner calls [`complete`](Self::complete).
     pub fn new(partitions: usize, first_epoch: u64, auto_complete: bool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::unshared(partitions, first_epoch, auto_complete))
+    }
+
+    /// The coordinator itself, for callers that share it their own way (loom models).
+    fn unshared(partitions: usize, first_epoch: u64, auto_complete: bool) -> Self {
         let base = first_epoch.max(1) - 1;
-        std::sync::Arc::new(Coordinator {
+        Coordinator {
             requested: AtomicU64::new(base),
             completed: AtomicU64::new(base),
             flushed: (0..partitions).map(|_| AtomicU64::new(base)).collect(),
@@ -72,7 +77,7 @@ impl Coordinator {
             done: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             auto_complete,
-        })
+        }
     }
 
     /// Partitions taking part.
@@ -441,15 +446,7 @@ mod loom_tests {
     #[test]
     fn an_epoch_completes_only_after_every_partition_flushed_it() {
         loom::model(|| {
-            let c = Arc::new(Coordinator {
-                requested: AtomicU64::new(0),
-                completed: AtomicU64::new(0),
-                flushed: (0..2).map(|_| AtomicU64::new(0)).collect(),
-                finished: AtomicUsize::new(0),
-                done: AtomicBool::new(false),
-                cancelled: AtomicBool::new(false),
-                auto_complete: true,
-            });
+            let c = Arc::new(Coordinator::unshared(2, 1, true));
             let state: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
             assert_eq!(c.request_next(), Some(1));
             let handles: Vec<_> = (0..2)
@@ -486,15 +483,7 @@ mod loom_tests {
     #[test]
     fn done_only_after_all_finished_and_the_final_epoch_completed() {
         loom::model(|| {
-            let c = Arc::new(Coordinator {
-                requested: AtomicU64::new(0),
-                completed: AtomicU64::new(0),
-                flushed: (0..2).map(|_| AtomicU64::new(0)).collect(),
-                finished: AtomicUsize::new(0),
-                done: AtomicBool::new(false),
-                cancelled: AtomicBool::new(false),
-                auto_complete: true,
-            });
+            let c = Arc::new(Coordinator::unshared(2, 1, true));
             let handles: Vec<_> = (0..2)
                 .map(|p| {
                     let c = c.clone();

@@ -154,6 +154,18 @@ impl LatencyRecorder {
         }
     }
 
+    /// Records `count` latencies of `nanos` each (a batch that left together).
+    #[inline]
+    pub(crate) fn record_n(&mut self, nanos: u64, count: u64) {
+        if nanos == self.value {
+            self.run += count;
+        } else {
+            self.flush();
+            self.value = nanos;
+            self.run = count;
+        }
+    }
+
     fn flush(&mut self) {
         if self.run > 0 {
             self.hist.saturating_record_n(self.value.max(1), self.run);
@@ -176,11 +188,15 @@ impl LatencyRecorder {
         )
     }
 
-    /// The histogram including the current run.
-    pub(crate) fn histogram(&self) -> Histogram<u64> {
+    /// The histogram including the current run and `extra` (`count` latencies of `nanos`
+    /// not recorded yet).
+    pub(crate) fn histogram_with(&self, (nanos, count): (u64, u64)) -> Histogram<u64> {
         let mut h = self.hist.clone();
         if self.run > 0 {
             h.saturating_record_n(self.value.max(1), self.run);
+        }
+        if count > 0 {
+            h.saturating_record_n(nanos.max(1), count);
         }
         h
     }
@@ -196,7 +212,7 @@ mod tests {
         for v in [5, 5, 5, 9, 9, 5, 0] {
             r.record(v);
         }
-        let h = r.histogram();
+        let h = r.histogram_with((0, 0));
         assert_eq!(h.len(), 7);
         assert_eq!(h.count_at(5), 4);
         assert_eq!(h.count_at(9), 2);

@@ -2,7 +2,10 @@
 //!
 //! Random sequences of records (with keys), watermarks, completions of any handle (current,
 //! superseded or stale; with one output, none, several, or an error), and advances of time, on
-//! random capacities, with timeouts and retries on. After every step the test checks:
+//! random capacities, with timeouts on and retries on or off. Some records are completed by the
+//! function inside its own call, and records are taken by `process` or, at random, by
+//! `process_express` (whose directly returned outputs are checked like the others). After
+//! every step the test checks:
 //! * every output the operator emitted was allowed to leave at that moment (ordering,
 //!   watermark boundaries, key order), with exactly the values of its record;
 //! * nothing that may leave was held back (the operator's unemitted entries equal the model's);
@@ -19,10 +22,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use ringwait::operator::PendingEntry;
 use ringwait::{
-    AsyncError, AsyncWaitOperator, Completion, ErrorPolicy, OperatorConfig, OrderMode, Outputs,
-    ProcessError, RetryStrategy, StreamElement,
+    AsyncWaitOperator, Completion, ErrorPolicy, OperatorConfig, OrderMode, ProcessError,
+    RetryStrategy, StreamElement,
 };
-use support::{ms, simplify, Manual, OnTimeout, Out};
+use support::{complete_as, inline_value, ms, simplify, Manual, OnTimeout, Out};
 
 const TIMEOUT_MS: u64 = 50;
 const RETRY_MS: u64 = 10;
@@ -30,18 +33,25 @@ const MAX_RETRIES: u32 = 2;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Push(u8),
+    /// A record with this key; the function completes it inside its call (kind as in
+    /// `Op::Complete`) or not; taken with `process_express` or `process`.
+    Push(u8, Option<u8>, bool),
     Watermark,
     Complete(u16, u8),
     Advance(u8),
+    /// From now on take at most this many outputs after a step (a sink with little room;
+    /// `None`: all of them).
+    PopLimit(Option<u8>),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..3).prop_map(Op::Push),
+        4 => (0u8..3, proptest::option::of(0u8..4), any::<bool>())
+            .prop_map(|(k, inline, express)| Op::Push(k, inline, express)),
         1 => Just(Op::Watermark),
         5 => (any::<u16>(), 0u8..4).prop_map(|(p, k)| Op::Complete(p, k)),
         2 => (0u8..30).prop_map(Op::Advance),
+        1 => proptest::option::of(0u8..3).prop_map(Op::PopLimit),
     ]
 }
 
@@ -73,6 +83,7 @@ struct Model {
     mode: OrderMode,
     capacity: usize,
     timeout_fallback: bool,
+    max_retries: u32,
     now: u64,
     entries: Vec<Entry>,
     recs: HashMap<u64, Rec>,
@@ -106,7 +117,7 @@ impl Model {
                 }
                 Err(()) => {
                     let due = now + RETRY_MS;
-                    if r.attempt <= MAX_RETRIES && due < r.deadline {
+                    if r.attempt <= self.max_retries && due < r.deadline {
                         r.state = State::RetryWait { due };
                     } else {
                         r.outputs = vec![Out::Failed(r.input, "flaky".into())];
@@ -251,23 +262,6 @@ impl Model {
         let Some(pos) = pos else {
             return Err(format!("{out:?} matches no done entry"));
         };
-        // Entries the operator emitted silently before this one (records without outputs).
-        self.account_silent(pos)?;
-        let pos = match out {
-            Out::Wm(w) => self
-                .entries
-                .iter()
-                .position(|e| matches!(e, Entry::Wm(x) if x == w))
-                .unwrap(),
-            _ => self
-                .entries
-                .iter()
-                .position(|e| match e {
-                    Entry::Rec(s) => self.recs[s].outputs.first() == Some(out) && self.is_done(e),
-                    _ => false,
-                })
-                .unwrap(),
-        };
         if !self.may_leave(pos) {
             return Err(format!("{out:?} left too early; held: {:?}", self.entries));
         }
@@ -282,20 +276,30 @@ impl Model {
         Ok(())
     }
 
-    /// Removes done records without outputs before `upto` that may leave (the operator emits
-    /// them without anything observable).
-    fn account_silent(&mut self, upto: usize) -> Result<(), String> {
+    /// Removes the records without outputs that the operator no longer holds (`held`, as
+    /// [`held_by_operator`] lists them): they left unseen. Fails if one was not allowed to.
+    /// Other entries the operator let go must be observed (see `observe`).
+    fn account_silent(&mut self, held: &[String]) -> Result<(), String> {
         let mut i = 0;
-        let mut limit = upto;
-        while i < limit {
-            let silent = matches!(&self.entries[i], Entry::Rec(s) if self.is_done(&self.entries[i]) && self.recs[s].outputs.is_empty());
-            if silent && self.may_leave(i) {
-                self.remove(i);
-                limit -= 1;
-                i = 0;
-            } else {
+        while i < self.entries.len() {
+            let silent_gone = match &self.entries[i] {
+                Entry::Rec(s) => {
+                    !held.contains(&format!("r{s}")) && self.recs[s].outputs.is_empty()
+                }
+                Entry::Wm(_) => false,
+            };
+            if !silent_gone {
                 i += 1;
+                continue;
             }
+            if !self.is_done(&self.entries[i]) || !self.may_leave(i) {
+                return Err(format!(
+                    "{:?} left unseen; held: {:?}",
+                    self.entries[i], self.entries
+                ));
+            }
+            self.remove(i);
+            i = 0;
         }
         Ok(())
     }
@@ -324,19 +328,22 @@ fn run(
     mode: OrderMode,
     capacity: usize,
     fallback: bool,
+    retries: bool,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
-    let config = OperatorConfig::builder()
+    let max_retries = if retries { MAX_RETRIES } else { 0 };
+    let mut config = OperatorConfig::builder()
         .mode(mode)
         .capacity(capacity)
         .timeout(Duration::from_millis(TIMEOUT_MS))
-        .retry(RetryStrategy::fixed_delay(
+        .on_error(ErrorPolicy::SideOutput);
+    if retries {
+        config = config.retry(RetryStrategy::fixed_delay(
             MAX_RETRIES,
             Duration::from_millis(RETRY_MS),
-        ))
-        .on_error(ErrorPolicy::SideOutput)
-        .build()
-        .unwrap();
+        ));
+    }
+    let config = config.build().unwrap();
     let mut f = Manual::new();
     f.on_timeout = if fallback {
         OnTimeout::Negate
@@ -344,6 +351,7 @@ fn run(
         OnTimeout::Fail
     };
     let requests = f.requests.clone();
+    let inline = f.complete_inline.clone();
     let mut op = if mode == OrderMode::KeyOrdered {
         AsyncWaitOperator::with_key_fn(config, f, Box::new(|x: &i64| (*x % 10) as u64), 0).unwrap()
     } else {
@@ -353,6 +361,7 @@ fn run(
         mode,
         capacity,
         timeout_fallback: fallback,
+        max_retries,
         now: 0,
         entries: vec![],
         recs: HashMap::new(),
@@ -363,19 +372,31 @@ fn run(
         emitted_records: HashMap::new(),
     };
     let mut current = None;
-    let final_advances = (0..12).map(|_| Op::Advance(29));
+    let mut pop_limit: Option<u8> = None;
+    let final_advances =
+        std::iter::once(Op::PopLimit(None)).chain((0..12).map(|_| Op::Advance(29)));
     for o in ops.into_iter().chain(final_advances) {
         let now = ms(m.now);
         match o {
-            Op::Push(key) => {
+            Op::Push(key, complete_inline, express) => {
                 let seq = m.next_seq;
                 let input = seq as i64 * 10 + key as i64 + 10;
-                let res = op.process(StreamElement::record(input), now);
-                if m.entries.len() == m.capacity {
+                let full = m.entries.len() == m.capacity;
+                inline.set(if full { None } else { complete_inline });
+                let res = if express {
+                    op.process_express(StreamElement::record(input), now)
+                } else {
+                    op.process(StreamElement::record(input), now).map(|()| None)
+                };
+                if full {
                     prop_assert!(matches!(res, Err(ProcessError::Full(_))), "expected Full");
                     continue;
                 }
-                prop_assert!(res.is_ok(), "{res:?}");
+                let direct = match res {
+                    Ok(direct) => direct,
+                    Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+                };
+                prop_assert!(express || direct.is_none());
                 m.next_seq += 1;
                 m.invocations += 1;
                 m.entries.push(Entry::Rec(seq));
@@ -391,8 +412,25 @@ fn run(
                         outputs: vec![],
                     },
                 );
+                if let Some(kind) = complete_inline {
+                    m.recs.get_mut(&seq).unwrap().landed = true;
+                    let v = inline_value(input);
+                    let result = match kind {
+                        0 => Ok(vec![v]),
+                        1 => Ok(vec![]),
+                        2 => Ok(vec![v, v + 1]),
+                        _ => Err(()),
+                    };
+                    m.landed.push((seq, result));
+                }
                 if !m.landed.is_empty() {
                     m.collect();
+                }
+                m.account_silent(&held_by_operator(&op))
+                    .map_err(TestCaseError::fail)?;
+                if let Some(e) = direct {
+                    let out = simplify(e);
+                    m.observe(&out, &mut current).map_err(TestCaseError::fail)?;
                 }
             }
             Op::Watermark => {
@@ -420,14 +458,12 @@ fn run(
                 drop(reqs);
                 let input = seq as i64 * 10;
                 let expected = m.verdict(seq, attempt);
-                let (verdict, result) = match kind {
-                    0 => (handle.complete_one(input), Ok(vec![input])),
-                    1 => (handle.complete_empty(), Ok(vec![])),
-                    2 => (
-                        handle.complete(Outputs::Many(vec![input, input + 1])),
-                        Ok(vec![input, input + 1]),
-                    ),
-                    _ => (handle.fail(AsyncError::msg("flaky")), Err(())),
+                let verdict = complete_as(&handle, kind, input);
+                let result = match kind {
+                    0 => Ok(vec![input]),
+                    1 => Ok(vec![]),
+                    2 => Ok(vec![input, input + 1]),
+                    _ => Err(()),
                 };
                 prop_assert_eq!(
                     verdict,
@@ -448,14 +484,34 @@ fn run(
                 m.collect();
                 m.fire_retries_and_timeouts();
             }
+            Op::PopLimit(limit) => pop_limit = limit,
         }
         let now = ms(m.now);
-        while let Some(e) = op.pop_output(now) {
+        let mut popped = 0;
+        let mut drained = false;
+        while pop_limit.is_none_or(|l| popped < l) {
+            let Some(e) = op.pop_output(now) else {
+                drained = true;
+                break;
+            };
+            popped += 1;
+            m.account_silent(&held_by_operator(&op))
+                .map_err(TestCaseError::fail)?;
             let out = simplify(e);
             m.observe(&out, &mut current).map_err(TestCaseError::fail)?;
         }
+        if !drained {
+            // The "sink" had no more room: the operator may still hold outputs (and be in
+            // the middle of a record's outputs). Records without outputs leave unseen, so
+            // the operator's held entries say which of them left; each must have been
+            // allowed to.
+            let held = held_by_operator(&op);
+            m.account_silent(&held).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(held, held_by_model(&m), "held entries differ");
+            continue;
+        }
         prop_assert!(current.is_none(), "a record's outputs were split");
-        m.account_silent(m.entries.len())
+        m.account_silent(&held_by_operator(&op))
             .map_err(TestCaseError::fail)?;
         prop_assert_eq!(
             held_by_operator(&op),
@@ -505,8 +561,9 @@ proptest! {
         mode in mode_strategy(),
         capacity in 1usize..7,
         fallback in any::<bool>(),
+        retries in any::<bool>(),
         ops in proptest::collection::vec(op_strategy(), 1..120),
     ) {
-        run(mode, capacity, fallback, ops)?;
+        run(mode, capacity, fallback, retries, ops)?;
     }
 }

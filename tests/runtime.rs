@@ -458,3 +458,98 @@ fn invalid_pipeline_settings_are_refused_when_built() {
         "{err}"
     );
 }
+
+/// Completes every third record inside its call (the express lane) and the others later from
+/// a delay line, so express outputs and queued ones interleave.
+struct Mixed(DelayLine<u64>);
+impl AsyncFunction for Mixed {
+    type In = u64;
+    type Out = u64;
+    fn invoke(&self, x: &u64, r: ResultFuture<u64>) {
+        if x % 3 == 0 {
+            let _ = r.complete_one(*x);
+        } else {
+            self.0.push(r, *x);
+        }
+    }
+}
+
+/// A sink that says "no room" before every item it takes (each refusal grants room for one
+/// more item), collecting what it gets.
+#[derive(Default)]
+struct Stingy {
+    granted: Cell<usize>,
+    items: Vec<Emitted<u64, u64>>,
+}
+impl Sink<u64, u64> for Stingy {
+    type Output = Vec<Emitted<u64, u64>>;
+    fn accept(&mut self, item: Emitted<u64, u64>) {
+        assert!(self.items.len() < self.granted.get(), "accept without room");
+        self.items.push(item);
+    }
+    fn has_room(&self) -> bool {
+        if self.items.len() < self.granted.get() {
+            return true;
+        }
+        self.granted.set(self.granted.get() + 1);
+        false
+    }
+    fn finish(&mut self) -> Result<Self::Output, BoxError> {
+        Ok(std::mem::take(&mut self.items))
+    }
+}
+
+#[test]
+fn records_completed_inside_their_call_keep_the_order_rules_through_a_slow_sink() {
+    const N: u64 = 3_000;
+    for mode in [OrderMode::Ordered, OrderMode::Unordered] {
+        // A watermark after every 100th record (value = that record's index).
+        let elements = (0..N).flat_map(|i| {
+            let wm = (i % 100 == 99).then_some(StreamElement::Watermark(i as i64));
+            std::iter::once(StreamElement::record(i)).chain(wm)
+        });
+        let report = pipeline(1, cfg(mode, 16))
+            .run(
+                move |_p| Ok(IterSource::new(elements.clone())),
+                |_p| async {
+                    Ok(Mixed(DelayLine::start(
+                        Duration::from_micros(200),
+                        Duration::ZERO,
+                        16,
+                    )))
+                },
+                |_p| Ok(Stingy::default()),
+            )
+            .unwrap();
+        let out = &report.partitions[0].output;
+        let mut seen = Vec::new();
+        let mut last_wm = -1i64;
+        for e in out {
+            match e {
+                Emitted::Record { value, .. } => {
+                    assert!(
+                        *value as i64 > last_wm,
+                        "{mode}: record {value} after watermark {last_wm}"
+                    );
+                    seen.push(*value);
+                }
+                Emitted::Watermark(w) => {
+                    assert_eq!(
+                        seen.len() as i64,
+                        w + 1,
+                        "{mode}: watermark {w} passed before every earlier record"
+                    );
+                    last_wm = *w;
+                }
+                Emitted::Failed { .. } => panic!("{mode}: unexpected failure {e:?}"),
+            }
+        }
+        if mode == OrderMode::Ordered {
+            assert_eq!(seen, (0..N).collect::<Vec<_>>(), "ordered output");
+        } else {
+            seen.sort_unstable();
+            assert_eq!(seen, (0..N).collect::<Vec<_>>(), "each record exactly once");
+        }
+        assert_eq!(report.merged.outputs, N);
+    }
+}

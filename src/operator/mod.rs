@@ -41,6 +41,9 @@ use emit::KeyMix;
 use fifo::Fifo;
 use slots::{ListId, SlotState, SlotTable};
 
+/// What the operator of function `F` emits.
+pub type OutputOf<F> = Emitted<<F as AsyncFunction>::Out, <F as AsyncFunction>::In>;
+
 /// A function that maps an input to its ordering key (key-ordered mode).
 pub type KeyFn<In> = Box<dyn Fn(&In) -> u64>;
 
@@ -140,6 +143,16 @@ pub struct AsyncWaitOperator<F: AsyncFunction> {
     retries_enabled: bool,
     /// Records waiting for their final result (in flight or waiting for a retry).
     pending: usize,
+    /// Outputs returned by the express lane whose latency is not recorded yet.
+    express: ExpressRun,
+}
+
+/// Records that left through the express lane since the last [`AsyncWaitOperator::settle`]:
+/// all taken at `intake`.
+#[derive(Default)]
+struct ExpressRun {
+    intake: Nanos,
+    count: u64,
 }
 
 impl<F: AsyncFunction> AsyncWaitOperator<F> {
@@ -213,6 +226,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             timeout_ns,
             retries_enabled,
             pending: 0,
+            express: ExpressRun::default(),
         })
     }
 
@@ -308,11 +322,85 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         match element {
             StreamElement::Record { value, timestamp } => {
                 let sequence = self.next_sequence;
-                self.admit_record(sequence, value, timestamp, now)?;
+                self.admit_record(sequence, value, timestamp, now, false)?;
             }
             StreamElement::Watermark(wm) => self.admit_watermark(wm)?,
         }
         Ok(())
+    }
+
+    /// [`process`](Self::process), with an express lane for records the function completes
+    /// inside its call: when such a record may leave at once (ordered and key-ordered: the
+    /// operator holds nothing else; unordered: no watermark waits; no output is being handed
+    /// out; retries off), its output is returned here instead of being queued, and the record
+    /// never occupies the operator. Anything else is taken exactly as `process` takes it and
+    /// `Ok(None)` is returned (as it is for a record with no output).
+    ///
+    /// The caller must hand a returned output on before any later one (it is the next output
+    /// in the mode's order), and call [`settle`](Self::settle) once the outputs of a batch
+    /// have left, so that their latency is recorded.
+    ///
+    /// ```
+    /// use ringwait::{AsyncWaitOperator, OperatorConfig, StreamElement, Emitted};
+    /// use ringwait::function::from_fn;
+    /// use ringwait::time::Nanos;
+    ///
+    /// let config = OperatorConfig::builder().capacity(2).build().unwrap();
+    /// let double = from_fn(|x: &u64, result| { let _ = result.complete_one(x * 2); });
+    /// let mut op = AsyncWaitOperator::new(config, double, 0).unwrap();
+    /// match op.process_express(StreamElement::record(21), Nanos(0)).unwrap() {
+    ///     Some(Emitted::Record { value, .. }) => assert_eq!(value, 42),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// op.settle(Nanos(5));
+    /// assert!(op.is_empty());
+    /// assert_eq!(op.metrics(Nanos(5)).outputs, 1);
+    /// ```
+    #[inline]
+    pub fn process_express(
+        &mut self,
+        element: StreamElement<F::In>,
+        now: Nanos,
+    ) -> Result<Option<OutputOf<F>>, ProcessError<F::In>> {
+        if self.slots.is_full() {
+            return Err(ProcessError::Full(element));
+        }
+        match element {
+            StreamElement::Record { value, timestamp } => {
+                let sequence = self.next_sequence;
+                let express = self.express_open();
+                self.admit_record(sequence, value, timestamp, now, express)
+            }
+            StreamElement::Watermark(wm) => {
+                self.admit_watermark(wm)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether a record completed inside its call could leave at once (see
+    /// [`process_express`](Self::process_express)).
+    #[inline(always)]
+    fn express_open(&self) -> bool {
+        self.draining.is_none()
+            && !self.retries_enabled
+            && match self.mode {
+                OrderMode::Unordered => self.segments_in == self.active_segment,
+                OrderMode::Ordered | OrderMode::KeyOrdered => self.slots.len() == 0,
+            }
+    }
+
+    /// Records the latency of the outputs [`process_express`](Self::process_express) returned
+    /// since the last call, as having left by `now`. [`pop_output`](Self::pop_output),
+    /// [`publish`](Self::publish) and the next express record taken at a later time settle
+    /// too, so a caller that forgets only loses precision (a later `now`), never records.
+    #[inline]
+    pub fn settle(&mut self, now: Nanos) {
+        if self.express.count > 0 {
+            let latency = now.nanos_since(self.express.intake);
+            self.latency.record_n(latency, self.express.count);
+            self.express.count = 0;
+        }
     }
 
     /// Re-takes a record from a snapshot with its original sequence number (SPEC S11), so its
@@ -334,7 +422,14 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             sequence >= self.next_sequence,
             "restored sequences must increase"
         );
-        self.admit_record(sequence.max(self.next_sequence), value, timestamp, now)
+        self.admit_record(
+            sequence.max(self.next_sequence),
+            value,
+            timestamp,
+            now,
+            false,
+        )?;
+        Ok(())
     }
 
     /// Re-takes a watermark from a snapshot (SPEC S11), in its place among the restored
@@ -384,6 +479,10 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     // Inlined into `process` (the per-record path): left to itself the compiler outlined it
     // in the runtime's partition loop once the board got cheaper, costing more than it saved.
+    /// Takes a record into a free slot and invokes the function on it. With `express` (see
+    /// [`process_express`](Self::process_express)), a record completed with `Ok` inside the
+    /// call leaves at once: its output is returned and its slot goes straight back, never
+    /// linked. Otherwise the record is linked in input order and handled as it landed.
     #[inline(always)]
     fn admit_record(
         &mut self,
@@ -391,13 +490,26 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         value: F::In,
         timestamp: Option<i64>,
         now: Nanos,
-    ) -> Result<(), ProcessError<F::In>> {
+        express: bool,
+    ) -> Result<Option<OutputOf<F>>, ProcessError<F::In>> {
         let idx = self
             .slots
-            .allocate(SlotState::InFlight)
+            .allocate_unlinked(SlotState::InFlight)
             .expect("capacity checked by the caller");
         self.next_sequence = sequence + 1;
         self.counters.records_in += 1;
+        self.pending += 1;
+        // The function borrows the input where it is; the slot takes it only if the record
+        // stays (no user code can reach the operator in between).
+        let call = call_function(&self.board, &self.function, idx, sequence, &value);
+        if express && call.landed == Some(Landed::Ok) && call.panic.is_none() {
+            let out = self.emit_express(idx, sequence, timestamp, now);
+            drop(value);
+            if call.others {
+                self.collect(now)?;
+            }
+            return Ok(out);
+        }
         let deadline = match self.timeout_ns {
             Some(t) => Nanos(now.0.saturating_add(t)),
             None => Nanos::NEVER,
@@ -415,7 +527,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         slot.attempts = 1;
         slot.segment = self.segments_in;
         slot.key = key;
-        self.pending += 1;
+        self.slots.push_back(ListId::Order, idx);
         if self.timeout_ns.is_some() {
             // Only records that can time out need the deadline-ordered list.
             self.slots.push_back(ListId::Pending, idx);
@@ -423,10 +535,52 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         if self.mode == OrderMode::KeyOrdered {
             self.link_key(idx, key);
         }
-        if self.invoke(idx, now)? {
+        if self.after_call(idx, call, now)? {
             self.collect(now)?;
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The express lane's end: the record in the unlinked slot `idx` completed with `Ok` inside
+    /// its call and may leave now.
+    #[inline(always)]
+    fn emit_express(
+        &mut self,
+        idx: u32,
+        sequence: u64,
+        timestamp: Option<i64>,
+        now: Nanos,
+    ) -> Option<Emitted<F::Out, F::In>> {
+        self.pending -= 1;
+        self.counters.completions += 1;
+        self.counters.records_done += 1;
+        let resolution = self.board.take_for_emit(idx); // handles are stale from now on
+        self.slots.free_unlinked(idx);
+        if self.express.count > 0 && self.express.intake != now {
+            self.settle(now);
+        }
+        self.express.intake = now;
+        self.express.count += 1;
+        match resolution {
+            Ok(Outputs::One(value)) => {
+                self.counters.outputs += 1;
+                Some(Emitted::Record {
+                    value,
+                    timestamp,
+                    sequence,
+                })
+            }
+            Ok(Outputs::Empty) => None,
+            Ok(Outputs::Many(values)) => {
+                self.draining = Some(Draining {
+                    rest: values.into_iter(),
+                    timestamp,
+                    sequence,
+                });
+                self.next_drained()
+            }
+            Err(_) => unreachable!("the express lane takes only Ok results"),
+        }
     }
 
     fn admit_watermark(&mut self, wm: i64) -> Result<(), OperatorError> {
@@ -454,32 +608,35 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// Runs one attempt of the function for the record in `idx`; a panic fails the record.
     /// Returns whether completions of other records wait to be collected (they may have
-    /// landed during the call). Always inlined: it is the per-record path.
-    #[inline(always)]
+    /// landed during the call).
     fn invoke(&mut self, idx: u32, now: Nanos) -> Result<bool, OperatorError> {
         let slot = self.slots.get(idx);
-        let generation = self.board.arm(idx, slot.sequence);
-        let handle = ResultFuture::new(self.board.clone(), idx, generation, slot.sequence);
         let input = slot.input.as_ref().expect("a record slot holds its input");
-        let function = &self.function;
-        let outcome = catch_unwind(AssertUnwindSafe(|| function.invoke(input, handle)));
-        let (landed, others) = self.board.end_invoke(idx);
-        if let Err(payload) = outcome {
+        let call = call_function(&self.board, &self.function, idx, slot.sequence, input);
+        self.after_call(idx, call, now)
+    }
+
+    /// Handles what happened during a function call on the linked record `idx`: a panic
+    /// fails the record, a completion is taken as landed. Returns whether completions of
+    /// other records wait to be collected.
+    #[inline(always)]
+    fn after_call(&mut self, idx: u32, call: Call, now: Nanos) -> Result<bool, OperatorError> {
+        if let Some(payload) = call.panic {
             self.counters.panics += 1;
-            if landed.is_none() {
+            if call.landed.is_none() {
                 // Completions the function may still make for this attempt are late.
                 self.board.time_out(idx);
                 self.board
                     .set_result(idx, Err(RecordError::from_panic(payload)));
                 self.resolve(idx)?;
-                return Ok(others);
+                return Ok(call.others);
             }
         }
-        if let Some(kind) = landed {
+        if let Some(kind) = call.landed {
             self.counters.completions += 1;
             self.on_landed(idx, kind, now)?;
         }
-        Ok(others)
+        Ok(call.others)
     }
 
     /// Collects arrived completions, starts due retries and fires expired timeouts.
@@ -664,6 +821,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     /// [`process`](Self::process) and [`advance`](Self::advance).
     #[inline]
     pub fn pop_output(&mut self, now: Nanos) -> Option<Emitted<F::Out, F::In>> {
+        self.settle(now);
         if let Some(out) = self.next_drained() {
             return Some(out);
         }
@@ -805,13 +963,16 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 .head(ListId::Order)
                 .map(|h| now.nanos_since(self.slots.get(h).intake))
                 .unwrap_or(0),
-            latency: self.latency.histogram(),
+            latency: self
+                .latency
+                .histogram_with((now.nanos_since(self.express.intake), self.express.count)),
         }
     }
 
     /// Publishes the current metrics into `gauges` (for readers on other threads), without
     /// allocating.
     pub fn publish(&mut self, now: Nanos, gauges: &crate::runtime::PartitionGauges) {
+        self.settle(now);
         let ignored = self.board.ignored();
         let (p50, p99, p999, max) = self.latency.quantiles();
         let c = &self.counters;
@@ -858,5 +1019,36 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                 },
             }
         })
+    }
+}
+
+/// What happened during one function call.
+struct Call {
+    /// The record's own completion, if it landed inside the call.
+    landed: Option<Landed>,
+    /// Whether completions of other records landed and wait to be collected.
+    others: bool,
+    /// The panic the call ended with, if any.
+    panic: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// Runs one attempt of `function` on `input` (record `sequence` in slot `idx`), catching a
+/// panic. Always inlined: it is the per-record path.
+#[inline(always)]
+fn call_function<F: AsyncFunction>(
+    board: &Rc<CompletionBoard<F::Out>>,
+    function: &F,
+    idx: u32,
+    sequence: u64,
+    input: &F::In,
+) -> Call {
+    let generation = board.arm(idx, sequence);
+    let handle = ResultFuture::new(board.clone(), idx, generation, sequence);
+    let outcome = catch_unwind(AssertUnwindSafe(|| function.invoke(input, handle)));
+    let (landed, others) = board.end_invoke(idx);
+    Call {
+        landed,
+        others,
+        panic: outcome.err(),
     }
 }

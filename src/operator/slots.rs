@@ -175,12 +175,32 @@ impl<In> SlotTable<In> {
     /// Takes a free slot and appends it to the order list; `None` when full.
     #[inline]
     pub(crate) fn allocate(&mut self, state: SlotState) -> Option<u32> {
+        let idx = self.allocate_unlinked(state)?;
+        self.push_back(ListId::Order, idx);
+        Some(idx)
+    }
+
+    /// Takes a free slot without putting it on the order list (the caller links it with
+    /// [`push_back`](Self::push_back) or hands it back with
+    /// [`free_unlinked`](Self::free_unlinked)); `None` when full.
+    #[inline(always)]
+    pub(crate) fn allocate_unlinked(&mut self, state: SlotState) -> Option<u32> {
         let idx = self.free.pop()?;
         let slot = self.at_mut(idx);
         debug_assert_eq!(slot.state, SlotState::Free);
         slot.state = state;
-        self.push_back(ListId::Order, idx);
         Some(idx)
+    }
+
+    /// Hands back a slot from [`allocate_unlinked`](Self::allocate_unlinked) that was never
+    /// linked and never given an input.
+    #[inline(always)]
+    pub(crate) fn free_unlinked(&mut self, idx: u32) {
+        let slot = self.at_mut(idx);
+        debug_assert!(!slot.links[0].linked && !slot.links[1].linked);
+        debug_assert!(slot.input.is_none());
+        slot.state = SlotState::Free;
+        self.free.push(idx);
     }
 
     /// Unlinks the slot from the order list, clears it and returns it to the free list.

@@ -101,6 +101,7 @@ where
             }
         }
 
+        let mut express = false;
         if !restoring && !source_done && source_idle_until.is_none_or(|t| now >= t) {
             let mut taken = 0;
             while taken < settings.intake_batch && op.has_capacity() {
@@ -109,8 +110,20 @@ where
                     .map_err(|cause| PipelineError::Source { partition, cause })?;
                 match event {
                     SourceEvent::Element(e) => {
-                        op.process(e, now)
-                            .map_err(|e| process_error(partition, e))?;
+                        // Express lane: a record completed inside its call goes straight
+                        // to the sink when nothing may leave before it.
+                        if sink.has_room() {
+                            let out = op
+                                .process_express(e, now)
+                                .map_err(|e| process_error(partition, e))?;
+                            if let Some(out) = out {
+                                sink.accept(out);
+                                express = true;
+                            }
+                        } else {
+                            op.process(e, now)
+                                .map_err(|e| process_error(partition, e))?;
+                        }
                         taken += 1;
                     }
                     SourceEvent::Idle => {
@@ -137,9 +150,10 @@ where
                 .map_err(|error| PipelineError::Operator { partition, error })?;
         }
 
-        if op.has_output() {
+        if express || op.has_output() {
             let t = clock.now();
-            let mut emitted = false;
+            op.settle(t);
+            let mut emitted = express;
             while sink.has_room() {
                 match op.pop_output(t) {
                     Some(out) => {
@@ -198,7 +212,10 @@ where
             let t = now + Duration::from_millis(1);
             wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
         }
-        if op.has_output() && !sink.has_room() {
+        if op.has_output() {
+            if sink.has_room() {
+                continue; // the sink made room meanwhile: emit now rather than sleep
+            }
             let t = now + MIN_IDLE_POLL;
             wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
         }

@@ -37,6 +37,10 @@ pub struct Manual {
     pub retry_empty: bool,
     pub retry_errors: bool,
     pub panic_on: Option<i64>,
+    /// Set before a `process` call to make the function complete that record inside its
+    /// call, with the value [`inline_value`]`(input)`: 0 one output, 1 none, 2 two outputs
+    /// (value, value + 1), 3 an error ("flaky"). Taken by the next invocation.
+    pub complete_inline: Rc<std::cell::Cell<Option<u8>>>,
 }
 
 impl Manual {
@@ -48,6 +52,7 @@ impl Manual {
             retry_empty: false,
             retry_errors: true,
             panic_on: None,
+            complete_inline: Rc::default(),
         }
     }
 }
@@ -61,10 +66,14 @@ impl AsyncFunction for Manual {
         if self.panic_on == Some(*input) {
             panic!("boom on {input}");
         }
+        let inline = self.complete_inline.take();
         self.requests.borrow_mut().push(Request {
             input: *input,
-            handle: result,
+            handle: result.clone(),
         });
+        if let Some(kind) = inline {
+            let _ = complete_as(&result, kind, inline_value(*input));
+        }
     }
 
     fn timeout(&self, input: &i64) -> TimeoutOutcome<i64> {
@@ -86,6 +95,22 @@ impl AsyncFunction for Manual {
 
     fn retry_on_error(&self, _error: &AsyncError) -> bool {
         self.retry_errors
+    }
+}
+
+/// The value a record completed inside its call gets: distinct from every input and from the
+/// values tests complete handles with by hand.
+pub fn inline_value(input: i64) -> i64 {
+    1_000_000 + input
+}
+
+/// Completes `handle` the way `kind` says (see [`Manual::complete_inline`]) with `value`.
+pub fn complete_as(handle: &ResultFuture<i64>, kind: u8, value: i64) -> ringwait::Completion {
+    match kind {
+        0 => handle.complete_one(value),
+        1 => handle.complete_empty(),
+        2 => handle.complete(Outputs::Many(vec![value, value + 1])),
+        _ => handle.fail(AsyncError::msg("flaky")),
     }
 }
 

@@ -131,7 +131,7 @@ struct BenchArgs {
     /// Repeat the run this many times, printing one line each.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// overhead: take a checkpoint of every partition this often (0: none).
+    /// overhead, redis: take a checkpoint of every partition this often (0: none).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     checkpoint_interval_ms: u64,
     #[command(flatten)]
@@ -215,6 +215,14 @@ fn bench(a: BenchArgs) -> Result<()> {
         (a.spin_before_park_us > 0).then(|| Duration::from_micros(a.spin_before_park_us));
     cfg.checkpoint_interval =
         (a.checkpoint_interval_ms > 0).then(|| Duration::from_millis(a.checkpoint_interval_ms));
+    if cfg.checkpoint_interval.is_some()
+        && !matches!(cfg.workload, Workload::Overhead | Workload::Redis)
+    {
+        anyhow::bail!(
+            "--checkpoint-interval-ms applies to the overhead and redis workloads, not {}",
+            cfg.workload
+        );
+    }
     if a.perf.handles(cfg.workload) {
         return ringwait::bench::cli::run(&cfg, &a.perf, a.repeat)
             .map_err(|e| anyhow::anyhow!("{} workload failed: {e}", cfg.workload));

@@ -90,7 +90,7 @@ pub struct BenchConfig {
     pub spin_before_park: Option<Duration>,
     /// Records taken per driver iteration (latency granularity vs per-iteration cost).
     pub intake_batch: usize,
-    /// Take checkpoints this often (overhead workload), to a temporary directory.
+    /// Take checkpoints this often (overhead and redis workloads), to a temporary directory.
     pub checkpoint_interval: Option<Duration>,
 }
 

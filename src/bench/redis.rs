@@ -16,7 +16,7 @@ use crate::sink::Sink;
 use crate::source::{BoxError, GeneratorSource};
 use crate::Emitted;
 
-use super::workloads::pipeline;
+use super::workloads::run_maybe_checkpointed;
 use super::{key_of, BenchConfig, BenchResult};
 
 /// Keys of the redis workload: `k:0 .. k:999999`.
@@ -296,7 +296,9 @@ pub fn redis_report(
 ) -> Result<RunReport<VerifySink>, PipelineError> {
     let records = cfg.records;
     let opts = opts.clone();
-    pipeline(cfg)?.run(
+    run_maybe_checkpointed(
+        cfg,
+        "redis",
         move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
         move |_p| {
             let opts = opts.clone();

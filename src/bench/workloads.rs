@@ -1,9 +1,13 @@
 //! The overhead and delay workloads.
 
+use std::future::Future;
+
 use crate::function::{from_fn, AsyncFunction, ResultFuture};
-use crate::runtime::{DelayLine, Pipeline, PipelineError, RunReport};
-use crate::sink::CountingSink;
-use crate::source::GeneratorSource;
+use crate::runtime::checkpoint::{Checkpointing, Coordinator};
+use crate::runtime::{DelayLine, PartitionContext, Pipeline, PipelineError, RunReport};
+use crate::sink::{CountingSink, Sink};
+use crate::snapshot::SnapshotCodec;
+use crate::source::{BoxError, GeneratorSource, Source};
 use crate::OperatorConfig;
 
 use super::{BenchConfig, BenchResult};
@@ -48,34 +52,9 @@ pub fn run_overhead(cfg: &BenchConfig) -> Result<BenchResult, PipelineError> {
 /// The overhead workload's run report (latency histogram and all).
 pub(super) fn overhead_report(cfg: &BenchConfig) -> Result<RunReport<CountingSink>, PipelineError> {
     let records = cfg.records;
-    if let Some(interval) = cfg.checkpoint_interval {
-        let pipeline = pipeline(cfg)?;
-        let dir = std::env::temp_dir().join(format!(
-            "ringwait-bench-overhead-ckpt-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ckpt = crate::runtime::checkpoint::Checkpointing {
-            dir: dir.clone(),
-            interval,
-            restore_epoch: None,
-            coordinator: crate::runtime::checkpoint::Coordinator::new(cfg.partitions, 1, true),
-        };
-        let report = pipeline.run_checkpointed(
-            &ckpt,
-            move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
-            |_p| async {
-                Ok(from_fn(|x: &u64, r: ResultFuture<u64>| {
-                    let _ = r.complete_one(*x);
-                }))
-            },
-            |_p| Ok(CountingSink::default()),
-            None,
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-        return report;
-    }
-    pipeline(cfg)?.run(
+    run_maybe_checkpointed(
+        cfg,
+        "overhead",
         move |p| Ok(GeneratorSource::new(p.index, p.partitions, records, |i| i)),
         |_p| async {
             Ok(from_fn(|x: &u64, r: ResultFuture<u64>| {
@@ -84,6 +63,46 @@ pub(super) fn overhead_report(cfg: &BenchConfig) -> Result<RunReport<CountingSin
         },
         |_p| Ok(CountingSink::default()),
     )
+}
+
+/// Runs a workload's pipeline; with `cfg.checkpoint_interval`, takes a checkpoint of every
+/// partition that often, into a temporary directory removed afterwards (what checkpoints
+/// cost is then in the figures).
+pub(super) fn run_maybe_checkpointed<S, F, K, SF, FF, Fut, KF>(
+    cfg: &BenchConfig,
+    workload: &str,
+    sources: SF,
+    functions: FF,
+    sinks: KF,
+) -> Result<RunReport<K::Output>, PipelineError>
+where
+    S: Source,
+    S::Item: SnapshotCodec,
+    F: AsyncFunction<In = S::Item>,
+    K: Sink<F::Out, F::In>,
+    SF: Fn(&PartitionContext) -> Result<S, BoxError> + Send + Sync + 'static,
+    FF: Fn(&PartitionContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<F, BoxError>> + 'static,
+    KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
+{
+    let pipeline = pipeline(cfg)?;
+    let Some(interval) = cfg.checkpoint_interval else {
+        return pipeline.run(sources, functions, sinks);
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "ringwait-bench-{workload}-ckpt-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ckpt = Checkpointing {
+        dir: dir.clone(),
+        interval,
+        restore_epoch: None,
+        coordinator: Coordinator::new(cfg.partitions, 1, true),
+    };
+    let report = pipeline.run_checkpointed(&ckpt, sources, functions, sinks, None);
+    let _ = std::fs::remove_dir_all(&dir);
+    report
 }
 
 /// The delay workload's function: completes each record `delay` later from one delay line.

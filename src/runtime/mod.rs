@@ -44,6 +44,7 @@ use futures_lite::FutureExt;
 
 pub use async_fn::{async_fn, AsyncFn};
 pub use delay::DelayLine;
+pub(crate) use executor::register_membarrier;
 pub use executor::{available_cores, keep_awake, KEEP_AWAKE_PERIOD};
 pub use live::{LiveMetrics, PartitionGauges, PartitionSample, PUBLISH_EVERY};
 
@@ -695,9 +696,6 @@ impl<SF, FF, KF, In: 'static, F: AsyncFunction<In = In>> PartitionTask<SF, FF, K
                 cause,
             }
         };
-        // glommio 0.9.0's first timer on an executor fires ~10 ms late; pay that before the
-        // clock starts mattering.
-        glommio::timer::sleep(Duration::from_micros(1)).await;
         keep_awake();
         let (sources, functions, sinks) = &*self.factories;
         let mut source = sources(ctx).map_err(setup("source"))?;

@@ -232,6 +232,7 @@ impl BuiltinServer {
     /// the locked-memory limit is too low for glommio.
     pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         check_memlock()?;
+        crate::runtime::register_membarrier();
         if config.keys > i64::MAX as u64 {
             return Err(ServerError::Config(format!(
                 "keys = {} is too large (at most {})",

@@ -231,29 +231,68 @@ impl<Out: Send + 'static, In: Send + 'static> Sink<Out, In> for CollectSink<Out,
     }
 }
 
-/// A sink that hands outputs to another thread through a [`crate::queue`] (for example a
-/// writer that merges the partitions into one file). A full queue is backpressure.
-pub struct QueueSink<Out, In> {
-    queue: crate::queue::Producer<Emitted<Out, In>>,
-    /// Items accepted after the consumer had gone.
-    lost: u64,
-}
+/// What a [`QueueSink`] puts into its queue: its outputs and, for item types that carry them,
+/// checkpoint barriers (in order behind the outputs emitted before them).
+pub trait QueueItem<Out, In>: Sized + 'static {
+    /// The queue item for one output.
+    fn output(item: Emitted<Out, In>) -> Self;
 
-impl<Out, In> QueueSink<Out, In> {
-    /// Wraps the producer end of a queue.
-    pub fn new(queue: crate::queue::Producer<Emitted<Out, In>>) -> Self {
-        QueueSink { queue, lost: 0 }
+    /// The queue item marking checkpoint barrier `epoch`, or `None` if this item type does
+    /// not carry barriers (the default: the barrier then needs no action from the sink).
+    fn barrier(epoch: u64) -> Option<Self> {
+        let _ = epoch;
+        None
     }
 }
 
-impl<Out: 'static, In: 'static> Sink<Out, In> for QueueSink<Out, In> {
+impl<Out: 'static, In: 'static> QueueItem<Out, In> for Emitted<Out, In> {
+    #[inline]
+    fn output(item: Emitted<Out, In>) -> Self {
+        item
+    }
+}
+
+/// A sink that hands outputs to another thread through a [`crate::queue`] (for example a
+/// writer that merges the partitions into one file). A full queue is backpressure. With an
+/// item type `M` that carries barriers ([`QueueItem::barrier`]), checkpoint barriers travel
+/// in the queue too, so the consumer knows what precedes each one.
+///
+/// ```
+/// use ringwait::queue::{bounded, Pop};
+/// use ringwait::sink::{QueueSink, Sink};
+/// use ringwait::Emitted;
+///
+/// let (tx, rx) = bounded(4);
+/// let mut sink: QueueSink<u32, u32> = QueueSink::new(tx);
+/// sink.accept(Emitted::Watermark(7));
+/// assert!(matches!(rx.pop(), Pop::Item(Emitted::Watermark(7))));
+/// ```
+pub struct QueueSink<Out, In, M = Emitted<Out, In>> {
+    queue: crate::queue::Producer<M>,
+    /// Items accepted after the consumer had gone.
+    lost: u64,
+    _types: std::marker::PhantomData<fn(Out, In)>,
+}
+
+impl<Out, In, M> QueueSink<Out, In, M> {
+    /// Wraps the producer end of a queue.
+    pub fn new(queue: crate::queue::Producer<M>) -> Self {
+        QueueSink {
+            queue,
+            lost: 0,
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In> for QueueSink<Out, In, M> {
     type Output = ();
 
     #[inline]
     fn accept(&mut self, item: Emitted<Out, In>) {
         // has_room() was true and this core is the only producer, so the push fits; if the
         // consumer is gone the item has nowhere to go and finish() reports it.
-        if self.queue.try_push(item).is_err() {
+        if self.queue.try_push(M::output(item)).is_err() {
             self.lost += 1;
         }
     }
@@ -274,6 +313,16 @@ impl<Out: 'static, In: 'static> Sink<Out, In> for QueueSink<Out, In> {
             .into());
         }
         Ok(())
+    }
+
+    fn barrier(&mut self, epoch: u64) -> Result<(), BoxError> {
+        match M::barrier(epoch) {
+            Some(marker) => self
+                .queue
+                .try_push(marker)
+                .map_err(|_| "the consumer of the output queue went away".into()),
+            None => Ok(()),
+        }
     }
 }
 

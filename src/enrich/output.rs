@@ -50,50 +50,19 @@ pub(crate) enum Marked {
     Barrier(u64),
 }
 
-/// The partitions' sink: a queue to the writer; barriers travel in it as markers.
-pub(crate) struct MarkedSink {
-    queue: crate::queue::Producer<Marked>,
-    lost: u64,
-}
-
-impl MarkedSink {
-    pub fn new(queue: crate::queue::Producer<Marked>) -> Self {
-        MarkedSink { queue, lost: 0 }
-    }
-}
-
-impl crate::sink::Sink<Enriched, Arc<Line>> for MarkedSink {
-    type Output = ();
-
+impl crate::sink::QueueItem<Enriched, Arc<Line>> for Marked {
     #[inline]
-    fn accept(&mut self, item: Item) {
-        if self.queue.try_push(Marked::Item(item)).is_err() {
-            self.lost += 1;
-        }
+    fn output(item: Item) -> Self {
+        Marked::Item(item)
     }
 
-    fn has_room(&self) -> bool {
-        !self.queue.is_full() || self.queue.is_disconnected()
-    }
-
-    fn finish(&mut self) -> Result<(), crate::source::BoxError> {
-        self.queue.close();
-        if self.lost > 0 {
-            return Err(format!(
-                "the writer went away; {} output(s) were not delivered",
-                self.lost
-            )
-            .into());
-        }
-        Ok(())
-    }
-
-    fn barrier(&mut self, epoch: u64) -> Result<(), crate::source::BoxError> {
-        self.queue
-            .try_push(Marked::Barrier(epoch))
-            .map_err(|_| "the writer went away".into())
+    fn barrier(epoch: u64) -> Option<Self> {
+        Some(Marked::Barrier(epoch))
     }
 }
+
+/// The partitions' sink: a queue to the writer; barriers travel in it as markers.
+pub(crate) type MarkedSink = crate::sink::QueueSink<Enriched, Arc<Line>, Marked>;
 
 /// The partition number of the writer's commit record in the checkpoint directory.
 pub(crate) const WRITER_PARTITION: u32 = u32::MAX;

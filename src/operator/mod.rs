@@ -498,7 +498,6 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             .expect("capacity checked by the caller");
         self.next_sequence = sequence + 1;
         self.counters.records_in += 1;
-        self.pending += 1;
         // The function borrows the input where it is; the slot takes it only if the record
         // stays (no user code can reach the operator in between).
         let call = call_function(&self.board, &self.function, idx, sequence, &value);
@@ -510,6 +509,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             }
             return Ok(out);
         }
+        self.pending += 1;
         let deadline = match self.timeout_ns {
             Some(t) => Nanos(now.0.saturating_add(t)),
             None => Nanos::NEVER,
@@ -551,34 +551,17 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         timestamp: Option<i64>,
         now: Nanos,
     ) -> Option<Emitted<F::Out, F::In>> {
-        self.pending -= 1;
         self.counters.completions += 1;
         self.counters.records_done += 1;
         let resolution = self.board.take_for_emit(idx); // handles are stale from now on
         self.slots.free_unlinked(idx);
-        if self.express.count > 0 && self.express.intake != now {
-            self.settle(now);
+        if self.express.intake != now {
+            self.settle(now); // an earlier batch's outputs left by now
+            self.express.intake = now;
         }
-        self.express.intake = now;
         self.express.count += 1;
         match resolution {
-            Ok(Outputs::One(value)) => {
-                self.counters.outputs += 1;
-                Some(Emitted::Record {
-                    value,
-                    timestamp,
-                    sequence,
-                })
-            }
-            Ok(Outputs::Empty) => None,
-            Ok(Outputs::Many(values)) => {
-                self.draining = Some(Draining {
-                    rest: values.into_iter(),
-                    timestamp,
-                    sequence,
-                });
-                self.next_drained()
-            }
+            Ok(outputs) => self.first_output(outputs, timestamp, sequence),
             Err(_) => unreachable!("the express lane takes only Ok results"),
         }
     }
@@ -890,23 +873,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         let input = self.slots.release(idx);
         self.after_record_left(next_of_key.flatten());
         match resolution {
-            Ok(Outputs::One(value)) => {
-                self.counters.outputs += 1;
-                Some(Emitted::Record {
-                    value,
-                    timestamp,
-                    sequence,
-                })
-            }
-            Ok(Outputs::Empty) => None,
-            Ok(Outputs::Many(values)) => {
-                self.draining = Some(Draining {
-                    rest: values.into_iter(),
-                    timestamp,
-                    sequence,
-                });
-                self.next_drained()
-            }
+            Ok(outputs) => self.first_output(outputs, timestamp, sequence),
             Err(error) => match self.config.error_policy() {
                 ErrorPolicy::SideOutput => {
                     self.counters.side_outputs += 1;
@@ -921,6 +888,36 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
                     None
                 }
             },
+        }
+    }
+
+    /// A record with these outputs left: returns the first, keeping any others for the next
+    /// [`pop_output`](Self::pop_output) calls.
+    #[inline(always)]
+    fn first_output(
+        &mut self,
+        outputs: Outputs<F::Out>,
+        timestamp: Option<i64>,
+        sequence: u64,
+    ) -> Option<Emitted<F::Out, F::In>> {
+        match outputs {
+            Outputs::One(value) => {
+                self.counters.outputs += 1;
+                Some(Emitted::Record {
+                    value,
+                    timestamp,
+                    sequence,
+                })
+            }
+            Outputs::Empty => None,
+            Outputs::Many(values) => {
+                self.draining = Some(Draining {
+                    rest: values.into_iter(),
+                    timestamp,
+                    sequence,
+                });
+                self.next_drained()
+            }
         }
     }
 

@@ -17,7 +17,8 @@ use crate::source::{Source, SourceEvent};
 use crate::sync::{Arc, AtomicBool, Ordering};
 use crate::time::{MonotonicClock, Nanos};
 
-/// First pause after a source reported `Idle`; doubles up to [`MAX_IDLE_POLL`].
+/// First pause after a source reported `Idle` (or a sink had no room for waiting outputs);
+/// doubles up to [`MAX_IDLE_POLL`] while that lasts.
 const MIN_IDLE_POLL: Duration = Duration::from_micros(20);
 const MAX_IDLE_POLL: Duration = Duration::from_millis(1);
 /// Longest sleep, so an abort (another partition failed) is noticed promptly.
@@ -56,6 +57,8 @@ where
     let mut source_done = false;
     let mut source_idle_until: Option<Nanos> = None;
     let mut idle_poll = MIN_IDLE_POLL;
+    // Same back-off while outputs wait for a full sink.
+    let mut full_poll = MIN_IDLE_POLL;
     let mut next_publish = Nanos::ZERO;
     loop {
         if settings.abort.load(Ordering::Relaxed) {
@@ -166,6 +169,7 @@ where
             if emitted {
                 times.last_emit = Some(t);
                 progressed = true;
+                full_poll = MIN_IDLE_POLL;
             }
         }
 
@@ -216,7 +220,8 @@ where
             if sink.has_room() {
                 continue; // the sink made room meanwhile: emit now rather than sleep
             }
-            let t = now + MIN_IDLE_POLL;
+            let t = now + full_poll;
+            full_poll = (full_poll * 2).min(MAX_IDLE_POLL);
             wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
         }
         let wait = wake_at

@@ -442,3 +442,56 @@ fn metrics_are_served_in_the_prometheus_format_while_running() {
     }
     server.shutdown().unwrap();
 }
+
+#[test]
+fn output_lines_are_the_input_object_with_the_field_set_byte_for_byte() {
+    // The writer appends the field when it sorts after every key and inserts it otherwise;
+    // either way each line must be exactly what inserting into the object and serialising
+    // gives (serde_json's sorted keys), including when the field already exists.
+    let dir = Dir::new("bytes");
+    let input = dir.path("in.jsonl");
+    let output = dir.path("out.jsonl");
+    let lines = [
+        r#"{"k":1,"z":[1,{"y":"é\n\"q\""}]}"#, // field sorts between the keys
+        r#"{"a":0,"k":2}"#,                    // field sorts last: appended
+        r#"{"k":3,"m":"old"}"#,                // field present: replaced
+        r#"{"k":"missing","b":null}"#,         // a miss: null
+    ];
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let o = ringwait(&[
+        "enrich",
+        "--input",
+        &input,
+        "--output",
+        &output,
+        "--key",
+        "k",
+        "--key-prefix",
+        "k:",
+        "--into",
+        "m",
+        "--lookup",
+        "builtin",
+        "--partitions",
+        "1",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = std::fs::read_to_string(&output).unwrap();
+    let expected: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let mut obj: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+            let value = match &obj["k"] {
+                Value::Number(n) => {
+                    let v = value_of(n.as_u64().unwrap());
+                    Value::String(String::from_utf8(v.to_vec()).unwrap())
+                }
+                _ => Value::Null,
+            };
+            obj.insert("m".into(), value);
+            serde_json::to_string(&obj).unwrap()
+        })
+        .collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), expected);
+}

@@ -351,16 +351,19 @@ impl Writer {
                 value: (line, found),
                 ..
             } => {
-                let mut object = take_object(line);
                 if found.is_none() {
                     self.stats.misses += 1;
                 }
                 let value = match found {
-                    Some(bytes) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+                    // Valid UTF-8 (the usual case) is taken as it is, without a copy.
+                    Some(bytes) => Value::String(
+                        String::from_utf8(bytes)
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                    ),
                     None => Value::Null,
                 };
-                object.insert(self.settings.into.clone(), value);
-                self.write_json(&object)?;
+                self.write_enriched(&line.object, &value)?;
+                drop(line);
                 self.stats.lines += 1;
                 self.settings.progress.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -409,23 +412,48 @@ impl Writer {
         }
     }
 
-    fn write_json(&mut self, object: &Map<String, Value>) -> Result<(), EnrichError> {
-        let result = match self.checkpoint.as_mut() {
-            None => serde_json::to_writer(&mut self.out, object)
-                .map_err(std::io::Error::from)
-                .and_then(|()| self.out.write_all(b"\n")),
-            Some(ck) => {
-                // Count the bytes: the commit record holds the output's length.
-                self.scratch.clear();
-                serde_json::to_writer(&mut self.scratch, object)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| {
-                        self.scratch.push(b'\n');
-                        ck.written += self.scratch.len() as u64;
-                        self.out.write_all(&self.scratch)
-                    })
-            }
+    /// Writes `object` with the field `--into` set to `value`: the same bytes as inserting
+    /// the field into the object and serialising it (keys in sorted order), built in the
+    /// scratch buffer and written with one call. When the field sorts after every key (the
+    /// usual case) it is appended to the serialised object instead of inserted, which saves
+    /// the map insert and the key's copy.
+    fn write_enriched(
+        &mut self,
+        object: &Map<String, Value>,
+        value: &Value,
+    ) -> Result<(), EnrichError> {
+        self.scratch.clear();
+        let into = self.settings.into.as_str();
+        let appended = object
+            .keys()
+            .next_back()
+            .is_none_or(|last| last.as_str() < into)
+            && !object.contains_key(into);
+        let serialised = if appended {
+            serde_json::to_writer(&mut self.scratch, object).and_then(|()| {
+                self.scratch.pop(); // the closing brace
+                if !object.is_empty() {
+                    self.scratch.push(b',');
+                }
+                serde_json::to_writer(&mut self.scratch, into)?;
+                self.scratch.push(b':');
+                serde_json::to_writer(&mut self.scratch, value)?;
+                self.scratch.push(b'}');
+                Ok(())
+            })
+        } else {
+            let mut with = object.clone();
+            with.insert(into.to_string(), value.clone());
+            serde_json::to_writer(&mut self.scratch, &with)
         };
+        let result = serialised.map_err(std::io::Error::from).and_then(|()| {
+            self.scratch.push(b'\n');
+            if let Some(ck) = self.checkpoint.as_mut() {
+                // Count the bytes: the commit record holds the output's length.
+                ck.written += self.scratch.len() as u64;
+            }
+            self.out.write_all(&self.scratch)
+        });
         result.map_err(|cause| EnrichError::Io {
             what: "write the output",
             path: "output".into(),

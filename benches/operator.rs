@@ -60,6 +60,33 @@ fn per_record(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same batches through `process_express`: each record leaves from the call itself
+/// (key-ordered too, since the operator is empty between records).
+fn per_record_express(c: &mut Criterion) {
+    let mut g = c.benchmark_group("per_record_express");
+    g.throughput(Throughput::Elements(BATCH));
+    for mode in [
+        OrderMode::Ordered,
+        OrderMode::Unordered,
+        OrderMode::KeyOrdered,
+    ] {
+        let mut op = immediate_operator(mode);
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::from_parameter(mode), |b| {
+            b.iter(|| {
+                let now = Nanos(i);
+                for _ in 0..BATCH {
+                    let out = op.process_express(StreamElement::record(i), now).unwrap();
+                    black_box(out);
+                    i += 1;
+                }
+                op.settle(Nanos(i));
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Keep 1000 records in flight and complete them in reverse batches: the out-of-order path.
 fn per_record_deferred(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_record_deferred");
@@ -98,5 +125,5 @@ fn per_record_deferred(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_record, per_record_deferred);
+criterion_group!(benches, per_record, per_record_express, per_record_deferred);
 criterion_main!(benches);

@@ -2,9 +2,10 @@
 //! enrich` against a real Redis with `--checkpoint-dir`, SIGKILLs it at random moments — often
 //! within a few milliseconds of a restart, i.e. during recovery — and restarts it until it
 //! finishes. An independent checker then reads the finished output against the input: lost 0,
-//! duplicated 0, out of order 0 (ordered mode), every value right.
+//! duplicated 0, out of order 0 (ordered mode: input order; key-ordered mode: input order among
+//! the records of each key, every key repeating 40 times), every value right.
 //!
-//! CI tier: at least 50 kills per mode (ordered, unordered), 2 partitions. `RINGWAIT_LONG_TESTS=1`
+//! CI tier: at least 50 kills per mode (ordered, unordered, key-ordered), 2 partitions. `RINGWAIT_LONG_TESTS=1`
 //! runs 300 per mode. `RINGWAIT_CRASH_SEED=N` replays a run; the seed is printed on failure.
 
 mod common;
@@ -100,11 +101,12 @@ impl Job {
             .expect("start ringwait")
     }
 
-    /// The independent checker: the output against the input.
-    fn check(&self, ordered: bool, context: &str) {
+    /// The independent checker: the output against the input, with the order `mode` promises.
+    fn check(&self, mode: &str, context: &str) {
         let text = std::fs::read_to_string(&self.output).unwrap();
         let mut seen = vec![0u32; self.lines as usize];
         let (mut out_of_order, mut last): (u64, Option<u64>) = (0, None);
+        let (mut key_out_of_order, mut last_of_key) = (0u64, vec![None::<u64>; KEYS as usize]);
         for (n, line) in text.lines().enumerate() {
             let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
                 panic!(
@@ -120,6 +122,10 @@ impl Job {
             }
             last = Some(id);
             let key = (id * 7919) % KEYS;
+            if last_of_key[key as usize].is_some_and(|l| id <= l) {
+                key_out_of_order += 1;
+            }
+            last_of_key[key as usize] = Some(id);
             assert_eq!(
                 v["key"],
                 Value::String(format!("k:{key}")),
@@ -134,7 +140,11 @@ impl Job {
         }
         let lost = seen.iter().filter(|c| **c == 0).count();
         let duplicated: u32 = seen.iter().map(|c| c.saturating_sub(1)).sum();
-        let out_of_order = if ordered { out_of_order } else { 0 };
+        let out_of_order = match mode {
+            "ordered" => out_of_order,
+            "key-ordered" => key_out_of_order,
+            _ => 0,
+        };
         assert!(
             lost == 0 && duplicated == 0 && out_of_order == 0,
             "{context}: lost {lost}, duplicated {duplicated}, out of order {out_of_order}; log:\n{}",
@@ -208,7 +218,7 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
                         "{context}: ringwait failed ({status}); log:\n{}",
                         std::fs::read_to_string(&job.log).unwrap_or_default()
                     );
-                    job.check(mode == "ordered", &context);
+                    job.check(mode, &context);
                     break;
                 }
                 None => {
@@ -257,4 +267,9 @@ fn ordered_enrich_survives_random_sigkills_exactly_once_in_order() {
 #[test]
 fn unordered_enrich_survives_random_sigkills_exactly_once() {
     crash_loop("unordered", kills_wanted());
+}
+
+#[test]
+fn key_ordered_enrich_survives_random_sigkills_exactly_once_in_key_order() {
+    crash_loop("key-ordered", kills_wanted());
 }

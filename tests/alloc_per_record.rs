@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ringwait::bench::redis::{RedisGet, RedisOptions, VerifySink};
 use ringwait::function::{from_fn, ResultFuture};
+use ringwait::runtime::PartitionContext;
 use ringwait::server::{BuiltinServer, ServerConfig};
 use ringwait::sink::CountingSink;
-use ringwait::source::GeneratorSource;
+use ringwait::source::{BoxError, GeneratorSource};
 use ringwait::{OperatorConfig, OrderMode, Pipeline};
 
 struct Counting;
@@ -73,15 +74,23 @@ fn pipeline(mode: OrderMode) -> Pipeline {
         .unwrap()
 }
 
+type Records = GeneratorSource<fn(u64) -> u64>;
+
+/// The source factory of both paths: records `0..records`, and it marks the thread it runs
+/// on (the partition's) as the one whose allocations count.
+fn counted_records(records: u64) -> impl Fn(&PartitionContext) -> Result<Records, BoxError> {
+    move |_p| {
+        COUNTED.with(|c| c.set(true));
+        Ok(GeneratorSource::new(0, 1, records, |i| i))
+    }
+}
+
 /// Allocations on the partition thread during a whole overhead run of `records`.
 fn overhead_run(mode: OrderMode, records: u64) -> u64 {
     ALLOCATIONS.store(0, Ordering::Relaxed);
     let report = pipeline(mode)
         .run(
-            move |_p| {
-                COUNTED.with(|c| c.set(true));
-                Ok(GeneratorSource::new(0, 1, records, |i| i))
-            },
+            counted_records(records),
             |_p| async {
                 Ok(from_fn(|x: &u64, r: ResultFuture<u64>| {
                     let _ = r.complete_one(*x);
@@ -99,10 +108,7 @@ fn redis_run(mode: OrderMode, addr: std::net::SocketAddr, records: u64) -> u64 {
     ALLOCATIONS.store(0, Ordering::Relaxed);
     let report = pipeline(mode)
         .run(
-            move |_p| {
-                COUNTED.with(|c| c.set(true));
-                Ok(GeneratorSource::new(0, 1, records, |i| i))
-            },
+            counted_records(records),
             move |_p| async move { Ok(RedisGet::connect(addr, &RedisOptions::default()).await?) },
             |_p| Ok(VerifySink::default()),
         )

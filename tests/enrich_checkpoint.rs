@@ -24,6 +24,19 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
+/// The `id` of every output line, in output order.
+fn output_ids(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
@@ -176,15 +189,7 @@ fn key_ordered_and_unordered_jobs_with_checkpoints_write_every_record_once() {
             "--quiet",
         ]);
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
-        let text = std::fs::read_to_string(&out).unwrap();
-        let mut ids: Vec<u64> = text
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let mut ids = output_ids(&out);
         ids.sort();
         assert_eq!(ids, (0..4000).collect::<Vec<_>>(), "{mode}");
         std::fs::remove_dir_all(&d).unwrap();
@@ -237,15 +242,7 @@ fn a_failed_record_stops_a_checkpointed_job_and_a_rerun_resumes() {
     assert!(stderr(&o).contains("line 1501"), "{}", stderr(&o));
     let o = run("skip");
     assert!(o.status.success(), "{}", stderr(&o));
-    let ids: Vec<u64> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let ids = output_ids(&out);
     let want: Vec<u64> = (0..3000).filter(|i| *i != 1500).collect();
     assert_eq!(ids, want);
     std::fs::remove_dir_all(&d).unwrap();

@@ -93,22 +93,28 @@ fn check(out: &[Value], expected: &[Option<u64>], ordered: bool) {
     }
 }
 
-fn enrich_against(store: &str, dir: &Dir, mode: &str, partitions: &str, n: u64, keys: u64) {
-    let input = dir.path(&format!("in-{mode}-{partitions}.jsonl"));
-    let output = dir.path(&format!("out-{mode}-{partitions}.jsonl"));
-    let expected = write_input(&input, n, keys);
-    let o = ringwait(&[
+/// `ringwait enrich` on `input` keyed by field `k` (looked up as `k:<k>`), the value written
+/// into field `into`.
+fn enrich_keyed(
+    input: &str,
+    output: &str,
+    into: &str,
+    store: &str,
+    mode: &str,
+    partitions: &str,
+) -> Output {
+    ringwait(&[
         "enrich",
         "--input",
-        &input,
+        input,
         "--output",
-        &output,
+        output,
         "--key",
         "k",
         "--key-prefix",
         "k:",
         "--into",
-        "v",
+        into,
         "--lookup",
         store,
         "--mode",
@@ -116,7 +122,14 @@ fn enrich_against(store: &str, dir: &Dir, mode: &str, partitions: &str, n: u64, 
         "--partitions",
         partitions,
         "--quiet",
-    ]);
+    ])
+}
+
+fn enrich_against(store: &str, dir: &Dir, mode: &str, partitions: &str, n: u64, keys: u64) {
+    let input = dir.path(&format!("in-{mode}-{partitions}.jsonl"));
+    let output = dir.path(&format!("out-{mode}-{partitions}.jsonl"));
+    let expected = write_input(&input, n, keys);
+    let o = enrich_keyed(&input, &output, "v", store, mode, partitions);
     assert!(o.status.success(), "{mode} x{partitions}: {}", stderr(&o));
     check(&read_output(&output), &expected, mode == "ordered");
     assert!(
@@ -458,24 +471,7 @@ fn output_lines_are_the_input_object_with_the_field_set_byte_for_byte() {
         r#"{"k":"missing","b":null}"#,         // a miss: null
     ];
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let o = ringwait(&[
-        "enrich",
-        "--input",
-        &input,
-        "--output",
-        &output,
-        "--key",
-        "k",
-        "--key-prefix",
-        "k:",
-        "--into",
-        "m",
-        "--lookup",
-        "builtin",
-        "--partitions",
-        "1",
-        "--quiet",
-    ]);
+    let o = enrich_keyed(&input, &output, "m", "builtin", "ordered", "1");
     assert!(o.status.success(), "{}", stderr(&o));
     let got = std::fs::read_to_string(&output).unwrap();
     let expected: Vec<String> = lines

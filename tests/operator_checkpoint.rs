@@ -5,22 +5,12 @@
 
 mod support;
 
-use std::time::Duration;
-
 use ringwait::operator::{encode_snapshot, Restore, RestoredEntry};
 use ringwait::snapshot::{DecodeError, SnapshotMeta, SnapshotStore};
 use ringwait::time::Nanos;
-use ringwait::{AsyncWaitOperator, Emitted, OperatorConfig, OrderMode, StreamElement};
+use ringwait::{AsyncWaitOperator, Emitted, OrderMode, StreamElement};
+use support::long_timeout_config as config;
 use support::*;
-
-fn config(mode: OrderMode, capacity: usize) -> OperatorConfig {
-    OperatorConfig::builder()
-        .mode(mode)
-        .capacity(capacity)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 fn snapshot(op: &AsyncWaitOperator<Manual>, restore: &Restore<i64>) -> Vec<u8> {
     let mut payload = Vec::new();

@@ -1,5 +1,7 @@
 //! The glommio runtime end to end: draining, shutdown, backpressure, failure propagation.
 
+mod support;
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use ringwait::{
     AsyncError, AsyncFunction, Emitted, ErrorPolicy, OperatorConfig, OrderMode, RecordError,
     ResultFuture, StreamElement,
 };
+use support::{long_timeout_config as cfg, Delayed};
 
 fn pipeline(partitions: usize, config: OperatorConfig) -> Pipeline {
     Pipeline::builder()
@@ -21,25 +24,6 @@ fn pipeline(partitions: usize, config: OperatorConfig) -> Pipeline {
         .operator(config)
         .build()
         .unwrap()
-}
-
-fn cfg(mode: OrderMode, capacity: usize) -> OperatorConfig {
-    OperatorConfig::builder()
-        .mode(mode)
-        .capacity(capacity)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// Completes each record after `delay_us` with its input.
-struct Delayed(DelayLine<u64>);
-impl AsyncFunction for Delayed {
-    type In = u64;
-    type Out = u64;
-    fn invoke(&self, x: &u64, r: ResultFuture<u64>) {
-        self.0.push(r, *x);
-    }
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! leaving output written after the last checkpoint in the files) is restored from its
 //! checkpoint directory and finishes with every record exactly once, in order, per partition.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,19 +11,10 @@ use ringwait::runtime::checkpoint::{plan_restore, Checkpointing, Coordinator};
 use ringwait::runtime::{DelayLine, Pipeline, PipelineError};
 use ringwait::sink::FileSink;
 use ringwait::source::{BoxError, GeneratorSource, Source, SourceEvent};
-use ringwait::{AsyncFunction, OperatorConfig, OrderMode, ResultFuture};
+use ringwait::{OperatorConfig, OrderMode};
+use support::Delayed;
 
 const TOTAL: u64 = 30_000;
-
-/// Completes each record after a short delay, so snapshots catch records in flight.
-struct Delayed(DelayLine<u64>);
-impl AsyncFunction for Delayed {
-    type In = u64;
-    type Out = u64;
-    fn invoke(&self, x: &u64, r: ResultFuture<u64>) {
-        self.0.push(r, *x);
-    }
-}
 
 /// A generator that slows down (so checkpoints happen) and fails after `fail_after` records:
 /// the crash.

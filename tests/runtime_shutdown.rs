@@ -1,6 +1,8 @@
 //! Clean shutdown, alone in its own test binary so that no other test's threads disturb the
 //! thread count.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +12,7 @@ use ringwait::runtime::{DelayLine, Pipeline};
 use ringwait::sink::CountingSink;
 use ringwait::source::GeneratorSource;
 use ringwait::{OperatorConfig, OrderMode};
+use support::long_timeout_config as cfg;
 
 fn threads_now() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
@@ -19,15 +22,6 @@ fn pipeline(partitions: usize, config: OperatorConfig) -> Pipeline {
     Pipeline::builder()
         .partitions(partitions)
         .operator(config)
-        .build()
-        .unwrap()
-}
-
-fn cfg(mode: OrderMode, capacity: usize) -> OperatorConfig {
-    OperatorConfig::builder()
-        .mode(mode)
-        .capacity(capacity)
-        .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
 }

@@ -5,11 +5,33 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use ringwait::runtime::DelayLine;
 use ringwait::time::Nanos;
 use ringwait::{
-    AsyncError, AsyncFunction, AsyncWaitOperator, Emitted, OperatorConfig, Outputs, ResultFuture,
-    StreamElement, TimeoutOutcome,
+    AsyncError, AsyncFunction, AsyncWaitOperator, Emitted, OperatorConfig, OrderMode, Outputs,
+    ResultFuture, StreamElement, TimeoutOutcome,
 };
+
+/// A configuration in `mode` with `capacity`, whose 10 s timeout never fires in a test.
+pub fn long_timeout_config(mode: OrderMode, capacity: usize) -> OperatorConfig {
+    OperatorConfig::builder()
+        .mode(mode)
+        .capacity(capacity)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Completes each record with its input from a delay line (on a glommio executor).
+pub struct Delayed(pub DelayLine<u64>);
+
+impl AsyncFunction for Delayed {
+    type In = u64;
+    type Out = u64;
+    fn invoke(&self, x: &u64, r: ResultFuture<u64>) {
+        self.0.push(r, *x);
+    }
+}
 
 /// One request the function started and the test may complete.
 pub struct Request {

@@ -4,7 +4,9 @@ use std::future::Future;
 
 use crate::function::{from_fn, AsyncFunction, ResultFuture};
 use crate::runtime::checkpoint::{Checkpointing, Coordinator};
-use crate::runtime::{DelayLine, PartitionContext, Pipeline, PipelineError, RunReport};
+use crate::runtime::{
+    DelayLine, FunctionFactory, Pipeline, PipelineError, RunReport, SinkFactory, SourceFactory,
+};
 use crate::sink::{CountingSink, Sink};
 use crate::snapshot::SnapshotCodec;
 use crate::source::{BoxError, GeneratorSource, Source};
@@ -80,10 +82,10 @@ where
     S::Item: SnapshotCodec,
     F: AsyncFunction<In = S::Item>,
     K: Sink<F::Out, F::In>,
-    SF: Fn(&PartitionContext) -> Result<S, BoxError> + Send + Sync + 'static,
-    FF: Fn(&PartitionContext) -> Fut + Send + Sync + 'static,
+    SF: SourceFactory<S>,
+    FF: FunctionFactory<Fut>,
     Fut: Future<Output = Result<F, BoxError>> + 'static,
-    KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
+    KF: SinkFactory<K>,
 {
     let pipeline = pipeline(cfg)?;
     let Some(interval) = cfg.checkpoint_interval else {

@@ -34,6 +34,7 @@ pub mod checkpoint;
 mod delay;
 mod driver;
 mod executor;
+mod factory;
 mod live;
 
 use std::future::Future;
@@ -46,6 +47,7 @@ pub use async_fn::{async_fn, AsyncFn};
 pub use delay::DelayLine;
 pub(crate) use executor::register_membarrier;
 pub use executor::{available_cores, keep_awake, KEEP_AWAKE_PERIOD};
+pub use factory::{FunctionFactory, SinkFactory, SourceFactory};
 pub use live::{LiveMetrics, PartitionGauges, PartitionSample, PUBLISH_EVERY};
 
 use crate::config::{ConfigError, OperatorConfig};
@@ -384,10 +386,10 @@ impl Pipeline {
         S: Source,
         F: AsyncFunction<In = S::Item>,
         K: Sink<F::Out, F::In>,
-        SF: Fn(&PartitionContext) -> Result<S, BoxError> + Send + Sync + 'static,
-        FF: Fn(&PartitionContext) -> Fut + Send + Sync + 'static,
+        SF: SourceFactory<S>,
+        FF: FunctionFactory<Fut>,
         Fut: Future<Output = Result<F, BoxError>> + 'static,
-        KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
+        KF: SinkFactory<K>,
     {
         self.run_inner(sources, functions, sinks, None, None)
     }
@@ -404,10 +406,10 @@ impl Pipeline {
         S: Source,
         F: AsyncFunction<In = S::Item>,
         K: Sink<F::Out, F::In>,
-        SF: Fn(&PartitionContext) -> Result<S, BoxError> + Send + Sync + 'static,
-        FF: Fn(&PartitionContext) -> Fut + Send + Sync + 'static,
+        SF: SourceFactory<S>,
+        FF: FunctionFactory<Fut>,
         Fut: Future<Output = Result<F, BoxError>> + 'static,
-        KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
+        KF: SinkFactory<K>,
     {
         self.run_inner(sources, functions, sinks, Some(key), None)
     }
@@ -459,10 +461,10 @@ impl Pipeline {
         S::Item: crate::snapshot::SnapshotCodec,
         F: AsyncFunction<In = S::Item>,
         K: Sink<F::Out, F::In>,
-        SF: Fn(&PartitionContext) -> Result<S, BoxError> + Send + Sync + 'static,
-        FF: Fn(&PartitionContext) -> Fut + Send + Sync + 'static,
+        SF: SourceFactory<S>,
+        FF: FunctionFactory<Fut>,
         Fut: Future<Output = Result<F, BoxError>> + 'static,
-        KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
+        KF: SinkFactory<K>,
     {
         if checkpointing.coordinator.partitions() != self.partitions {
             return Err(ConfigError::Invalid {
@@ -523,10 +525,10 @@ impl Pipeline {
         S: Source,
         F: AsyncFunction<In = S::Item>,
         K: Sink<F::Out, F::In>,
-        SF: Fn(&PartitionContext) -> Result<S, BoxError> + Send + Sync + 'static,
-        FF: Fn(&PartitionContext) -> Fut + Send + Sync + 'static,
+        SF: SourceFactory<S>,
+        FF: FunctionFactory<Fut>,
         Fut: Future<Output = Result<F, BoxError>> + 'static,
-        KF: Fn(&PartitionContext) -> Result<K, BoxError> + Send + Sync + 'static,
+        KF: SinkFactory<K>,
     {
         if self.operator.mode() == crate::OrderMode::KeyOrdered && key.is_none() {
             return Err(ConfigError::MissingKeyFunction.into());
@@ -653,10 +655,10 @@ impl<SF, FF, KF, In: 'static, F: AsyncFunction<In = In>> PartitionTask<SF, FF, K
     where
         S: Source<Item = In>,
         K: Sink<F::Out, F::In>,
-        SF: Fn(&PartitionContext) -> Result<S, BoxError>,
-        FF: Fn(&PartitionContext) -> Fut,
+        SF: SourceFactory<S>,
+        FF: FunctionFactory<Fut>,
         Fut: Future<Output = Result<F, BoxError>>,
-        KF: Fn(&PartitionContext) -> Result<K, BoxError>,
+        KF: SinkFactory<K>,
     {
         let partition = self.ctx.index;
         let abort = self.abort.clone();
@@ -682,10 +684,10 @@ impl<SF, FF, KF, In: 'static, F: AsyncFunction<In = In>> PartitionTask<SF, FF, K
     where
         S: Source<Item = In>,
         K: Sink<F::Out, F::In>,
-        SF: Fn(&PartitionContext) -> Result<S, BoxError>,
-        FF: Fn(&PartitionContext) -> Fut,
+        SF: SourceFactory<S>,
+        FF: FunctionFactory<Fut>,
         Fut: Future<Output = Result<F, BoxError>>,
-        KF: Fn(&PartitionContext) -> Result<K, BoxError>,
+        KF: SinkFactory<K>,
     {
         let ctx = &self.ctx;
         let partition = ctx.index;

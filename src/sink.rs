@@ -113,6 +113,13 @@ impl<W> FileSink<W> {
         Ok(())
     }
 
+    /// Writes what is buffered and waits until it is on disk.
+    fn make_durable(&mut self) -> Result<(), BoxError> {
+        self.flush_buf()
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| self.io_error("write", e))
+    }
+
     fn io_error(&self, what: &str, e: std::io::Error) -> BoxError {
         format!("could not {what} {}: {e}", self.path.display()).into()
     }
@@ -137,9 +144,7 @@ impl<Out: 'static, In: 'static, W: FnMut(&Out, &mut Vec<u8>) + 'static> Sink<Out
     }
 
     fn finish(&mut self) -> Result<u64, BoxError> {
-        self.flush_buf()
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| self.io_error("write", e))?;
+        self.make_durable()?;
         Ok(self.written)
     }
 
@@ -148,9 +153,7 @@ impl<Out: 'static, In: 'static, W: FnMut(&Out, &mut Vec<u8>) + 'static> Sink<Out
     }
 
     fn barrier(&mut self, _epoch: u64) -> Result<(), BoxError> {
-        self.flush_buf()
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| self.io_error("write", e))
+        self.make_durable()
     }
 
     fn restore(&mut self, position: u64) -> Result<(), BoxError> {

@@ -316,16 +316,8 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         element: StreamElement<F::In>,
         now: Nanos,
     ) -> Result<(), ProcessError<F::In>> {
-        if self.slots.is_full() {
-            return Err(ProcessError::Full(element));
-        }
-        match element {
-            StreamElement::Record { value, timestamp } => {
-                let sequence = self.next_sequence;
-                self.admit_record(sequence, value, timestamp, now, false)?;
-            }
-            StreamElement::Watermark(wm) => self.admit_watermark(wm)?,
-        }
+        let taken = self.take(element, now, false)?;
+        debug_assert!(taken.is_none(), "only the express lane returns outputs");
         Ok(())
     }
 
@@ -362,13 +354,25 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
         element: StreamElement<F::In>,
         now: Nanos,
     ) -> Result<Option<OutputOf<F>>, ProcessError<F::In>> {
+        self.take(element, now, true)
+    }
+
+    /// [`process`](Self::process) and [`process_express`](Self::process_express): the
+    /// express lane is tried only with `express_lane`.
+    #[inline(always)]
+    fn take(
+        &mut self,
+        element: StreamElement<F::In>,
+        now: Nanos,
+        express_lane: bool,
+    ) -> Result<Option<OutputOf<F>>, ProcessError<F::In>> {
         if self.slots.is_full() {
             return Err(ProcessError::Full(element));
         }
         match element {
             StreamElement::Record { value, timestamp } => {
                 let sequence = self.next_sequence;
-                let express = self.express_open();
+                let express = express_lane && self.express_open();
                 self.admit_record(sequence, value, timestamp, now, express)
             }
             StreamElement::Watermark(wm) => {

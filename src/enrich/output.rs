@@ -362,8 +362,7 @@ impl Writer {
                     ),
                     None => Value::Null,
                 };
-                self.write_enriched(&line.object, &value)?;
-                drop(line);
+                self.write_enriched(line, value)?;
                 self.stats.lines += 1;
                 self.settings.progress.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -412,17 +411,14 @@ impl Writer {
         }
     }
 
-    /// Writes `object` with the field `--into` set to `value`: the same bytes as inserting
-    /// the field into the object and serialising it (keys in sorted order), built in the
-    /// scratch buffer and written with one call. When the field sorts after every key (the
-    /// usual case) it is appended to the serialised object instead of inserted, which saves
-    /// the map insert and the key's copy.
-    fn write_enriched(
-        &mut self,
-        object: &Map<String, Value>,
-        value: &Value,
-    ) -> Result<(), EnrichError> {
+    /// Writes the line's object with the field `--into` set to `value`: the same bytes as
+    /// inserting the field into the object and serialising it (keys in sorted order), built
+    /// in the scratch buffer and written with one call. When the field sorts after every key
+    /// (the usual case) it is appended to the serialised object instead of inserted, which
+    /// saves the map insert and the key's copy.
+    fn write_enriched(&mut self, line: Arc<Line>, value: Value) -> Result<(), EnrichError> {
         self.scratch.clear();
+        let object = &line.object;
         let into = self.settings.into.as_str();
         let appended = object
             .keys()
@@ -437,14 +433,14 @@ impl Writer {
                 }
                 serde_json::to_writer(&mut self.scratch, into)?;
                 self.scratch.push(b':');
-                serde_json::to_writer(&mut self.scratch, value)?;
+                serde_json::to_writer(&mut self.scratch, &value)?;
                 self.scratch.push(b'}');
                 Ok(())
             })
         } else {
-            let mut with = object.clone();
-            with.insert(into.to_string(), value.clone());
-            serde_json::to_writer(&mut self.scratch, &with)
+            let mut object = take_object(line);
+            object.insert(into.to_string(), value);
+            serde_json::to_writer(&mut self.scratch, &object)
         };
         let result = serialised.map_err(std::io::Error::from).and_then(|()| {
             self.scratch.push(b'\n');

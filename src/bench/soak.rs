@@ -3,7 +3,6 @@
 //! are sampled; flat means the last quarter's maximum is not above the first quarter's by
 //! more than a small tolerance.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +12,7 @@ use super::workloads::pipeline;
 use super::BenchConfig;
 use crate::function::{from_fn, ResultFuture};
 use crate::sink::CountingSink;
-use crate::source::{BoxError, Source, SourceEvent};
-use crate::StreamElement;
+use crate::source::{BoxError, GeneratorSource, Source, SourceEvent};
 
 /// One sample of the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,12 +104,13 @@ pub fn sample(t_ms: u64) -> Sample {
     Sample { t_ms, rss_kib, fds }
 }
 
-/// Records `0, 1, ...` of this partition until the deadline.
+/// This partition's share of records `0, 1, ...` (a [`GeneratorSource`] without end) until
+/// the deadline, which is checked every 1024 records.
 struct UntilSource {
-    next: u64,
-    step: u64,
+    records: GeneratorSource<fn(u64) -> u64>,
     deadline: Instant,
-    ended: Cell<bool>,
+    taken: u64,
+    ended: bool,
 }
 
 impl Source for UntilSource {
@@ -119,20 +118,19 @@ impl Source for UntilSource {
 
     #[inline]
     fn next(&mut self) -> Result<SourceEvent<u64>, BoxError> {
-        if self.ended.get() {
+        if self.ended {
             return Ok(SourceEvent::End);
         }
-        if self.next % 1024 < self.step && Instant::now() >= self.deadline {
-            self.ended.set(true);
+        if self.taken % 1024 == 0 && Instant::now() >= self.deadline {
+            self.ended = true;
             return Ok(SourceEvent::End);
         }
-        let i = self.next;
-        self.next += self.step;
-        Ok(SourceEvent::Element(StreamElement::record(i)))
+        self.taken += 1;
+        self.records.next()
     }
 
     fn position(&self) -> u64 {
-        self.next
+        self.records.position()
     }
 }
 
@@ -169,10 +167,10 @@ pub fn run_soak(
     };
     let source = move |p: &crate::runtime::PartitionContext| {
         Ok(UntilSource {
-            next: p.index as u64,
-            step: p.partitions as u64,
+            records: GeneratorSource::new(p.index, p.partitions, u64::MAX, |i| i),
             deadline,
-            ended: Cell::new(false),
+            taken: 0,
+            ended: false,
         })
     };
     let result = match &target {

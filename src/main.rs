@@ -1,5 +1,8 @@
 //! The `ringwait` command line: `enrich`, `serve`, `bench`.
 
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -139,26 +142,65 @@ struct BenchArgs {
     perf: ringwait::bench::cli::PerfArgs,
 }
 
-fn main() {
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("ringwait: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Enrich(args) => enrich(args),
-        Command::Bench(args) => bench(args),
-        Command::Serve(args) => {
-            let config = args.to_config();
-            ringwait::server::run_standalone(config).context("the lookup server failed")
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ringwait: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn enrich(a: EnrichArgs) -> Result<()> {
-    use ringwait::enrich::{EnrichConfig, Input, Lookup, Output};
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Enrich(args) => enrich(args),
+        Command::Bench(args) => bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => {
+            let config = args.to_config();
+            ringwait::server::run_standalone(config).context("the lookup server failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// SIGINT and SIGTERM during `enrich`: the first asks the job to stop (intake stops, what
+/// was taken finishes and is written, a final checkpoint is taken, the summary is printed,
+/// and the exit code is 130 or 143); a second one exits at once with that code.
+struct StopSignals {
+    any: Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::flag;
+        let any = Arc::new(AtomicBool::new(false));
+        let interrupt = Arc::new(AtomicBool::new(false));
+        for (signal, code) in [(SIGINT, 130), (SIGTERM, 143)] {
+            // Registered first, so it sees the flag as it was before this signal.
+            flag::register_conditional_shutdown(signal, code, any.clone())
+                .and_then(|_| flag::register(signal, any.clone()))
+                .context("installing the SIGINT and SIGTERM handlers")?;
+        }
+        flag::register(SIGINT, interrupt.clone()).context("installing the SIGINT handler")?;
+        Ok(StopSignals { any, interrupt })
+    }
+
+    /// 130 after SIGINT, 143 after SIGTERM (128 + the signal's number, as shells report).
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::from(if self.interrupt.load(Ordering::Relaxed) {
+            130
+        } else {
+            143
+        })
+    }
+}
+
+fn enrich(a: EnrichArgs) -> Result<ExitCode> {
+    use ringwait::enrich::{Ending, EnrichConfig, Input, Lookup, Output};
+    let signals = StopSignals::install()?;
     let lookup = match a.lookup.as_str() {
         "builtin" => Lookup::Builtin {
             keys: a.builtin_keys,
@@ -195,10 +237,14 @@ fn enrich(a: EnrichArgs) -> Result<()> {
         metrics: a.metrics,
         checkpoint_dir: a.checkpoint_dir,
         checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
+        stop: Some(signals.any.clone()),
     };
     let summary = ringwait::enrich::run(config)?;
     eprintln!("{summary}");
-    Ok(())
+    Ok(match summary.ending {
+        Ending::Stopped { .. } => signals.exit_code(),
+        Ending::Complete | Ending::AlreadyComplete => ExitCode::SUCCESS,
+    })
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

@@ -61,6 +61,12 @@ pub trait Sink<Out, In>: 'static {
 /// the file length; a barrier flushes and `fdatasync`s; a restore truncates the file back to
 /// the snapshot's length, so after any crash the file holds each output exactly once.
 ///
+/// A write error is never retried nor dropped: the first one poisons the sink (a partial
+/// write left an unknown prefix of the buffer in the file, so writing the buffer again would
+/// duplicate it), and every later [`barrier`](Sink::barrier) and [`finish`](Sink::finish)
+/// fails with it, naming the file and the OS error. The failed barrier fails the checkpoint,
+/// so the last committed state stays what a restore goes back to.
+///
 /// ```
 /// use ringwait::sink::{FileSink, Sink};
 /// use ringwait::Emitted;
@@ -84,6 +90,8 @@ pub struct FileSink<W> {
     buf: Vec<u8>,
     written: u64,
     format: W,
+    /// The first write error (see the type's docs); the sink writes nothing after it.
+    failed: Option<std::io::Error>,
 }
 
 impl<W> FileSink<W> {
@@ -103,21 +111,31 @@ impl<W> FileSink<W> {
             buf: Vec::with_capacity(1 << 16),
             written,
             format,
+            failed: None,
         })
     }
 
-    fn flush_buf(&mut self) -> std::io::Result<()> {
+    /// Writes the buffer once; on an error the sink is poisoned and the buffer dropped (its
+    /// prefix may be in the file already).
+    fn flush_buf(&mut self) {
         use std::io::Write;
-        self.file.write_all(&self.buf)?;
+        if self.failed.is_none() {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                self.failed = Some(e);
+            }
+        }
         self.buf.clear();
-        Ok(())
     }
 
-    /// Writes what is buffered and waits until it is on disk.
+    /// Writes what is buffered and waits until it is on disk; fails with the first write
+    /// error, if there was one.
     fn make_durable(&mut self) -> Result<(), BoxError> {
-        self.flush_buf()
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| self.io_error("write", e))
+        self.flush_buf();
+        if let Some(e) = &self.failed {
+            let copy = std::io::Error::new(e.kind(), e.to_string());
+            return Err(self.io_error("write", copy));
+        }
+        self.file.sync_data().map_err(|e| self.io_error("sync", e))
     }
 
     fn io_error(&self, what: &str, e: std::io::Error) -> BoxError {
@@ -137,8 +155,8 @@ impl<Out: 'static, In: 'static, W: FnMut(&Out, &mut Vec<u8>) + 'static> Sink<Out
             self.buf.push(b'\n');
             self.written += (self.buf.len() - before) as u64;
             if self.buf.len() >= 1 << 16 {
-                // An error here resurfaces at the next barrier or at finish.
-                let _ = self.flush_buf();
+                // An error poisons the sink: the next barrier or finish reports it.
+                self.flush_buf();
             }
         }
     }
@@ -176,6 +194,7 @@ impl<Out: 'static, In: 'static, W: FnMut(&Out, &mut Vec<u8>) + 'static> Sink<Out
             .and_then(|()| self.file.seek(SeekFrom::Start(position)).map(|_| ()))
             .map_err(|e| self.io_error("truncate", e))?;
         self.written = position;
+        self.failed = None;
         Ok(())
     }
 }
@@ -333,6 +352,32 @@ impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In> for QueueSi
 mod tests {
     use super::*;
     use crate::queue::{bounded, Pop};
+
+    /// `/dev/full` fails every write with ENOSPC: the error reaches the barrier and finish
+    /// (with the path and the OS error), and nothing is written twice.
+    #[test]
+    fn a_write_error_fails_every_later_barrier_and_finish() {
+        let Ok(mut sink) = FileSink::create("/dev/full", |v: &u64, out: &mut Vec<u8>| {
+            out.extend_from_slice(&[b'x'; 1000]);
+            let _ = v;
+        }) else {
+            panic!("/dev/full must exist on Linux");
+        };
+        let sink: &mut dyn Sink<u64, u64, Output = u64> = &mut sink;
+        for i in 0..100u64 {
+            sink.accept(Emitted::Record {
+                value: i,
+                timestamp: None,
+                sequence: i,
+            });
+        }
+        let first = sink.barrier(1).unwrap_err().to_string();
+        assert!(first.contains("/dev/full"), "{first}");
+        assert!(first.contains("No space left on device"), "{first}");
+        let again = sink.barrier(2).unwrap_err().to_string();
+        assert_eq!(again, first, "poisoned: the same error, not a retry");
+        assert!(sink.finish().is_err());
+    }
 
     #[test]
     fn a_consumer_that_took_everything_and_left_is_not_an_error() {

@@ -183,3 +183,55 @@ impl<T: 'static> Source for QueueSource<T> {
         self.taken
     }
 }
+
+/// A source that ends as soon as a shared flag is set: how a job stops intake at once (a
+/// failed record under a fail-fast policy, or a signal) while every record already taken is
+/// still completed, emitted and checkpointed as usual. The flag costs one relaxed load per
+/// call.
+///
+/// ```
+/// use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+/// use ringwait::source::{IterSource, Source, SourceEvent, StopSource};
+/// use ringwait::StreamElement;
+/// let stop = Arc::new(AtomicBool::new(false));
+/// let mut s = StopSource::new(IterSource::new((0..10u32).map(StreamElement::record)), stop.clone());
+/// assert!(matches!(s.next().unwrap(), SourceEvent::Element(_)));
+/// stop.store(true, Ordering::Relaxed);
+/// assert_eq!(s.next().unwrap(), SourceEvent::End);
+/// assert_eq!(s.position(), 1);
+/// ```
+pub struct StopSource<S> {
+    inner: S,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S> StopSource<S> {
+    /// Wraps `inner`; it ends once `stop` is set.
+    pub fn new(inner: S, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        StopSource { inner, stop }
+    }
+}
+
+impl<S: Source> Source for StopSource<S> {
+    type Item = S::Item;
+
+    #[inline]
+    fn next(&mut self) -> Result<SourceEvent<S::Item>, BoxError> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(SourceEvent::End);
+        }
+        self.inner.next()
+    }
+
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    fn replay_index(&self) -> u64 {
+        self.inner.replay_index()
+    }
+
+    fn seek(&mut self, position: u64, index: u64) -> Result<(), BoxError> {
+        self.inner.seek(position, index)
+    }
+}

@@ -97,7 +97,7 @@ fn a_finished_job_run_again_gives_the_same_output_and_other_partitions_are_refus
     let o = run("2");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("resuming from checkpoint"),
+        stderr(&o).contains("already complete (3000 records in its output)"),
         "{}",
         stderr(&o)
     );
@@ -144,12 +144,13 @@ fn a_second_process_on_the_same_checkpoint_dir_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The same command again: the same job, so only the lock stands in its way.
     let o = ringwait(&[
         "enrich",
         "--records",
-        "10",
+        "100000000",
         "--output",
-        s(&d.join("b.jsonl")),
+        s(&d.join("a.jsonl")),
         "--checkpoint-dir",
         s(&ck),
         "--partitions",

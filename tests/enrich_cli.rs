@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use ringwait::server::{value_of, BuiltinServer, Fault, FaultPlan, ServerConfig};
+use ringwait::server::{value_of, BuiltinServer, Fault, FaultPlan, Latency, ServerConfig};
 use serde_json::Value;
 
 fn ringwait(args: &[&str]) -> Output {
@@ -209,8 +209,17 @@ fn a_malformed_input_line_fails_naming_the_line_and_keeps_earlier_output() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("line 3"), "names the line: {err}");
+    let partial = format!("{out}.ringwait-partial");
+    assert!(
+        err.contains(&format!("the output so far is in {partial}")),
+        "names where the output so far is: {err}"
+    );
+    assert!(
+        !std::path::Path::new(&out).exists(),
+        "an incomplete run does not take the output's name"
+    );
     assert_eq!(
-        read_output(&out).len(),
+        read_output(&partial).len(),
         2,
         "the two good lines were written"
     );
@@ -272,16 +281,51 @@ fn zero_capacity_is_refused_naming_the_flag() {
     assert!(stderr(&o).contains("--timeout-ms"), "{}", stderr(&o));
 }
 
+/// A store that accepts connections but never answers is refused before the job writes
+/// anything: the probe's PING goes unanswered.
 #[test]
-fn a_store_that_never_answers_is_resolved_by_timeouts_and_the_error_policy() {
+fn a_store_that_never_answers_is_refused_before_anything_is_written() {
     let server = BuiltinServer::start(ServerConfig {
         keys: 100,
         faults: FaultPlan::only(Fault::BlackHole),
         ..ServerConfig::default()
     })
     .unwrap();
-    let url = format!("redis://{}", server.addr());
     let dir = Dir::new("blackhole");
+    let out = dir.path("o");
+    std::fs::write(&out, "precious\n").unwrap();
+    let o = ringwait(&[
+        "enrich",
+        "--records",
+        "50",
+        "--output",
+        &out,
+        "--lookup",
+        &format!("redis://{}", server.addr()),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("did not answer PING"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "precious\n");
+    assert!(!std::path::Path::new(&format!("{out}.ringwait-partial")).exists());
+    server.shutdown().unwrap();
+}
+
+/// A store slower than the record timeout: every record times out and goes through the
+/// error policy.
+#[test]
+fn a_store_slower_than_the_timeout_is_resolved_by_timeouts_and_the_error_policy() {
+    let server = BuiltinServer::start(ServerConfig {
+        keys: 100,
+        faults: FaultPlan {
+            fault: Fault::None,
+            latency: Latency::Fixed(Duration::from_millis(700)),
+            flap: None,
+        },
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let url = format!("redis://{}", server.addr());
+    let dir = Dir::new("slow");
 
     // fail (the default): non-zero, naming a line and the timeout
     let o = ringwait(&[

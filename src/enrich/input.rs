@@ -1,10 +1,9 @@
 //! The reader thread: turns the input (a file, stdin, or generated records) into lines and
 //! deals them to the partitions' queues.
 
-use std::hash::{Hash, Hasher};
 use std::io::BufRead;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -39,10 +38,8 @@ pub(crate) struct Routing {
 impl Routing {
     fn partition_of(&self, line: &Line) -> usize {
         if self.by_key {
-            // DefaultHasher::new() uses fixed keys: the same key always lands on the same core.
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            line.key.hash(&mut h);
-            (h.finish() % self.partitions as u64) as usize
+            // A fixed, versioned hash: checkpoints depend on it (see `routing`).
+            super::routing::partition_of_key(&line.key, self.partitions)
         } else {
             (line.index % self.partitions as u64) as usize
         }
@@ -53,7 +50,71 @@ pub(crate) struct ReaderSettings {
     pub key_field: String,
     pub key_prefix: String,
     pub routing: Routing,
+    /// Stop intake (see [`ReaderSettings::stop_at`]).
     pub stop: Arc<AtomicBool>,
+    /// Ordered mode: output order is input order across partitions.
+    ordered: bool,
+    /// Checkpointed ordered runs: per partition, the index of the next input line when it
+    /// saw the stop (`u64::MAX` until then).
+    frozen: Box<[AtomicU64]>,
+}
+
+/// Where a partition's checkpointed source stops once intake is to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopAt {
+    /// At once.
+    Now,
+    /// Not yet known: wait until every partition saw the stop.
+    Wait,
+    /// Before the line with this index.
+    Before(u64),
+}
+
+impl ReaderSettings {
+    pub fn new(
+        key_field: String,
+        key_prefix: String,
+        routing: Routing,
+        ordered: bool,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let frozen = (0..routing.partitions)
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
+        ReaderSettings {
+            key_field,
+            key_prefix,
+            routing,
+            stop,
+            ordered: ordered && !routing.by_key,
+            frozen,
+        }
+    }
+
+    /// Where `partition`, whose next input line is `next`, stops. Unordered and key-ordered
+    /// runs stop at once. An ordered run must stop on one line for all partitions, or the
+    /// writer would wait for a record below another partition's final barrier that nobody
+    /// takes: each partition records where it saw the stop, and every partition reads on
+    /// to the furthest of those points.
+    fn stop_at(&self, partition: usize, next: u64) -> StopAt {
+        if !self.ordered {
+            return StopAt::Now;
+        }
+        let _ = self.frozen[partition].compare_exchange(
+            u64::MAX,
+            next,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let mut furthest = 0;
+        for f in self.frozen.iter() {
+            match f.load(Ordering::Acquire) {
+                u64::MAX => return StopAt::Wait,
+                at => furthest = furthest.max(at),
+            }
+        }
+        StopAt::Before(furthest)
+    }
 }
 
 /// Starts the reader; it returns the number of records it dealt.
@@ -230,7 +291,18 @@ impl crate::source::Source for LineSource {
 
     fn next(&mut self) -> Result<crate::source::SourceEvent<Arc<Line>>, crate::source::BoxError> {
         use crate::source::SourceEvent;
+        let mut limit = u64::MAX;
+        if self.settings.stop.load(Ordering::Relaxed) {
+            match self.settings.stop_at(self.partition, self.replay_index()) {
+                StopAt::Now => return Ok(SourceEvent::End),
+                StopAt::Wait => return Ok(SourceEvent::Idle),
+                StopAt::Before(end) => limit = end,
+            }
+        }
         loop {
+            if self.replay_index() >= limit {
+                return Ok(SourceEvent::End);
+            }
             let line = match &mut self.kind {
                 Kind::Generated { next, total } => {
                     if *next >= *total {

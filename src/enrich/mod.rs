@@ -22,10 +22,15 @@
 //! assert_eq!(summary.records, 10_000);
 //! ```
 
+mod checkpoint;
+mod files;
 mod input;
+mod job;
 mod lookup;
 mod output;
 mod record;
+mod routing;
+mod summary;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -33,21 +38,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
+pub use files::PARTIAL_SUFFIX;
 pub use input::Input;
 pub use lookup::{CompleteRecord, Enriched, RedisLookup};
 pub use output::WriterStats;
 pub use record::{parse_line, Line, LineError};
+pub use routing::{key_hash, partition_of_key, ROUTING_VERSION};
+pub use summary::{Ending, EnrichSummary, Resumed};
 
 use crate::config::{ConfigError, ErrorPolicy, OperatorConfig, OrderMode, RetryStrategy};
 use crate::lookup::{Connection, ConnectionConfig, RedisUrl};
 use crate::queue;
-use crate::runtime::checkpoint::{Checkpointing, Coordinator};
+use crate::runtime::checkpoint::Checkpointing;
 use crate::runtime::{Pipeline, PipelineError};
 use crate::server::{BuiltinServer, ServerConfig};
-use crate::snapshot::{SnapshotError, SnapshotStore};
-use crate::source::QueueSource;
+use crate::snapshot::SnapshotError;
+use crate::source::{QueueSource, StopSource};
+use files::JobFiles;
 use input::{LineSource, ReaderSettings, Routing};
 use output::{MarkedSink, WriterCheckpoint, WriterSettings};
 
@@ -140,6 +147,11 @@ pub struct EnrichConfig {
     pub checkpoint_dir: Option<PathBuf>,
     /// `--checkpoint-interval-ms`.
     pub checkpoint_interval: Duration,
+    /// A stop request (the binary sets it on SIGINT and SIGTERM): once set, intake stops,
+    /// the records already taken finish within their timeout and are written, a checkpointed
+    /// run commits a final checkpoint, and [`run`] returns a summary whose
+    /// [`ending`](EnrichSummary::ending) is [`Ending::Stopped`].
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for EnrichConfig {
@@ -164,6 +176,7 @@ impl Default for EnrichConfig {
             metrics: None,
             checkpoint_dir: None,
             checkpoint_interval: Duration::from_millis(1000),
+            stop: None,
         }
     }
 }
@@ -211,64 +224,23 @@ pub enum EnrichError {
     /// The checkpoint directory cannot be used (locked by another process, corrupt, …).
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] SnapshotError),
+    /// The store did not answer before the job started (nothing was written).
+    #[error("--lookup: {0}")]
+    Store(crate::lookup::ProbeError),
     /// A broken internal invariant (a bug).
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// What a finished run did.
-#[derive(Debug, Clone)]
-pub struct EnrichSummary {
-    /// Records read.
-    pub records: u64,
-    /// What the writer wrote.
-    pub written: WriterStats,
-    /// Partitions used.
-    pub partitions: usize,
-    /// Order mode.
-    pub mode: OrderMode,
-    /// Wall time.
-    pub elapsed: Duration,
-    /// Records per second over the operators' active time.
-    pub records_per_s: f64,
-    /// Operator latency, intake to emit (ns).
-    pub latency: Histogram<u64>,
-    /// Timeouts.
-    pub timeouts: u64,
-    /// Retries started.
-    pub retries: u64,
-    /// Records that failed (before the error policy).
-    pub errors: u64,
-}
-
-impl std::fmt::Display for EnrichSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "ringwait enrich: {} records in {:.3} s ({:.0} records/s), {} partition(s), {}",
-            self.records,
-            self.elapsed.as_secs_f64(),
-            self.records_per_s,
-            self.partitions,
-            self.mode
-        )?;
-        writeln!(
-            f,
-            "  latency µs: {}",
-            crate::report::percentile_line(&self.latency)
-        )?;
-        write!(
-            f,
-            "  written {}, misses {}, timeouts {}, retries {}, errors {}, skipped {}, side-output {}",
-            self.written.lines,
-            self.written.misses,
-            self.timeouts,
-            self.retries,
-            self.errors,
-            self.written.skipped,
-            self.written.side_output
-        )
-    }
+    /// The run failed after it began writing: the output so far stays at `partial`, and the
+    /// output's own name was not touched.
+    #[error("{error}; the output so far is in {}{}", partial.display(), if *resumable { " (the same command resumes from the last checkpoint)" } else { "" })]
+    Incomplete {
+        /// Why the run failed.
+        error: Box<EnrichError>,
+        /// Where the output so far is.
+        partial: PathBuf,
+        /// Whether the same command resumes (checkpointed runs).
+        resumable: bool,
+    },
 }
 
 impl EnrichConfig {
@@ -314,70 +286,201 @@ pub fn default_partitions() -> usize {
         .max(1)
 }
 
-/// Runs the job to the end of its input.
+/// How long the store may take to accept a connection and answer `PING` before the job
+/// starts (a Redis lookup): past it, the job refuses to start and writes nothing.
+pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the job to the end of its input, or until [`EnrichConfig::stop`] is set.
+///
+/// Nothing is written before everything is checked: the flags, the files (the same file
+/// under two flags, an output inside the checkpoint directory, a missing input or output
+/// directory), the checkpoint's job record, and the store (the built-in one starts; a Redis
+/// server must answer `PING` within [`STORE_PROBE_TIMEOUT`]). A file output is written beside
+/// its name (`<output>.ringwait-partial`) and renamed over it only when the run is complete.
 pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let operator = config.operator_config()?;
     let partitions = config.partitions.unwrap_or_else(default_partitions);
+    let live = config
+        .metrics
+        .filter(|_| (1..=crate::runtime::MAX_PARTITIONS).contains(&partitions))
+        .map(|_| crate::runtime::LiveMetrics::new(partitions));
     let mut builder = Pipeline::builder()
         .operator(operator)
         .pin(config.pin)
         .partitions(partitions);
-    let _metrics_server = match config.metrics {
-        Some(addr) if (1..=crate::runtime::MAX_PARTITIONS).contains(&partitions) => {
-            let live = crate::runtime::LiveMetrics::new(partitions);
-            builder = builder.live_metrics(live.clone());
-            let server = crate::metrics_http::MetricsServer::start(addr, live).map_err(|e| {
-                EnrichError::Flag {
-                    flag: "--metrics",
-                    reason: format!("cannot listen on {addr}: {e}"),
-                }
-            })?;
-            Some(server)
-        }
-        _ => None,
-    };
+    if let Some(live) = &live {
+        builder = builder.live_metrics(live.clone());
+    }
     let pipeline = builder.build().map_err(|e| EnrichError::Flag {
         flag: "--partitions",
         reason: e.to_string(),
     })?;
-    let (out, side, checkpoint) = match &config.checkpoint_dir {
+    let files = files::check(&config)?;
+    let job = match &config.checkpoint_dir {
         Some(dir) => {
-            let (out, side, ck) =
-                prepare_checkpoint(&config, dir, partitions, pipeline.operator_config())?;
-            (out, side, Some(ck))
+            let job = checkpoint::check_job(
+                &config,
+                dir,
+                partitions,
+                pipeline.operator_config(),
+                &files,
+            )?;
+            if let Some(records) = job.completed {
+                return Ok(EnrichSummary::already_complete(
+                    records,
+                    partitions,
+                    config.mode,
+                ));
+            }
+            Some(job)
         }
-        None => {
-            let out = open_output(&config.output)?;
-            let side = match &config.on_error {
-                OnError::SideOutput(path) => Some(create_file(path, "create the side output")?),
-                _ => None,
-            };
-            (out, side, None)
+        None => None,
+    };
+    let store = Store::start(&config.lookup)?;
+    let _metrics_server = match (config.metrics, live) {
+        (Some(addr), Some(live)) => Some(
+            crate::metrics_http::MetricsServer::start(addr, live).map_err(|e| {
+                EnrichError::Flag {
+                    flag: "--metrics",
+                    reason: format!("cannot listen on {addr}: {e}"),
+                }
+            })?,
+        ),
+        _ => None,
+    };
+    // Everything is checked: from here on the job writes.
+    let result = match (&config.checkpoint_dir, job) {
+        (Some(dir), Some(job)) => {
+            let ck = checkpoint::prepare(
+                &config,
+                dir,
+                partitions,
+                pipeline.operator_config(),
+                &files,
+                job,
+            )?;
+            let resumed = ck.resumed;
+            if let Some(r) = resumed {
+                eprintln!(
+                    "ringwait enrich: resuming from checkpoint {} ({} records committed)",
+                    r.epoch, r.records
+                );
+            }
+            let mut job = ck.job;
+            run_pipeline(
+                &config,
+                &pipeline,
+                store.url(),
+                ck.out,
+                ck.side,
+                Some((ck.writer, ck.checkpointing)),
+            )
+            .map(|mut s| {
+                s.resumed = resumed;
+                s
+            })
+            .and_then(|s| finish(&config, &files, Some((&mut job, dir.as_path())), s))
+        }
+        _ => {
+            let (out, side) = files::open_plain(&config, &files)?;
+            run_pipeline(&config, &pipeline, store.url(), out, side, None)
+                .and_then(|s| finish(&config, &files, None, s))
         }
     };
-    let server = match &config.lookup {
-        Lookup::Builtin { keys } => Some(
-            BuiltinServer::start(ServerConfig {
+    store.shutdown();
+    result.map_err(|e| files.incomplete(e, config.checkpoint_dir.is_some()))
+}
+
+/// The end of a run: a complete one is made durable and renamed into place (a checkpointed
+/// job's record is marked complete first, so a crash between the two finishes the rename at
+/// the next run); a stopped one stays at its partial name.
+fn finish(
+    config: &EnrichConfig,
+    files: &JobFiles,
+    job: Option<(&mut job::JobRecord, &std::path::Path)>,
+    mut summary: EnrichSummary,
+) -> Result<EnrichSummary, EnrichError> {
+    if let Some(path) = &config.report {
+        write_report(path, &summary)?;
+    }
+    if let Ending::Stopped { .. } = summary.ending {
+        summary.ending = Ending::Stopped {
+            partial: files
+                .output
+                .as_ref()
+                .filter(|o| o.is_staged())
+                .map(|o| o.write_path.clone()),
+            resumable: job.is_some(),
+        };
+        return Ok(summary);
+    }
+    files.sync_staged()?;
+    if let Some((job, dir)) = job {
+        job.save_complete(dir, summary.total())?;
+    }
+    files.publish()?;
+    Ok(summary)
+}
+
+/// The lookup store of a run.
+enum Store {
+    Builtin(crate::server::ServerHandle),
+    Redis(RedisUrl),
+}
+
+impl Store {
+    /// Starts the built-in server, or checks that the Redis server answers.
+    fn start(lookup: &Lookup) -> Result<Store, EnrichError> {
+        match lookup {
+            Lookup::Builtin { keys } => BuiltinServer::start(ServerConfig {
                 keys: *keys,
                 ..ServerConfig::default()
             })
-            .map_err(|e| EnrichError::Server(e.to_string()))?,
-        ),
-        Lookup::Redis(_) => None,
-    };
-    let url = match (&config.lookup, &server) {
-        (Lookup::Redis(url), _) => *url,
-        (_, Some(s)) => RedisUrl {
-            addr: s.addr(),
-            db: 0,
-        },
-        _ => unreachable!("a built-in lookup has a server"),
-    };
-    let result = run_pipeline(&config, &pipeline, url, out, side, checkpoint);
-    if let Some(s) = server {
-        let _ = s.shutdown();
+            .map(Store::Builtin)
+            .map_err(|e| EnrichError::Server(e.to_string())),
+            Lookup::Redis(url) => {
+                crate::lookup::probe(url, STORE_PROBE_TIMEOUT).map_err(EnrichError::Store)?;
+                Ok(Store::Redis(*url))
+            }
+        }
     }
-    result
+
+    fn url(&self) -> RedisUrl {
+        match self {
+            Store::Builtin(s) => RedisUrl {
+                addr: s.addr(),
+                db: 0,
+            },
+            Store::Redis(url) => *url,
+        }
+    }
+
+    fn shutdown(self) {
+        if let Store::Builtin(s) = self {
+            // The job's result is decided; a server that fails to stop changes nothing.
+            let _ = s.shutdown();
+        }
+    }
+}
+
+/// Sets `halt` once `request` is set (or stops watching when `done` is).
+fn spawn_stop_watch(
+    request: Arc<AtomicBool>,
+    halt: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("ringwait-stop".into())
+        .spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if request.load(Ordering::Relaxed) {
+                    halt.store(true, Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .expect("spawning the stop watcher")
 }
 
 fn run_pipeline(
@@ -400,17 +503,25 @@ fn run_pipeline(
         out_tx.push(Some(tx));
         out_rx.push(rx);
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    // Set when intake must stop at once: a record failed under --on-error fail, the pipeline
+    // failed, or a stop was requested.
+    let halt = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = config
+        .stop
+        .clone()
+        .map(|request| spawn_stop_watch(request, halt.clone(), done.clone()));
     let progress = Arc::new(AtomicU64::new(0));
-    let reader_settings = ReaderSettings {
-        key_field: config.key_field.clone(),
-        key_prefix: config.key_prefix.clone(),
-        routing: Routing {
+    let reader_settings = ReaderSettings::new(
+        config.key_field.clone(),
+        config.key_prefix.clone(),
+        Routing {
             partitions,
             by_key: config.mode == OrderMode::KeyOrdered,
         },
-        stop: stop.clone(),
-    };
+        config.mode == OrderMode::Ordered,
+        halt.clone(),
+    );
     let (writer_ck, checkpointing) = match checkpoint {
         Some((w, c)) => (Some(w), Some(c)),
         None => (None, None),
@@ -436,15 +547,23 @@ fn run_pipeline(
         side,
         WriterSettings {
             mode: config.mode,
+            out_path: match &config.output {
+                Output::File(p) => Some(p.clone()),
+                Output::Stdout => None,
+            },
+            side_path: match &config.on_error {
+                OnError::SideOutput(p) => Some(p.clone()),
+                _ => None,
+            },
             into: config.into_field.clone(),
             on_error: config.on_error.clone(),
             progress: progress.clone(),
-            stop: stop.clone(),
+            stop: halt.clone(),
         },
         writer_ck,
     );
     let ticker = (config.progress && std::io::stderr().is_terminal())
-        .then(|| spawn_progress(progress.clone(), stop.clone()));
+        .then(|| spawn_progress(progress.clone(), done.clone()));
 
     let sources = Mutex::new(in_rx);
     let sinks = Mutex::new(out_tx);
@@ -457,11 +576,12 @@ fn run_pipeline(
         ..ConnectionConfig::default()
     };
     let addr = url.addr;
+    let source_halt = halt.clone();
     let source_of = move |p: &crate::runtime::PartitionContext| {
         let rx = sources.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        Ok(QueueSource::new(rx))
+        Ok(StopSource::new(QueueSource::new(rx), source_halt.clone()))
     };
     let function_of = move |_p: &crate::runtime::PartitionContext| {
         let cfg = conn_config.clone();
@@ -478,12 +598,8 @@ fn run_pipeline(
     };
     let key: Option<crate::runtime::SharedKeyFn<Arc<Line>>> =
         (config.mode == OrderMode::KeyOrdered).then(|| {
-            let f: crate::runtime::SharedKeyFn<Arc<Line>> = Arc::new(|l: &Arc<Line>| {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                l.key.hash(&mut h);
-                h.finish()
-            });
+            let f: crate::runtime::SharedKeyFn<Arc<Line>> =
+                Arc::new(|l: &Arc<Line>| routing::key_hash(&l.key));
             f
         });
     let report = match (&checkpointing, reader_settings) {
@@ -501,23 +617,39 @@ fn run_pipeline(
         },
     };
     if report.is_err() {
-        stop.store(true, Ordering::Relaxed);
+        halt.store(true, Ordering::Relaxed);
     }
+    let requested = config
+        .stop
+        .as_ref()
+        .is_some_and(|r| r.load(Ordering::Relaxed));
     let read = match reader {
+        // A reader blocked on a terminal or a pipe that sends nothing more cannot be joined;
+        // it ends with the process.
+        Some(_) if requested && config.input == Input::Stdin => Ok(0),
         Some(r) => r.join().expect("reader thread"),
-        None => Ok(report.as_ref().map_or(0, |r| r.merged.records_in)),
+        None => Ok(0),
     };
     let written = writer.join().expect("writer thread");
-    stop.store(true, Ordering::Relaxed);
-    if let Some(t) = ticker {
+    done.store(true, Ordering::Relaxed);
+    for t in [ticker, watcher].into_iter().flatten() {
         let _ = t.join();
     }
-    let records = read?;
     let written = written?;
+    read?;
     let report = report?;
-    let summary = EnrichSummary {
-        records,
+    Ok(EnrichSummary {
+        records: written.lines + written.skipped + written.side_output,
         written,
+        resumed: None,
+        ending: if requested {
+            Ending::Stopped {
+                partial: None,
+                resumable: false,
+            }
+        } else {
+            Ending::Complete
+        },
         partitions,
         mode: config.mode,
         elapsed: started.elapsed(),
@@ -526,166 +658,7 @@ fn run_pipeline(
         timeouts: report.merged.timeouts,
         retries: report.merged.retries,
         errors: report.merged.errors,
-    };
-    if let Some(path) = &config.report {
-        write_report(path, &summary)?;
-    }
-    Ok(summary)
-}
-
-/// Opens the checkpoint directory (its lock refuses a second process), reads the writer's
-/// last commit, truncates the output (and side output) back to it, and plans the restore.
-#[allow(clippy::type_complexity)]
-fn prepare_checkpoint(
-    config: &EnrichConfig,
-    dir: &std::path::Path,
-    partitions: usize,
-    operator: &OperatorConfig,
-) -> Result<
-    (
-        Box<dyn Write + Send>,
-        Option<Box<dyn Write + Send>>,
-        (WriterCheckpoint, Checkpointing),
-    ),
-    EnrichError,
-> {
-    let Output::File(out_path) = &config.output else {
-        return Err(EnrichError::Flag {
-            flag: "--checkpoint-dir",
-            reason: "needs --output PATH (standard output cannot be truncated back on restore)"
-                .into(),
-        });
-    };
-    if config.input == Input::Stdin {
-        return Err(EnrichError::Flag {
-            flag: "--checkpoint-dir",
-            reason: "standard input cannot be replayed: use --input PATH".into(),
-        });
-    }
-    if config.checkpoint_interval.is_zero() {
-        return Err(EnrichError::Flag {
-            flag: "--checkpoint-interval-ms",
-            reason: "must be at least 1".into(),
-        });
-    }
-    let op_id = operator.operator_id();
-    let store = SnapshotStore::open(dir, op_id, output::WRITER_PARTITION, 4096)?;
-    let committed = SnapshotStore::recover(dir, op_id, output::WRITER_PARTITION)?;
-    let (epoch, out_len, side_len, next_index) = match &committed {
-        None => (None, 0, 0, 0),
-        Some(rec) => {
-            let (side, parts) = output::decode_commit(&rec.payload).ok_or_else(|| {
-                EnrichError::Internal(format!(
-                    "the commit record in {} has an unknown layout",
-                    dir.display()
-                ))
-            })?;
-            if parts != partitions as u64 {
-                return Err(EnrichError::Flag {
-                    flag: "--partitions",
-                    reason: format!(
-                        "the checkpoint in {} was taken with {parts} partition(s): resume with --partitions {parts}, or use another --checkpoint-dir",
-                        dir.display()
-                    ),
-                });
-            }
-            (
-                Some(rec.meta.epoch),
-                rec.meta.sink_position,
-                side,
-                rec.meta.source_position,
-            )
-        }
-    };
-    if let Some(epoch) = epoch {
-        eprintln!(
-            "ringwait enrich: resuming from checkpoint {epoch} ({out_len} bytes of output committed)"
-        );
-    }
-    let newest = crate::runtime::checkpoint::newest_epoch(dir, op_id, partitions)?;
-    let first_epoch = newest.max(epoch.unwrap_or(0)) + 1;
-    let (out, out_file) = open_truncated(out_path, out_len, "open the output")?;
-    let (side, side_file) = match &config.on_error {
-        OnError::SideOutput(path) => {
-            let (w, f) = open_truncated(path, side_len, "open the side output")?;
-            (Some(w), Some(f))
-        }
-        _ => (None, None),
-    };
-    let coordinator = Coordinator::new(partitions, first_epoch, false);
-    let writer = WriterCheckpoint {
-        store,
-        coordinator: coordinator.clone(),
-        out_file,
-        side_file,
-        written: out_len,
-        side_written: side_len,
-        next_index,
-        partitions: partitions as u64,
-    };
-    let ckpt = Checkpointing {
-        dir: dir.to_path_buf(),
-        interval: config.checkpoint_interval,
-        restore_epoch: epoch,
-        coordinator,
-    };
-    Ok((out, side, (writer, ckpt)))
-}
-
-/// Opens `path` for writing at `len`, dropping anything after it (creating it when `len` is 0).
-fn open_truncated(
-    path: &PathBuf,
-    len: u64,
-    what: &'static str,
-) -> Result<(Box<dyn Write + Send>, std::fs::File), EnrichError> {
-    use std::io::Seek;
-    let io = |cause| EnrichError::Io {
-        what,
-        path: path.display().to_string(),
-        cause,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(io)?;
-    let actual = f.metadata().map_err(io)?.len();
-    if actual < len {
-        return Err(EnrichError::Io {
-            what,
-            path: path.display().to_string(),
-            cause: std::io::Error::other(format!(
-                "it is {actual} bytes long, shorter than its committed length {len}: it was changed outside ringwait"
-            )),
-        });
-    }
-    f.set_len(len).map_err(io)?;
-    f.seek(std::io::SeekFrom::Start(len)).map_err(io)?;
-    let handle = f.try_clone().map_err(io)?;
-    Ok((
-        Box::new(std::io::BufWriter::with_capacity(1 << 16, f)),
-        handle,
-    ))
-}
-
-fn open_output(output: &Output) -> Result<Box<dyn Write + Send>, EnrichError> {
-    Ok(match output {
-        Output::Stdout => Box::new(std::io::BufWriter::with_capacity(
-            1 << 16,
-            std::io::stdout(),
-        )),
-        Output::File(path) => create_file(path, "create the output")?,
     })
-}
-
-fn create_file(path: &PathBuf, what: &'static str) -> Result<Box<dyn Write + Send>, EnrichError> {
-    let f = std::fs::File::create(path).map_err(|cause| EnrichError::Io {
-        what,
-        path: path.display().to_string(),
-        cause,
-    })?;
-    Ok(Box::new(std::io::BufWriter::with_capacity(1 << 16, f)))
 }
 
 fn spawn_progress(done: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {

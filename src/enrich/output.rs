@@ -35,6 +35,10 @@ pub struct WriterStats {
 
 pub(crate) struct WriterSettings {
     pub mode: OrderMode,
+    /// The file the output is written to (for error messages); `None` for stdout.
+    pub out_path: Option<std::path::PathBuf>,
+    /// The file the side output is written to (for error messages).
+    pub side_path: Option<std::path::PathBuf>,
     pub into: String,
     pub on_error: OnError,
     pub progress: Arc<AtomicU64>,
@@ -79,26 +83,48 @@ pub(crate) struct WriterCheckpoint {
     pub side_written: u64,
     /// Ordered mode: index of the next record to write (records below it are in the output).
     pub next_index: u64,
+    /// Records accounted for in the committed output, before this run.
+    pub records: u64,
     pub partitions: u64,
 }
 
-/// What the writer's commit record holds besides its header (which carries the epoch, the
-/// output length in `sink_position` and the next record index in `source_position`).
-pub(crate) fn encode_commit(side_written: u64, partitions: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&side_written.to_le_bytes());
-    b[8..].copy_from_slice(&partitions.to_le_bytes());
-    b
+/// The writer's commit: where the outputs stood at a completed checkpoint. The record's
+/// header carries the epoch, the output length (`sink_position`) and the next record index
+/// (`source_position`); its payload the side output length, the partitions and the records
+/// accounted for (written, skipped or side-output).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Commit {
+    pub output_len: u64,
+    pub side_len: u64,
+    pub next_index: u64,
+    pub partitions: u64,
+    pub records: u64,
 }
 
-/// `(side output length, partitions)` from a commit record payload.
-pub(crate) fn decode_commit(payload: &[u8]) -> Option<(u64, u64)> {
-    if payload.len() != 16 {
-        return None;
+impl Commit {
+    /// The payload (the header fields travel in the record's [`SnapshotMeta`]).
+    pub fn encode_payload(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.side_len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.partitions.to_le_bytes());
+        b[16..].copy_from_slice(&self.records.to_le_bytes());
+        b
     }
-    let side = u64::from_le_bytes(payload[..8].try_into().ok()?);
-    let partitions = u64::from_le_bytes(payload[8..].try_into().ok()?);
-    Some((side, partitions))
+
+    /// The commit from a record's header and payload; `None` for an unknown layout.
+    pub fn decode(meta: &SnapshotMeta, payload: &[u8]) -> Option<Commit> {
+        if payload.len() != 24 {
+            return None;
+        }
+        let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+        Some(Commit {
+            output_len: meta.sink_position,
+            side_len: word(0),
+            next_index: meta.source_position,
+            partitions: word(8),
+            records: word(16),
+        })
+    }
 }
 
 pub(crate) fn spawn_writer(
@@ -321,14 +347,13 @@ impl Writer {
         self.flush()?;
         let next = self.next;
         let ck = self.checkpoint.as_mut().expect("checked");
-        let io = |cause| EnrichError::Io {
-            what: "sync the output",
-            path: "output".into(),
-            cause,
-        };
-        ck.out_file.sync_data().map_err(io)?;
+        ck.out_file
+            .sync_data()
+            .map_err(|cause| io_error("sync the output", &self.settings.out_path, cause))?;
         if let Some(f) = &ck.side_file {
-            f.sync_data().map_err(io)?;
+            f.sync_data().map_err(|cause| {
+                io_error("sync the side output", &side_path(&self.settings), cause)
+            })?;
         }
         let meta = SnapshotMeta {
             epoch,
@@ -338,8 +363,16 @@ impl Writer {
             sink_position: ck.written,
             watermark: None,
         };
+        let stats = &self.stats;
+        let commit = Commit {
+            output_len: ck.written,
+            side_len: ck.side_written,
+            next_index: next,
+            partitions: ck.partitions,
+            records: ck.records + stats.lines + stats.skipped + stats.side_output,
+        };
         ck.store
-            .write(meta, &encode_commit(ck.side_written, ck.partitions))
+            .write(meta, &commit.encode_payload())
             .map_err(EnrichError::Checkpoint)?;
         ck.coordinator.complete(epoch);
         Ok(())
@@ -399,7 +432,13 @@ impl Writer {
                     })
                     .map_err(|cause| EnrichError::Io {
                         what: "write the side output",
-                        path: path.display().to_string(),
+                        path: self
+                            .settings
+                            .side_path
+                            .as_ref()
+                            .unwrap_or(path)
+                            .display()
+                            .to_string(),
                         cause,
                     })?;
                 if let Some(ck) = self.checkpoint.as_mut() {
@@ -450,28 +489,39 @@ impl Writer {
             }
             self.out.write_all(&self.scratch)
         });
-        result.map_err(|cause| EnrichError::Io {
-            what: "write the output",
-            path: "output".into(),
-            cause,
-        })
+        result.map_err(|cause| io_error("write the output", &self.settings.out_path, cause))
     }
 
     fn flush(&mut self) -> Result<(), EnrichError> {
-        self.out.flush().map_err(|cause| EnrichError::Io {
-            what: "flush the output",
-            path: "output".into(),
-            cause,
-        })?;
+        self.out
+            .flush()
+            .map_err(|cause| io_error("write the output", &self.settings.out_path, cause))?;
         if let Some(side) = self.side.as_mut() {
-            side.flush().map_err(|cause| EnrichError::Io {
-                what: "flush the side output",
-                path: "side output".into(),
-                cause,
+            side.flush().map_err(|cause| {
+                io_error("write the side output", &side_path(&self.settings), cause)
             })?;
         }
         Ok(())
     }
+}
+
+fn io_error(
+    what: &'static str,
+    path: &Option<std::path::PathBuf>,
+    cause: std::io::Error,
+) -> EnrichError {
+    EnrichError::Io {
+        what,
+        path: path.as_ref().map_or_else(
+            || "standard output".to_string(),
+            |p| p.display().to_string(),
+        ),
+        cause,
+    }
+}
+
+fn side_path(settings: &WriterSettings) -> Option<std::path::PathBuf> {
+    settings.side_path.clone()
 }
 
 fn index_of(item: &Item) -> Option<u64> {

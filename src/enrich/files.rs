@@ -1,0 +1,409 @@
+//! The files a job touches, checked before any of them is opened for writing.
+//!
+//! Rules (the README's "What ringwait guarantees" states them for users):
+//! - the input must exist and be readable; with checkpoints it must be a regular file;
+//! - the output, the side output, the report and the checkpoint directory must be different
+//!   files from the input and from each other, compared by device and inode (so a symlink or
+//!   a second name for the same file is caught), and none may lie inside the checkpoint
+//!   directory;
+//! - a regular-file output is never written in place: the job writes
+//!   `<output>.ringwait-partial` beside it and renames it over the output only when the run
+//!   is complete, so an existing output is replaced by a complete run or not at all (a
+//!   device or a FIFO, such as `/dev/null`, is written directly).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::{EnrichConfig, EnrichError, Input, OnError, Output};
+
+/// Suffix of the file a run writes before it is complete.
+pub const PARTIAL_SUFFIX: &str = ".ringwait-partial";
+
+/// An output file and where its bytes go while the job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Staged {
+    /// What the user named (symlinks resolved).
+    pub final_path: PathBuf,
+    /// Where the job writes: `final_path` + [`PARTIAL_SUFFIX`], or `final_path` itself for a
+    /// device or a FIFO.
+    pub write_path: PathBuf,
+}
+
+impl Staged {
+    /// Whether the output is written beside its name and renamed at the end.
+    pub fn is_staged(&self) -> bool {
+        self.write_path != self.final_path
+    }
+
+    /// Moves the complete output to its name (atomically) and makes the rename durable.
+    pub fn publish(&self) -> Result<(), EnrichError> {
+        if !self.is_staged() {
+            return Ok(());
+        }
+        let io = |cause| EnrichError::Io {
+            what: "rename the finished output to its name",
+            path: format!(
+                "{} -> {}",
+                self.write_path.display(),
+                self.final_path.display()
+            ),
+            cause,
+        };
+        std::fs::rename(&self.write_path, &self.final_path).map_err(io)?;
+        sync_parent(&self.final_path).map_err(io)
+    }
+}
+
+/// `fsync` of the directory holding `path`, so that a rename or a new name in it is durable.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(parent_of(path))?.sync_all()
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The checked files of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct JobFiles {
+    /// The output, when it is a file.
+    pub output: Option<Staged>,
+    /// The side output of `--on-error side-output:PATH`.
+    pub side: Option<Staged>,
+}
+
+impl JobFiles {
+    fn staged(&self) -> impl Iterator<Item = &Staged> {
+        [&self.output, &self.side].into_iter().flatten()
+    }
+
+    /// `fsync` of every output written beside its name, before the rename.
+    pub fn sync_staged(&self) -> Result<(), EnrichError> {
+        for s in self.staged().filter(|s| s.is_staged()) {
+            std::fs::File::open(&s.write_path)
+                .and_then(|f| f.sync_all())
+                .map_err(|cause| EnrichError::Io {
+                    what: "sync the finished output",
+                    path: s.write_path.display().to_string(),
+                    cause,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Renames every finished output over its name.
+    pub fn publish(&self) -> Result<(), EnrichError> {
+        self.staged().try_for_each(Staged::publish)
+    }
+
+    /// `error` of a run that had begun writing, with where its output so far is (nothing to
+    /// add for standard output or a device, which are written in place).
+    pub fn incomplete(&self, error: EnrichError, resumable: bool) -> EnrichError {
+        match (&error, &self.output) {
+            (EnrichError::Flag { .. } | EnrichError::Incomplete { .. }, _) => error,
+            (_, Some(out)) if out.is_staged() && out.write_path.exists() => {
+                EnrichError::Incomplete {
+                    error: Box::new(error),
+                    partial: out.write_path.clone(),
+                    resumable,
+                }
+            }
+            _ => error,
+        }
+    }
+}
+
+/// Where a run writes: the output, and the side output if there is one.
+pub(crate) type Writers = (Box<dyn Write + Send>, Option<Box<dyn Write + Send>>);
+
+/// Opens the outputs of a run without checkpoints: the staged files are created (or
+/// truncated: they are ringwait's own), devices opened for writing.
+pub(crate) fn open_plain(config: &EnrichConfig, files: &JobFiles) -> Result<Writers, EnrichError> {
+    let out: Box<dyn Write + Send> = match &files.output {
+        Some(s) => create(&s.write_path, "create the output")?,
+        None => Box::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        )),
+    };
+    let side = match (&files.side, &config.on_error) {
+        (Some(s), OnError::SideOutput(_)) => Some(create(&s.write_path, "create the side output")?),
+        _ => None,
+    };
+    Ok((out, side))
+}
+
+fn create(path: &Path, what: &'static str) -> Result<Box<dyn Write + Send>, EnrichError> {
+    let f = std::fs::File::create(path).map_err(|cause| EnrichError::Io {
+        what,
+        path: path.display().to_string(),
+        cause,
+    })?;
+    Ok(Box::new(std::io::BufWriter::with_capacity(1 << 16, f)))
+}
+
+/// A file's identity: an existing file by device and inode; a file still to be created by its
+/// directory's device and inode and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileId {
+    Existing { dev: u64, ino: u64 },
+    New { dev: u64, ino: u64, name: OsString },
+}
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(FileId::Existing {
+            dev: m.dev(),
+            ino: m.ino(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = std::fs::metadata(parent_of(path))?;
+            Ok(FileId::New {
+                dev: dir.dev(),
+                ino: dir.ino(),
+                name: path.file_name().unwrap_or_default().to_os_string(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn flag_error(flag: &'static str, reason: String) -> EnrichError {
+    EnrichError::Flag { flag, reason }
+}
+
+/// Checks every file of `config` (see the module docs); opens nothing for writing.
+pub(crate) fn check(config: &EnrichConfig) -> Result<JobFiles, EnrichError> {
+    let checkpointed = config.checkpoint_dir.is_some();
+    let mut named: Vec<(&'static str, PathBuf)> = Vec::new();
+    if let Input::File(path) = &config.input {
+        check_input(path, checkpointed)?;
+        named.push(("--input", path.clone()));
+    }
+    let output = match &config.output {
+        Output::File(path) => Some(plan_output("--output", path, checkpointed)?),
+        Output::Stdout => None,
+    };
+    let side = match &config.on_error {
+        OnError::SideOutput(path) => {
+            Some(plan_output("--on-error side-output", path, checkpointed)?)
+        }
+        _ => None,
+    };
+    for (flag, staged) in [("--output", &output), ("--on-error side-output", &side)] {
+        if let Some(s) = staged {
+            named.push((flag, s.final_path.clone()));
+            if s.is_staged() {
+                named.push((flag, s.write_path.clone()));
+            }
+        }
+    }
+    if let Some(report) = &config.report {
+        check_parent("--report", report)?;
+        named.push(("--report", report.clone()));
+    }
+    if let Some(dir) = &config.checkpoint_dir {
+        named.push(("--checkpoint-dir", dir.clone()));
+    }
+    refuse_same_files(&named)?;
+    if let Some(dir) = &config.checkpoint_dir {
+        refuse_inside(dir, &named)?;
+    }
+    Ok(JobFiles { output, side })
+}
+
+fn check_input(path: &Path, checkpointed: bool) -> Result<(), EnrichError> {
+    let refuse = |reason: String| flag_error("--input", format!("{}: {reason}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(refuse("is a directory".into()));
+    }
+    if checkpointed && !meta.is_file() {
+        return Err(refuse(
+            "is not a regular file, so a checkpointed run cannot replay it".into(),
+        ));
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| refuse(format!("cannot be read ({e})")))
+}
+
+/// Where an output named `path` is written; refuses a directory, a dangling symlink, a
+/// missing parent directory, or (with checkpoints) anything but a regular file.
+fn plan_output(flag: &'static str, path: &Path, checkpointed: bool) -> Result<Staged, EnrichError> {
+    let refuse = |reason: String| flag_error(flag, format!("{}: {reason}", path.display()));
+    let resolved = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
+            .map_err(|e| refuse(format!("is a symlink whose target cannot be used ({e})")))?,
+        _ => path.to_path_buf(),
+    };
+    match std::fs::metadata(&resolved) {
+        Ok(m) if m.is_dir() => Err(refuse("is a directory".into())),
+        Ok(m) if !m.is_file() => {
+            let ft = m.file_type();
+            if checkpointed || !(ft.is_char_device() || ft.is_fifo() || ft.is_block_device()) {
+                return Err(refuse(
+                    "is not a regular file (a checkpointed run needs one it can truncate)".into(),
+                ));
+            }
+            Ok(Staged {
+                final_path: resolved.clone(),
+                write_path: resolved,
+            })
+        }
+        Ok(_) => Ok(staged(resolved)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            check_parent(flag, &resolved)?;
+            Ok(staged(resolved))
+        }
+        Err(e) => Err(refuse(e.to_string())),
+    }
+}
+
+fn staged(final_path: PathBuf) -> Staged {
+    let mut name = final_path.as_os_str().to_os_string();
+    name.push(PARTIAL_SUFFIX);
+    Staged {
+        write_path: PathBuf::from(name),
+        final_path,
+    }
+}
+
+/// The directory `path` would be created in must exist and be writable.
+fn check_parent(flag: &'static str, path: &Path) -> Result<(), EnrichError> {
+    let parent = parent_of(path);
+    let refuse = |reason: String| {
+        flag_error(
+            flag,
+            format!(
+                "{}: its directory {} {reason}",
+                path.display(),
+                parent.display()
+            ),
+        )
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(refuse("is not a directory".into())),
+        Err(e) => return Err(refuse(format!("cannot be used ({e})"))),
+    }
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(parent.as_os_str()))
+        .map_err(|_| refuse("has a NUL byte in its name".into()))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; access(2) only
+    // reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(refuse(format!(
+            "is not writable ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Two different flags must not name the same file.
+fn refuse_same_files(named: &[(&'static str, PathBuf)]) -> Result<(), EnrichError> {
+    let mut ids = Vec::with_capacity(named.len());
+    for (flag, path) in named {
+        let id = file_id(path).map_err(|e| flag_error(flag, format!("{}: {e}", path.display())))?;
+        ids.push(id);
+    }
+    for (i, (flag_a, path_a)) in named.iter().enumerate() {
+        for (j, (flag_b, path_b)) in named.iter().enumerate().skip(i + 1) {
+            if flag_a != flag_b && ids[i] == ids[j] {
+                return Err(flag_error(
+                    flag_b,
+                    format!(
+                        "{} is the same file as {flag_a} {}: refusing to overwrite it",
+                        path_b.display(),
+                        path_a.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// No file of the job may live inside the checkpoint directory (a restore or a cleanup of
+/// the directory would take it along).
+fn refuse_inside(dir: &Path, named: &[(&'static str, PathBuf)]) -> Result<(), EnrichError> {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(()); // nothing is inside a directory that does not exist yet
+    };
+    if !meta.is_dir() {
+        return Err(flag_error(
+            "--checkpoint-dir",
+            format!("{} exists and is not a directory", dir.display()),
+        ));
+    }
+    let dir_id = (meta.dev(), meta.ino());
+    for (flag, path) in named {
+        if *flag == "--checkpoint-dir" {
+            continue;
+        }
+        let Ok(full) = std::fs::canonicalize(parent_of(path)) else {
+            continue;
+        };
+        for ancestor in full.ancestors() {
+            if let Ok(m) = std::fs::metadata(ancestor) {
+                if (m.dev(), m.ino()) == dir_id {
+                    return Err(flag_error(
+                        flag,
+                        format!(
+                            "{} is inside --checkpoint-dir {}: keep the job's files outside it",
+                            path.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rw-files-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_second_name_for_the_input_is_refused_as_output() {
+        let d = tmp("hardlink");
+        let input = d.join("in.jsonl");
+        std::fs::write(&input, "{\"key\":\"k:1\"}\n").unwrap();
+        std::fs::hard_link(&input, d.join("other-name.jsonl")).unwrap();
+        let config = EnrichConfig {
+            input: Input::File(input.clone()),
+            output: Output::File(d.join("other-name.jsonl")),
+            ..EnrichConfig::default()
+        };
+        let err = check(&config).unwrap_err().to_string();
+        assert!(err.contains("same file as --input"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn outputs_are_staged_and_devices_written_directly() {
+        let s = plan_output("--output", Path::new("/dev/null"), false).unwrap();
+        assert!(!s.is_staged());
+        assert!(plan_output("--output", Path::new("/dev/null"), true).is_err());
+        let d = tmp("staged");
+        let s = plan_output("--output", &d.join("o.jsonl"), false).unwrap();
+        assert_eq!(s.write_path, d.join("o.jsonl.ringwait-partial"));
+        assert!(plan_output("--output", &d.join("missing/o.jsonl"), false).is_err());
+        assert!(plan_output("--output", &d, false).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,144 @@
+//! What a run of `enrich` reports: its records, the job's total across resumed runs, and
+//! where the output is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+pub use super::checkpoint::Resumed;
+use super::output::WriterStats;
+use crate::OrderMode;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The whole input was processed; the output is complete (and in place).
+    Complete,
+    /// A stop was requested (`EnrichConfig::stop`, e.g. SIGINT or SIGTERM): intake stopped,
+    /// every record taken was finished and written, and, with checkpoints, a final
+    /// checkpoint was committed. The output is incomplete and kept at `partial`.
+    Stopped {
+        /// Where the output so far is (not renamed over the output: the run is incomplete).
+        partial: Option<PathBuf>,
+        /// Whether the same command resumes from here (checkpointed runs).
+        resumable: bool,
+    },
+    /// A checkpointed job that had finished in an earlier run: nothing was done.
+    AlreadyComplete,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct EnrichSummary {
+    /// Records this run accounted for: written, skipped or side-output (records resumed
+    /// from a checkpoint are in [`resumed`](Self::resumed), not here).
+    pub records: u64,
+    /// What the writer wrote in this run.
+    pub written: WriterStats,
+    /// The checkpoint this run resumed from, with the records the output already held.
+    pub resumed: Option<Resumed>,
+    /// How the run ended.
+    pub ending: Ending,
+    /// Partitions used.
+    pub partitions: usize,
+    /// Order mode.
+    pub mode: OrderMode,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Records per second over the operators' active time.
+    pub records_per_s: f64,
+    /// Operator latency, intake to emit (ns).
+    pub latency: Histogram<u64>,
+    /// Timeouts.
+    pub timeouts: u64,
+    /// Retries started.
+    pub retries: u64,
+    /// Records that failed (before the error policy).
+    pub errors: u64,
+}
+
+impl EnrichSummary {
+    /// Records the job's output accounts for across all its runs: the resumed ones plus
+    /// this run's.
+    pub fn total(&self) -> u64 {
+        self.resumed.map_or(0, |r| r.records) + self.records
+    }
+
+    /// The summary of a checkpointed job found complete: `records` in its output.
+    pub(crate) fn already_complete(records: u64, partitions: usize, mode: OrderMode) -> Self {
+        EnrichSummary {
+            records: 0,
+            written: WriterStats::default(),
+            resumed: Some(Resumed { epoch: 0, records }),
+            ending: Ending::AlreadyComplete,
+            partitions,
+            mode,
+            elapsed: Duration::ZERO,
+            records_per_s: 0.0,
+            latency: Histogram::new(3).expect("a histogram with 3 significant digits"),
+            timeouts: 0,
+            retries: 0,
+            errors: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for EnrichSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ending == Ending::AlreadyComplete {
+            return write!(
+                f,
+                "ringwait enrich: this job is already complete ({} records in its output); \
+                 nothing to do. Remove its --checkpoint-dir to run it again.",
+                self.total()
+            );
+        }
+        writeln!(
+            f,
+            "ringwait enrich: {} records in {:.3} s ({:.0} records/s), {} partition(s), {}",
+            self.records,
+            self.elapsed.as_secs_f64(),
+            self.records_per_s,
+            self.partitions,
+            self.mode
+        )?;
+        if let Some(r) = self.resumed {
+            writeln!(
+                f,
+                "  resumed from checkpoint {} with {} records: {} + {} = {} records for this job",
+                r.epoch,
+                r.records,
+                r.records,
+                self.records,
+                self.total()
+            )?;
+        }
+        writeln!(
+            f,
+            "  latency µs: {}",
+            crate::report::percentile_line(&self.latency)
+        )?;
+        write!(
+            f,
+            "  written {}, misses {}, timeouts {}, retries {}, errors {}, skipped {}, side-output {}",
+            self.written.lines,
+            self.written.misses,
+            self.timeouts,
+            self.retries,
+            self.errors,
+            self.written.skipped,
+            self.written.side_output
+        )?;
+        if let Ending::Stopped { partial, resumable } = &self.ending {
+            write!(f, "\n  stopped on request before the end of the input")?;
+            if let Some(p) = partial {
+                write!(f, "; the output so far is in {}", p.display())?;
+            }
+            if *resumable {
+                write!(f, "; the same command resumes from the final checkpoint")?;
+            }
+        }
+        Ok(())
+    }
+}

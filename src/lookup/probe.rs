@@ -1,0 +1,77 @@
+//! A blocking reachability check of a store, for jobs to run before they open any output:
+//! a store that is down, or that answers with an error (`NOAUTH`, a bad database), is named
+//! before a single byte of the user's files is touched.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use super::RedisUrl;
+
+/// Why the store did not pass the probe.
+#[derive(Debug, thiserror::Error)]
+#[error("the store at {addr} {reason}")]
+pub struct ProbeError {
+    /// The store's address.
+    pub addr: SocketAddr,
+    /// What went wrong, as a phrase ("refused the connection (…)", "answered -NOAUTH …").
+    pub reason: String,
+}
+
+/// Connects to `url` within `timeout`, sends `PING` (and `SELECT db` when `db` is not 0), and
+/// checks that every reply is a status reply (`+PONG`, `+OK`); each read is bounded by
+/// `timeout` too.
+///
+/// ```
+/// use std::time::Duration;
+/// use ringwait::lookup::{probe, RedisUrl};
+/// // Port 1 on loopback: nothing listens there.
+/// let url: RedisUrl = "redis://127.0.0.1:1".parse().unwrap();
+/// let err = probe(&url, Duration::from_millis(200)).unwrap_err();
+/// assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+/// ```
+pub fn probe(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
+    let addr = url.addr;
+    let fail = |reason: String| ProbeError { addr, reason };
+    let io = |what: &str, e: std::io::Error| fail(format!("{what} ({e})"));
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("could not be reached", e))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| io("could not be configured", e))?;
+    let mut request = b"*1\r\n$4\r\nPING\r\n".to_vec();
+    let mut replies = 1;
+    if url.db != 0 {
+        let db = url.db.to_string();
+        request.extend_from_slice(
+            format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n", db.len()).as_bytes(),
+        );
+        replies += 1;
+    }
+    stream
+        .write_all(&request)
+        .map_err(|e| io("did not take a request", e))?;
+    let mut got = Vec::with_capacity(64);
+    let mut buf = [0u8; 512];
+    while got.windows(2).filter(|w| w == b"\r\n").count() < replies {
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| io("did not answer PING", e))?;
+        if n == 0 {
+            return Err(fail("closed the connection without answering PING".into()));
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.len() > 4096 {
+            return Err(fail("answered PING with more than 4 KiB".into()));
+        }
+    }
+    for line in got.split(|b| *b == b'\n').take(replies) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end();
+        if !line.starts_with('+') {
+            return Err(fail(format!("answered {line:?}")));
+        }
+    }
+    Ok(())
+}

@@ -26,6 +26,13 @@ fn backoff(config: &ConnectionConfig, failures: u32) -> Duration {
 }
 
 /// The connection's task: connect, serve, fail pending, back off, repeat until closed.
+///
+/// This is also the circuit breaker in front of a dead store. After each failed connection
+/// (refused, timed out, or dropped before the server answered anything) the connection is
+/// `Down`: every request fails at once with the connection's error, without touching the
+/// store. It probes again (reconnects) after `backoff_initial` (5 ms by default), doubling
+/// with each consecutive failure up to `backoff_max` (1 s): from the 8th consecutive failure
+/// on, the store sees one connection attempt a second. The first reply resets the count.
 pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
     let mut failures = 0u32;
     let mut reader = Reader::new(&inner.config);
@@ -48,10 +55,17 @@ pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
         };
         let error = match connected.await {
             Ok(stream) => {
-                failures = 0;
                 inner.bump(|s| s.connects += 1);
                 inner.set_state(ConnectionState::Up);
-                session(&inner, stream, &mut reader).await
+                let reads_before = inner.reads.get();
+                let error = session(&inner, stream, &mut reader).await;
+                // The breaker closes only once the server answered something: a server that
+                // accepts and drops every connection counts as failing, and is probed less
+                // and less often, like one that refuses.
+                if inner.reads.get() != reads_before {
+                    failures = 0;
+                }
+                error
             }
             Err(e) => e,
         };

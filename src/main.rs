@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enrich JSON Lines records with lookups, on all cores.
+    /// Enrich JSON Lines records with lookups, on all cores. SIGINT/SIGTERM stop it
+    /// gracefully (exit 130/143); a second signal exits at once.
     Enrich(EnrichArgs),
     /// Run a SPEC section 4 workload and print one line of key=value results.
     Bench(BenchArgs),
@@ -38,7 +39,9 @@ struct EnrichArgs {
     /// --records objects {"id":i,"key":"k:<n>"} whose keys the built-in server holds).
     #[arg(long, value_name = "PATH|-")]
     input: Option<String>,
-    /// Where the JSON Lines go: each input object with one field added; `-` is stdout.
+    /// Where the JSON Lines go: each input object with one field added; `-` is stdout. A file
+    /// is written as PATH.ringwait-partial and renamed to PATH only when the run is complete:
+    /// a failed or stopped run leaves an existing PATH as it was.
     #[arg(long, value_name = "PATH|-", default_value = "-")]
     output: String,
     /// Records generated when there is no --input.
@@ -93,9 +96,11 @@ struct EnrichArgs {
     /// Do not pin partitions to cores (share the cores with other work).
     #[arg(long)]
     no_pin: bool,
-    /// Exactly-once: keep checkpoints in DIR; after a crash (even SIGKILL), running the same
-    /// command again resumes, and the finished --output holds exactly one line per input line.
-    /// Needs --input PATH (or generated input) and --output PATH. One process per DIR.
+    /// Exactly-once: keep checkpoints in DIR; after a crash (even SIGKILL) or a stop (SIGINT,
+    /// SIGTERM), running the same command again resumes, and the finished --output holds
+    /// exactly one line per input line. Needs --input PATH (or generated input) and --output
+    /// PATH. DIR belongs to one job (input and output-changing flags): another is refused.
+    /// One process per DIR.
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<std::path::PathBuf>,
     /// Time between checkpoints (with --checkpoint-dir).

@@ -624,9 +624,9 @@ fn run_pipeline(
         .as_ref()
         .is_some_and(|r| r.load(Ordering::Relaxed));
     let read = match reader {
-        // A reader blocked on a terminal or a pipe that sends nothing more cannot be joined;
-        // it ends with the process.
-        Some(_) if requested && config.input == Input::Stdin => Ok(0),
+        // Intake stopped early: a reader blocked on a terminal or a pipe that sends nothing
+        // more cannot be joined; it ends with the process.
+        Some(_) if halt.load(Ordering::Relaxed) && config.input == Input::Stdin => Ok(0),
         Some(r) => r.join().expect("reader thread"),
         None => Ok(0),
     };

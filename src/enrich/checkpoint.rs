@@ -103,6 +103,7 @@ pub(crate) fn prepare(
     let op_id = operator.operator_id();
     let store = SnapshotStore::open(dir, op_id, output::WRITER_PARTITION, 4096)?;
     if !dir.join(JOB_FILE).exists() {
+        refuse_foreign_partials(files)?;
         job.record.save(dir)?;
     }
     let committed = SnapshotStore::recover(dir, op_id, output::WRITER_PARTITION)?;
@@ -211,6 +212,21 @@ fn refuse_unknown_snapshots(dir: &Path) -> Result<(), EnrichError> {
                 dir.display(),
                 name.to_string_lossy(),
                 dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh job must not take over a partial output it did not write: another job (with
+/// another checkpoint directory) may be resuming it.
+fn refuse_foreign_partials(files: &JobFiles) -> Result<(), EnrichError> {
+    for staged in [&files.output, &files.side].into_iter().flatten() {
+        if staged.write_path.exists() {
+            return Err(flag(format!(
+                "{} exists, and this checkpoint directory did not write it: another job's \
+                 output may be in progress there. Finish that job, or move the file away",
+                staged.write_path.display()
             )));
         }
     }

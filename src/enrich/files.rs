@@ -6,10 +6,12 @@
 //!   files from the input and from each other, compared by device and inode (so a symlink or
 //!   a second name for the same file is caught), and none may lie inside the checkpoint
 //!   directory;
-//! - a regular-file output is never written in place: the job writes
-//!   `<output>.ringwait-partial` beside it and renames it over the output only when the run
-//!   is complete, so an existing output is replaced by a complete run or not at all (a
-//!   device or a FIFO, such as `/dev/null`, is written directly).
+//! - a regular-file output is never written in place: the job writes a partial file beside
+//!   it (`<output>.ringwait-partial-<pid>`, created new; a checkpointed job's is
+//!   `<output>.ringwait-partial`) and renames it over the output only when the run is
+//!   complete, so an existing output is replaced by a complete run or not at all (a device
+//!   or a FIFO, such as `/dev/null`, is written directly);
+//! - standard output redirected to a file is compared with the input and side output too.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -121,21 +123,65 @@ impl JobFiles {
 /// Where a run writes: the output, and the side output if there is one.
 pub(crate) type Writers = (Box<dyn Write + Send>, Option<Box<dyn Write + Send>>);
 
-/// Opens the outputs of a run without checkpoints: the staged files are created (or
-/// truncated: they are ringwait's own), devices opened for writing.
-pub(crate) fn open_plain(config: &EnrichConfig, files: &JobFiles) -> Result<Writers, EnrichError> {
-    let out: Box<dyn Write + Send> = match &files.output {
-        Some(s) => create(&s.write_path, "create the output")?,
+/// Opens the outputs of a run without checkpoints. Each staged output gets a partial file
+/// of its own, `<output>.ringwait-partial-<pid>` (`-<pid>-<n>` if that exists), created new:
+/// no file that exists is ever truncated, not another run's partial output, nor a
+/// checkpointed job's (which is `<output>.ringwait-partial`). Devices are opened for writing.
+pub(crate) fn open_plain(
+    config: &EnrichConfig,
+    files: &mut JobFiles,
+) -> Result<Writers, EnrichError> {
+    let out: Box<dyn Write + Send> = match &mut files.output {
+        Some(s) => open_staged(s, "create the output")?,
         None => Box::new(std::io::BufWriter::with_capacity(
             1 << 16,
             std::io::stdout(),
         )),
     };
-    let side = match (&files.side, &config.on_error) {
-        (Some(s), OnError::SideOutput(_)) => Some(create(&s.write_path, "create the side output")?),
+    let side = match (&mut files.side, &config.on_error) {
+        (Some(s), OnError::SideOutput(_)) => Some(open_staged(s, "create the side output")?),
         _ => None,
     };
     Ok((out, side))
+}
+
+fn open_staged(s: &mut Staged, what: &'static str) -> Result<Box<dyn Write + Send>, EnrichError> {
+    if !s.is_staged() {
+        return create(&s.write_path, what);
+    }
+    let base = s.write_path.clone().into_os_string();
+    let pid = std::process::id();
+    for n in 1..1000u32 {
+        let mut name = base.clone();
+        name.push(if n == 1 {
+            format!("-{pid}")
+        } else {
+            format!("-{pid}-{n}")
+        });
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&name)
+        {
+            Ok(f) => {
+                s.write_path = PathBuf::from(name);
+                return Ok(Box::new(std::io::BufWriter::with_capacity(1 << 16, f)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(cause) => {
+                return Err(EnrichError::Io {
+                    what,
+                    path: PathBuf::from(name).display().to_string(),
+                    cause,
+                })
+            }
+        }
+    }
+    Err(EnrichError::Io {
+        what,
+        path: s.write_path.display().to_string(),
+        cause: std::io::Error::other("999 partial files of earlier runs are in the way"),
+    })
 }
 
 fn create(path: &Path, what: &'static str) -> Result<Box<dyn Write + Send>, EnrichError> {
@@ -202,6 +248,10 @@ pub(crate) fn check(config: &EnrichConfig) -> Result<JobFiles, EnrichError> {
                 named.push((flag, s.write_path.clone()));
             }
         }
+    }
+    if config.output == Output::Stdout && stdout_is_a_file() {
+        // `--input in.jsonl >> in.jsonl` would read its own output back until the disk is full.
+        named.push(("standard output", PathBuf::from("/dev/stdout")));
     }
     if let Some(report) = &config.report {
         check_parent("--report", report)?;
@@ -303,6 +353,11 @@ fn check_parent(flag: &'static str, path: &Path) -> Result<(), EnrichError> {
         )));
     }
     Ok(())
+}
+
+/// Whether standard output is a regular file (redirected with `>` or `>>`).
+fn stdout_is_a_file() -> bool {
+    std::fs::metadata("/dev/stdout").is_ok_and(|m| m.is_file())
 }
 
 /// Two different flags must not name the same file.

@@ -2,13 +2,14 @@
 //! deals them to the partitions' queues.
 
 use std::io::BufRead;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use serde_json::{Map, Value};
 
+use super::intake::{is_stopped, Intake, StopAt, StopAwareRead};
 use super::record::{parse_line, Line};
 use super::EnrichError;
 use crate::bench::key_of;
@@ -50,77 +51,15 @@ pub(crate) struct ReaderSettings {
     pub key_field: String,
     pub key_prefix: String,
     pub routing: Routing,
-    /// Stop intake (see [`ReaderSettings::stop_at`]).
-    pub stop: Arc<AtomicBool>,
-    /// Ordered mode: output order is input order across partitions.
-    ordered: bool,
-    /// Checkpointed ordered runs: per partition, the index of the next input line when it
-    /// saw the stop (`u64::MAX` until then).
-    frozen: Box<[AtomicU64]>,
+    /// When to stop taking input.
+    pub intake: Arc<Intake>,
 }
 
-/// Where a partition's checkpointed source stops once intake is to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopAt {
-    /// At once.
-    Now,
-    /// Not yet known: wait until every partition saw the stop.
-    Wait,
-    /// Before the line with this index.
-    Before(u64),
-}
-
-impl ReaderSettings {
-    pub fn new(
-        key_field: String,
-        key_prefix: String,
-        routing: Routing,
-        ordered: bool,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
-        let frozen = (0..routing.partitions)
-            .map(|_| AtomicU64::new(u64::MAX))
-            .collect();
-        ReaderSettings {
-            key_field,
-            key_prefix,
-            routing,
-            stop,
-            ordered: ordered && !routing.by_key,
-            frozen,
-        }
-    }
-
-    /// Where `partition`, whose next input line is `next`, stops. Unordered and key-ordered
-    /// runs stop at once. An ordered run must stop on one line for all partitions, or the
-    /// writer would wait for a record below another partition's final barrier that nobody
-    /// takes: each partition records where it saw the stop, and every partition reads on
-    /// to the furthest of those points.
-    fn stop_at(&self, partition: usize, next: u64) -> StopAt {
-        if !self.ordered {
-            return StopAt::Now;
-        }
-        let _ = self.frozen[partition].compare_exchange(
-            u64::MAX,
-            next,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        let mut furthest = 0;
-        for f in self.frozen.iter() {
-            match f.load(Ordering::Acquire) {
-                u64::MAX => return StopAt::Wait,
-                at => furthest = furthest.max(at),
-            }
-        }
-        StopAt::Before(furthest)
-    }
-}
-
-/// Starts the reader; it returns the number of records it dealt.
+/// Starts the reader; it returns the number of records it dealt, and tells
+/// [`Intake::reached_end`] when it read the whole input.
 pub(crate) fn spawn_reader(
     input: Input,
-    settings: ReaderSettings,
+    settings: Arc<ReaderSettings>,
     queues: Vec<Producer<StreamElement<Arc<Line>>>>,
 ) -> JoinHandle<Result<u64, EnrichError>> {
     std::thread::Builder::new()
@@ -141,22 +80,31 @@ fn read(
                     return Ok(i);
                 }
             }
+            s.intake.reached_end(None, n);
             Ok(n)
         }
         Input::File(path) => {
+            let name = path.display().to_string();
             let file = std::fs::File::open(&path).map_err(|cause| EnrichError::Io {
                 what: "open the input",
-                path: path.display().to_string(),
+                path: name.clone(),
                 cause,
             })?;
-            read_lines(
-                std::io::BufReader::with_capacity(1 << 16, file),
-                &path.display().to_string(),
-                s,
-                queues,
-            )
+            read_lines(file, &name, s, queues)
         }
-        Input::Stdin => read_lines(std::io::stdin().lock(), "standard input", s, queues),
+        Input::Stdin => {
+            // Our own descriptor of standard input, read without std's buffer, so that
+            // waiting for data can be done with poll(2) on it.
+            let fd = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|cause| EnrichError::Io {
+                    what: "read the input",
+                    path: "standard input".into(),
+                    cause,
+                })?;
+            read_lines(std::fs::File::from(fd), "standard input", s, queues)
+        }
     }
 }
 
@@ -176,23 +124,31 @@ fn generated(i: u64, s: &ReaderSettings) -> Line {
 }
 
 fn read_lines(
-    mut reader: impl BufRead,
+    file: std::fs::File,
     name: &str,
     s: &ReaderSettings,
     queues: &[Producer<StreamElement<Arc<Line>>>],
 ) -> Result<u64, EnrichError> {
+    let mut reader =
+        std::io::BufReader::with_capacity(1 << 16, StopAwareRead::new(file, s.intake.clone()));
     let mut text = String::new();
     let mut number = 0u64;
     loop {
         text.clear();
-        let n = reader
-            .read_line(&mut text)
-            .map_err(|cause| EnrichError::Io {
-                what: "read the input",
-                path: name.to_string(),
-                cause,
-            })?;
+        let n = match reader.read_line(&mut text) {
+            Ok(n) => n,
+            // Intake stopped while the reader waited: a part of a line is dropped unread.
+            Err(e) if is_stopped(&e) => return Ok(number),
+            Err(cause) => {
+                return Err(EnrichError::Io {
+                    what: "read the input",
+                    path: name.to_string(),
+                    cause,
+                })
+            }
+        };
         if n == 0 {
+            s.intake.reached_end(None, number);
             return Ok(number);
         }
         let trimmed = text.trim_end_matches(['\n', '\r']);
@@ -206,7 +162,7 @@ fn read_lines(
 
 /// Hands a line to its partition; false when the pipeline is gone or stopping.
 fn deal(line: Line, s: &ReaderSettings, queues: &[Producer<StreamElement<Arc<Line>>>]) -> bool {
-    if s.stop.load(Ordering::Relaxed) {
+    if s.intake.stopping() {
         return false;
     }
     let p = s.routing.partition_of(&line);
@@ -222,6 +178,8 @@ fn deal(line: Line, s: &ReaderSettings, queues: &[Producer<StreamElement<Arc<Lin
 pub(crate) struct LineSource {
     kind: Kind,
     partition: usize,
+    /// The end of the input was reached (and told to the intake).
+    ended: bool,
     settings: std::sync::Arc<ReaderSettings>,
 }
 
@@ -275,8 +233,20 @@ impl LineSource {
         Ok(LineSource {
             kind,
             partition,
+            ended: false,
             settings,
         })
+    }
+
+    /// The end of the input, at line `lines`: told to the intake once.
+    fn at_end(&mut self, lines: u64) -> crate::source::SourceEvent<Arc<Line>> {
+        if !self.ended {
+            self.ended = true;
+            self.settings
+                .intake
+                .reached_end(Some(self.partition), lines);
+        }
+        crate::source::SourceEvent::End
     }
 
     /// Whether line `index` may belong here before parsing it (round robin).
@@ -292,8 +262,12 @@ impl crate::source::Source for LineSource {
     fn next(&mut self) -> Result<crate::source::SourceEvent<Arc<Line>>, crate::source::BoxError> {
         use crate::source::SourceEvent;
         let mut limit = u64::MAX;
-        if self.settings.stop.load(Ordering::Relaxed) {
-            match self.settings.stop_at(self.partition, self.replay_index()) {
+        if self.settings.intake.stopping() {
+            match self
+                .settings
+                .intake
+                .stop_at(self.partition, self.replay_index())
+            {
                 StopAt::Now => return Ok(SourceEvent::End),
                 StopAt::Wait => return Ok(SourceEvent::Idle),
                 StopAt::Before(end) => limit = end,
@@ -306,7 +280,8 @@ impl crate::source::Source for LineSource {
             let line = match &mut self.kind {
                 Kind::Generated { next, total } => {
                     if *next >= *total {
-                        return Ok(SourceEvent::End);
+                        let end = *total;
+                        return Ok(self.at_end(end));
                     }
                     let i = *next;
                     *next += 1;
@@ -329,7 +304,8 @@ impl crate::source::Source for LineSource {
                         cause,
                     })?;
                     if n == 0 {
-                        return Ok(SourceEvent::End);
+                        let end = *index;
+                        return Ok(self.at_end(end));
                     }
                     *offset += n as u64;
                     let i = *index;

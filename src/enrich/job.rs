@@ -32,6 +32,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("input-tail-hash", "the hash of the input's last 64 KiB"),
     ("records", "--records (generated input)"),
     ("output", "--output"),
+    ("side-output", "--on-error side-output"),
     ("key", "--key"),
     ("into", "--into"),
     ("key-prefix", "--key-prefix"),
@@ -69,6 +70,9 @@ impl JobRecord {
             Input::Stdin => unreachable!("checked: a checkpointed run cannot read stdin"),
         }
         put("output", absolute(output).display().to_string());
+        if let super::OnError::SideOutput(path) = &config.on_error {
+            put("side-output", absolute(path).display().to_string());
+        }
         put("key", config.key_field.clone());
         put("into", config.into_field.clone());
         put("key-prefix", config.key_prefix.clone());

@@ -25,6 +25,7 @@
 mod checkpoint;
 mod files;
 mod input;
+mod intake;
 mod job;
 mod lookup;
 mod output;
@@ -32,7 +33,7 @@ mod record;
 mod routing;
 mod summary;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,8 +55,10 @@ use crate::runtime::{Pipeline, PipelineError};
 use crate::server::{BuiltinServer, ServerConfig};
 use crate::snapshot::SnapshotError;
 use crate::source::{QueueSource, StopSource};
+use crate::StreamElement;
 use files::JobFiles;
 use input::{LineSource, ReaderSettings, Routing};
+use intake::Intake;
 use output::{MarkedSink, WriterCheckpoint, WriterSettings};
 
 /// Where the lookups go.
@@ -298,8 +301,41 @@ pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// server must answer `PING` within [`STORE_PROBE_TIMEOUT`]). A file output is written beside
 /// its name (`<output>.ringwait-partial`) and renamed over it only when the run is complete.
 pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
-    let operator = config.operator_config()?;
     let partitions = config.partitions.unwrap_or_else(default_partitions);
+    let (pipeline, live) = build_pipeline(&config, partitions)?;
+    let mut files = files::check(&config)?;
+    let job = match &config.checkpoint_dir {
+        Some(dir) => {
+            let operator = pipeline.operator_config();
+            let job = checkpoint::check_job(&config, dir, partitions, operator, &files)?;
+            if let Some(records) = job.completed {
+                let mode = config.mode;
+                return Ok(EnrichSummary::already_complete(records, partitions, mode));
+            }
+            Some((dir.as_path(), job))
+        }
+        None => None,
+    };
+    let store = Store::start(&config.lookup)?;
+    let _metrics_server = start_metrics(config.metrics, live)?;
+    // Everything is checked: from here on the job writes.
+    let result = match job {
+        Some((dir, job)) => run_checkpointed(&config, &pipeline, store.url(), &files, dir, job),
+        None => files::open_plain(&config, &mut files).and_then(|writers| {
+            let summary = run_pipeline(&config, &pipeline, store.url(), writers, None)?;
+            finish(&config, &files, None, summary)
+        }),
+    };
+    store.shutdown();
+    result.map_err(|e| files.incomplete(e, config.checkpoint_dir.is_some()))
+}
+
+/// The pipeline of `partitions` partitions, and its live metrics when `--metrics` is on.
+fn build_pipeline(
+    config: &EnrichConfig,
+    partitions: usize,
+) -> Result<(Pipeline, Option<Arc<crate::runtime::LiveMetrics>>), EnrichError> {
+    let operator = config.operator_config()?;
     let live = config
         .metrics
         .filter(|_| (1..=crate::runtime::MAX_PARTITIONS).contains(&partitions))
@@ -315,80 +351,47 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
         flag: "--partitions",
         reason: e.to_string(),
     })?;
-    let files = files::check(&config)?;
-    let job = match &config.checkpoint_dir {
-        Some(dir) => {
-            let job = checkpoint::check_job(
-                &config,
-                dir,
-                partitions,
-                pipeline.operator_config(),
-                &files,
-            )?;
-            if let Some(records) = job.completed {
-                return Ok(EnrichSummary::already_complete(
-                    records,
-                    partitions,
-                    config.mode,
-                ));
-            }
-            Some(job)
-        }
-        None => None,
+    Ok((pipeline, live))
+}
+
+fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+    live: Option<Arc<crate::runtime::LiveMetrics>>,
+) -> Result<Option<crate::metrics_http::MetricsServer>, EnrichError> {
+    let (Some(addr), Some(live)) = (addr, live) else {
+        return Ok(None);
     };
-    let store = Store::start(&config.lookup)?;
-    let _metrics_server = match (config.metrics, live) {
-        (Some(addr), Some(live)) => Some(
-            crate::metrics_http::MetricsServer::start(addr, live).map_err(|e| {
-                EnrichError::Flag {
-                    flag: "--metrics",
-                    reason: format!("cannot listen on {addr}: {e}"),
-                }
-            })?,
-        ),
-        _ => None,
-    };
-    // Everything is checked: from here on the job writes.
-    let result = match (&config.checkpoint_dir, job) {
-        (Some(dir), Some(job)) => {
-            let ck = checkpoint::prepare(
-                &config,
-                dir,
-                partitions,
-                pipeline.operator_config(),
-                &files,
-                job,
-            )?;
-            let resumed = ck.resumed;
-            if let Some(r) = resumed {
-                eprintln!(
-                    "ringwait enrich: resuming from checkpoint {} ({} records committed)",
-                    r.epoch, r.records
-                );
-            }
-            let mut job = ck.job;
-            run_pipeline(
-                &config,
-                &pipeline,
-                store.url(),
-                ck.out,
-                ck.side,
-                Some((ck.writer, ck.checkpointing)),
-            )
-            .map(|mut s| {
-                s.resumed = resumed;
-                s
-            })
-            .and_then(|s| finish(&config, &files, Some((&mut job, dir.as_path())), s))
-        }
-        _ => {
-            let (out, side) = files::open_plain(&config, &files)?;
-            run_pipeline(&config, &pipeline, store.url(), out, side, None)
-                .and_then(|s| finish(&config, &files, None, s))
-        }
-    };
-    store.shutdown();
-    result.map_err(|e| files.incomplete(e, config.checkpoint_dir.is_some()))
+    crate::metrics_http::MetricsServer::start(addr, live)
+        .map(Some)
+        .map_err(|e| EnrichError::Flag {
+            flag: "--metrics",
+            reason: format!("cannot listen on {addr}: {e}"),
+        })
+}
+
+/// A checkpointed run: take the directory, resume (or start) the job, and finish it.
+fn run_checkpointed(
+    config: &EnrichConfig,
+    pipeline: &Pipeline,
+    url: RedisUrl,
+    files: &JobFiles,
+    dir: &std::path::Path,
+    job: checkpoint::JobCheck,
+) -> Result<EnrichSummary, EnrichError> {
+    let operator = pipeline.operator_config();
+    let partitions = pipeline.partitions();
+    let ck = checkpoint::prepare(config, dir, partitions, operator, files, job)?;
+    if let Some(r) = ck.resumed {
+        eprintln!(
+            "ringwait enrich: resuming from checkpoint {} ({} records committed)",
+            r.epoch, r.records
+        );
+    }
+    let mut record = ck.job;
+    let checkpoint = Some((ck.writer, ck.checkpointing));
+    let mut summary = run_pipeline(config, pipeline, url, (ck.out, ck.side), checkpoint)?;
+    summary.resumed = ck.resumed;
+    finish(config, files, Some((&mut record, dir)), summary)
 }
 
 /// The end of a run: a complete one is made durable and renamed into place (a checkpointed
@@ -463,110 +466,150 @@ impl Store {
     }
 }
 
-/// Sets `halt` once `request` is set (or stops watching when `done` is).
-fn spawn_stop_watch(
-    request: Arc<AtomicBool>,
-    halt: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("ringwait-stop".into())
-        .spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                if request.load(Ordering::Relaxed) {
-                    halt.store(true, Ordering::Relaxed);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-        .expect("spawning the stop watcher")
+/// The queues between the reader, the partitions and the writer.
+struct Queues {
+    to_partitions: Vec<queue::Producer<StreamElement<Arc<Line>>>>,
+    partition_inputs: Vec<Option<queue::Consumer<StreamElement<Arc<Line>>>>>,
+    partition_outputs: Vec<Option<queue::Producer<output::Marked>>>,
+    to_writer: Vec<queue::Consumer<output::Marked>>,
+}
+
+impl Queues {
+    fn new(partitions: usize, capacity: usize) -> Queues {
+        let mut q = Queues {
+            to_partitions: vec![],
+            partition_inputs: vec![],
+            partition_outputs: vec![],
+            to_writer: vec![],
+        };
+        for _ in 0..partitions {
+            let (tx, rx) = queue::bounded(capacity.clamp(256, 8192));
+            q.to_partitions.push(tx);
+            q.partition_inputs.push(Some(rx));
+            let (tx, rx) = queue::bounded(capacity.clamp(256, 8192));
+            q.partition_outputs.push(Some(tx));
+            q.to_writer.push(rx);
+        }
+        q
+    }
 }
 
 fn run_pipeline(
     config: &EnrichConfig,
     pipeline: &Pipeline,
     url: RedisUrl,
-    out: Box<dyn Write + Send>,
-    side: Option<Box<dyn Write + Send>>,
+    (out, side): files::Writers,
     checkpoint: Option<(WriterCheckpoint, Checkpointing)>,
 ) -> Result<EnrichSummary, EnrichError> {
     let started = Instant::now();
     let partitions = pipeline.partitions();
-    let capacity = config.capacity;
-    let (mut in_tx, mut in_rx, mut out_tx, mut out_rx) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..partitions {
-        let (tx, rx) = queue::bounded(capacity.clamp(256, 8192));
-        in_tx.push(tx);
-        in_rx.push(Some(rx));
-        let (tx, rx) = queue::bounded(capacity.clamp(256, 8192));
-        out_tx.push(Some(tx));
-        out_rx.push(rx);
-    }
-    // Set when intake must stop at once: a record failed under --on-error fail, the pipeline
-    // failed, or a stop was requested.
-    let halt = Arc::new(AtomicBool::new(false));
+    let queues = Queues::new(partitions, config.capacity);
+    let readers = if checkpoint.is_some() { partitions } else { 1 };
+    let intake = Arc::new(Intake::new(
+        partitions,
+        config.mode == OrderMode::Ordered,
+        config.stop.clone(),
+    ));
+    // Set when intake must stop at once: a record failed under --on-error fail, or the
+    // pipeline failed.
+    let halt = intake.halt.clone();
     let done = Arc::new(AtomicBool::new(false));
-    let watcher = config
-        .stop
-        .clone()
-        .map(|request| spawn_stop_watch(request, halt.clone(), done.clone()));
     let progress = Arc::new(AtomicU64::new(0));
-    let reader_settings = ReaderSettings::new(
-        config.key_field.clone(),
-        config.key_prefix.clone(),
-        Routing {
+    let settings = Arc::new(ReaderSettings {
+        key_field: config.key_field.clone(),
+        key_prefix: config.key_prefix.clone(),
+        routing: Routing {
             partitions,
             by_key: config.mode == OrderMode::KeyOrdered,
         },
-        config.mode == OrderMode::Ordered,
-        halt.clone(),
-    );
-    let (writer_ck, checkpointing) = match checkpoint {
-        Some((w, c)) => (Some(w), Some(c)),
-        None => (None, None),
-    };
+        intake: intake.clone(),
+    });
+    let (writer_ck, checkpointing) = checkpoint.unzip();
     // Checkpointed runs read the input in each partition (a replayable source); otherwise a
     // reader thread deals the lines.
-    let (reader, reader_settings) = if checkpointing.is_some() {
-        drop(in_tx);
-        (None, Some(Arc::new(reader_settings)))
-    } else {
-        (
-            Some(input::spawn_reader(
-                config.input.clone(),
-                reader_settings,
-                in_tx,
-            )),
-            None,
-        )
+    let (reader, settings) = match checkpointing {
+        Some(_) => (None, Some(settings)),
+        None => {
+            let reader = input::spawn_reader(config.input.clone(), settings, queues.to_partitions);
+            (Some(reader), None)
+        }
     };
-    let writer = output::spawn_writer(
-        out_rx,
-        out,
-        side,
-        WriterSettings {
-            mode: config.mode,
-            out_path: match &config.output {
-                Output::File(p) => Some(p.clone()),
-                Output::Stdout => None,
-            },
-            side_path: match &config.on_error {
-                OnError::SideOutput(p) => Some(p.clone()),
-                _ => None,
-            },
-            into: config.into_field.clone(),
-            on_error: config.on_error.clone(),
-            progress: progress.clone(),
-            stop: halt.clone(),
-        },
-        writer_ck,
-    );
+    let writer_settings = writer_settings(config, progress.clone(), halt.clone());
+    let writer = output::spawn_writer(queues.to_writer, out, side, writer_settings, writer_ck);
     let ticker = (config.progress && std::io::stderr().is_terminal())
-        .then(|| spawn_progress(progress.clone(), done.clone()));
+        .then(|| spawn_progress(progress, done.clone()));
+    let partitioned = Partitioned {
+        inputs: queues.partition_inputs,
+        outputs: queues.partition_outputs,
+        settings,
+        halt: halt.clone(),
+    };
+    let report = run_partitions(config, pipeline, url, partitioned, checkpointing);
+    if report.is_err() {
+        halt.store(true, Ordering::Relaxed);
+    }
+    // The reader stops within 50 ms of a halt or a stop request, even when it waits on a
+    // pipe (see `intake`).
+    let read = reader.map_or(Ok(0), |r| r.join().expect("reader thread"));
+    let written = writer.join().expect("writer thread");
+    done.store(true, Ordering::Relaxed);
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    let written = written?;
+    read?;
+    let ending = if intake.took_everything(readers) {
+        Ending::Complete
+    } else {
+        Ending::Stopped {
+            partial: None,
+            resumable: false,
+        }
+    };
+    Ok(summarise(config, started, written, ending, &report?))
+}
 
-    let sources = Mutex::new(in_rx);
-    let sinks = Mutex::new(out_tx);
+fn writer_settings(
+    config: &EnrichConfig,
+    progress: Arc<AtomicU64>,
+    halt: Arc<AtomicBool>,
+) -> WriterSettings {
+    WriterSettings {
+        mode: config.mode,
+        out_path: match &config.output {
+            Output::File(p) => Some(p.clone()),
+            Output::Stdout => None,
+        },
+        side_path: match &config.on_error {
+            OnError::SideOutput(p) => Some(p.clone()),
+            _ => None,
+        },
+        into: config.into_field.clone(),
+        on_error: config.on_error.clone(),
+        progress,
+        stop: halt,
+    }
+}
+
+/// What the partitions read from and write to.
+struct Partitioned {
+    /// Each partition's queue from the reader (runs without checkpoints).
+    inputs: Vec<Option<queue::Consumer<StreamElement<Arc<Line>>>>>,
+    /// Each partition's queue to the writer.
+    outputs: Vec<Option<queue::Producer<output::Marked>>>,
+    /// Checkpointed runs: how each partition reads the input itself.
+    settings: Option<Arc<ReaderSettings>>,
+    halt: Arc<AtomicBool>,
+}
+
+/// Runs the operators: one partition per core, each with its own connection to the store.
+fn run_partitions(
+    config: &EnrichConfig,
+    pipeline: &Pipeline,
+    url: RedisUrl,
+    partitioned: Partitioned,
+    checkpointing: Option<Checkpointing>,
+) -> Result<crate::runtime::RunReport<()>, PipelineError> {
     let conn_config = ConnectionConfig {
         db: url.db,
         // A server that stops answering (a black hole) holds every later request of the
@@ -575,21 +618,14 @@ fn run_pipeline(
         response_timeout: Some((config.timeout * 2).max(Duration::from_millis(50))),
         ..ConnectionConfig::default()
     };
-    let addr = url.addr;
-    let source_halt = halt.clone();
-    let source_of = move |p: &crate::runtime::PartitionContext| {
-        let rx = sources.lock().expect("queue list")[p.index]
-            .take()
-            .expect("each partition takes its queue once");
-        Ok(StopSource::new(QueueSource::new(rx), source_halt.clone()))
-    };
     let function_of = move |_p: &crate::runtime::PartitionContext| {
         let cfg = conn_config.clone();
         async move {
-            let conn = Connection::connect(addr, cfg).await?;
+            let conn = Connection::connect(url.addr, cfg).await?;
             Ok(RedisLookup::new(conn))
         }
     };
+    let sinks = Mutex::new(partitioned.outputs);
     let sink_of = move |p: &crate::runtime::PartitionContext| {
         let tx = sinks.lock().expect("queue list")[p.index]
             .take()
@@ -602,55 +638,41 @@ fn run_pipeline(
                 Arc::new(|l: &Arc<Line>| routing::key_hash(&l.key));
             f
         });
-    let report = match (&checkpointing, reader_settings) {
-        (Some(ckpt), Some(settings)) => {
-            let input = config.input.clone();
-            let line_source = move |p: &crate::runtime::PartitionContext| {
-                LineSource::open(&input, p.index, settings.clone())
-                    .map_err(|e| Box::new(e) as crate::source::BoxError)
-            };
-            pipeline.run_checkpointed(ckpt, line_source, function_of, sink_of, key)
-        }
-        _ => match key {
-            Some(key) => pipeline.run_keyed(source_of, function_of, sink_of, key),
-            None => pipeline.run(source_of, function_of, sink_of),
-        },
-    };
-    if report.is_err() {
-        halt.store(true, Ordering::Relaxed);
+    if let (Some(ckpt), Some(settings)) = (checkpointing, partitioned.settings) {
+        let input = config.input.clone();
+        let line_source = move |p: &crate::runtime::PartitionContext| {
+            LineSource::open(&input, p.index, settings.clone())
+                .map_err(|e| Box::new(e) as crate::source::BoxError)
+        };
+        return pipeline.run_checkpointed(&ckpt, line_source, function_of, sink_of, key);
     }
-    let requested = config
-        .stop
-        .as_ref()
-        .is_some_and(|r| r.load(Ordering::Relaxed));
-    let read = match reader {
-        // Intake stopped early: a reader blocked on a terminal or a pipe that sends nothing
-        // more cannot be joined; it ends with the process.
-        Some(_) if halt.load(Ordering::Relaxed) && config.input == Input::Stdin => Ok(0),
-        Some(r) => r.join().expect("reader thread"),
-        None => Ok(0),
+    let sources = Mutex::new(partitioned.inputs);
+    let halt = partitioned.halt;
+    let source_of = move |p: &crate::runtime::PartitionContext| {
+        let rx = sources.lock().expect("queue list")[p.index]
+            .take()
+            .expect("each partition takes its queue once");
+        Ok(StopSource::new(QueueSource::new(rx), halt.clone()))
     };
-    let written = writer.join().expect("writer thread");
-    done.store(true, Ordering::Relaxed);
-    for t in [ticker, watcher].into_iter().flatten() {
-        let _ = t.join();
+    match key {
+        Some(key) => pipeline.run_keyed(source_of, function_of, sink_of, key),
+        None => pipeline.run(source_of, function_of, sink_of),
     }
-    let written = written?;
-    read?;
-    let report = report?;
-    Ok(EnrichSummary {
+}
+
+fn summarise(
+    config: &EnrichConfig,
+    started: Instant,
+    written: WriterStats,
+    ending: Ending,
+    report: &crate::runtime::RunReport<()>,
+) -> EnrichSummary {
+    EnrichSummary {
         records: written.lines + written.skipped + written.side_output,
         written,
         resumed: None,
-        ending: if requested {
-            Ending::Stopped {
-                partial: None,
-                resumable: false,
-            }
-        } else {
-            Ending::Complete
-        },
-        partitions,
+        ending,
+        partitions: report.partitions.len(),
         mode: config.mode,
         elapsed: started.elapsed(),
         records_per_s: report.records_per_sec(),
@@ -658,7 +680,7 @@ fn run_pipeline(
         timeouts: report.merged.timeouts,
         retries: report.merged.retries,
         errors: report.merged.errors,
-    })
+    }
 }
 
 fn spawn_progress(done: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {

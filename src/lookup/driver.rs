@@ -31,7 +31,7 @@ fn backoff(config: &ConnectionConfig, failures: u32) -> Duration {
 /// (refused, timed out, or dropped before the server answered anything) the connection is
 /// `Down`: every request fails at once with the connection's error, without touching the
 /// store. It probes again (reconnects) after `backoff_initial` (5 ms by default), doubling
-/// with each consecutive failure up to `backoff_max` (1 s): from the 8th consecutive failure
+/// with each consecutive failure up to `backoff_max` (1 s): from the 9th consecutive failure
 /// on, the store sees one connection attempt a second. The first reply resets the count.
 pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
     let mut failures = 0u32;

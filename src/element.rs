@@ -1,6 +1,6 @@
 //! What flows into and out of an operator.
 
-use crate::operator::RecordError;
+use crate::error::RecordError;
 
 /// One element of an input stream: a record (with an optional event-time timestamp) or a
 /// watermark.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::runtime::LiveMetrics;
+use crate::metrics::live::LiveMetrics;
 
 /// A running metrics endpoint.
 ///

@@ -196,26 +196,36 @@ fn another_job(dir: &Path, diffs: &[String]) -> EnrichError {
     ))
 }
 
-/// Without a job record, a directory holding snapshot files belongs to a job ringwait
-/// cannot identify (its record was deleted, or an older ringwait wrote it): refuse rather
-/// than start over on top of it.
+/// Without a job record, a directory holding a snapshot belongs to a job ringwait cannot
+/// identify (its record was deleted, or an older ringwait wrote it): refuse rather than start
+/// over on top of it. Snapshot files that hold no snapshot yet (a job killed between
+/// creating its commit file and writing its job record) are a fresh start.
 fn refuse_unknown_snapshots(dir: &Path) -> Result<(), EnrichError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(()); // a new directory
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().ends_with(".snap") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((op, partition)) = parse_snapshot_name(&name) else {
+            continue;
+        };
+        if SnapshotStore::recover(dir, op, partition)?.is_some() {
             return Err(flag(format!(
-                "{} holds snapshots ({}) but no job record ({JOB_FILE}): ringwait cannot tell \
-                 which job they belong to; remove {} to start over",
+                "{} holds snapshots ({name}) but no job record ({JOB_FILE}): ringwait cannot \
+                 tell which job they belong to; remove {} to start over",
                 dir.display(),
-                name.to_string_lossy(),
                 dir.display()
             )));
         }
     }
     Ok(())
+}
+
+/// `(operator id, partition)` of a snapshot file name `op-<id>-p<partition>.snap`.
+fn parse_snapshot_name(name: &str) -> Option<(u64, u32)> {
+    let rest = name.strip_prefix("op-")?.strip_suffix(".snap")?;
+    let (op, partition) = rest.split_once("-p")?;
+    Some((op.parse().ok()?, partition.parse().ok()?))
 }
 
 /// A fresh job must not take over a partial output it did not write: another job (with

@@ -334,12 +334,12 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
 fn build_pipeline(
     config: &EnrichConfig,
     partitions: usize,
-) -> Result<(Pipeline, Option<Arc<crate::runtime::LiveMetrics>>), EnrichError> {
+) -> Result<(Pipeline, Option<Arc<crate::metrics::live::LiveMetrics>>), EnrichError> {
     let operator = config.operator_config()?;
     let live = config
         .metrics
         .filter(|_| (1..=crate::runtime::MAX_PARTITIONS).contains(&partitions))
-        .map(|_| crate::runtime::LiveMetrics::new(partitions));
+        .map(|_| crate::metrics::live::LiveMetrics::new(partitions));
     let mut builder = Pipeline::builder()
         .operator(operator)
         .pin(config.pin)
@@ -356,7 +356,7 @@ fn build_pipeline(
 
 fn start_metrics(
     addr: Option<std::net::SocketAddr>,
-    live: Option<Arc<crate::runtime::LiveMetrics>>,
+    live: Option<Arc<crate::metrics::live::LiveMetrics>>,
 ) -> Result<Option<crate::metrics_http::MetricsServer>, EnrichError> {
     let (Some(addr), Some(live)) = (addr, live) else {
         return Ok(None);

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 
-use super::connection::Redirect;
-use super::pipeline::PipelineOptions;
+use super::pending::PendingOptions;
+use super::shared::Redirect;
 use super::{
     Client, Connection, ConnectionConfig, ConnectionState, LookupError, Rejected, ReplyHandler,
     ReplyView,
@@ -303,7 +303,7 @@ fn node<H: ReplyHandler>(
         let conn = shared.nodes.borrow()[usize::from(i)].clone();
         return (i, conn);
     }
-    let opts = PipelineOptions {
+    let opts = PendingOptions {
         mget_batching: false,
         max_batch: 1,
         coalescing: false,

@@ -10,11 +10,11 @@ use std::time::Duration;
 use futures_lite::future::or;
 use glommio::net::TcpStream;
 
-use super::connection::{ConnectionConfig, ConnectionState, Inner};
 use super::reader::{fail_all, Reader};
+use super::shared::{ConnectionConfig, ConnectionState, Inner};
 use super::{LookupError, ReplyHandler, ReplyView};
+use crate::net::write_all;
 use crate::resp::{CommandEncoder, Frame, Parser};
-use crate::server::sock::write_all;
 
 /// Delay before reconnection attempt number `failures` (0-based): doubling, capped.
 fn backoff(config: &ConnectionConfig, failures: u32) -> Duration {

@@ -92,10 +92,11 @@ mod cluster;
 mod connection;
 mod driver;
 mod error;
-mod pipeline;
+mod pending;
 mod probe;
 mod reader;
 mod reply;
+mod shared;
 mod url;
 
 pub use cache::{
@@ -104,8 +105,9 @@ pub use cache::{
 };
 pub use client::{Client, Oneshot};
 pub use cluster::{key_slot, ClusterClient, ClusterConfig, ClusterHandler, ClusterStats, SLOTS};
-pub use connection::{Connection, ConnectionConfig, ConnectionState, ConnectionStats};
+pub use connection::Connection;
 pub use error::LookupError;
 pub use probe::{probe, ProbeError};
 pub use reply::{Rejected, ReplyHandler, ReplyView};
+pub use shared::{ConnectionConfig, ConnectionState, ConnectionStats};
 pub use url::{RedisUrl, UrlError};

@@ -18,9 +18,10 @@ pub struct ProbeError {
     pub reason: String,
 }
 
-/// Connects to `url` within `timeout`, sends `PING` (and `SELECT db` when `db` is not 0), and
-/// checks that every reply is a status reply (`+PONG`, `+OK`); each read is bounded by
-/// `timeout` too.
+/// Connects to `url`, sends `PING` (and `SELECT db` when `db` is not 0), and checks that
+/// every reply is a status reply (`+PONG`, `+OK`). A failed attempt is tried again every
+/// 50 ms until `timeout` has passed (a store restarting, or flapping, passes once it
+/// answers); the error is the last attempt's.
 ///
 /// ```
 /// use std::time::Duration;
@@ -31,6 +32,19 @@ pub struct ProbeError {
 /// assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 /// ```
 pub fn probe(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match probe_once(url, left.max(Duration::from_millis(1))) {
+            Ok(()) => return Ok(()),
+            Err(e) if left <= Duration::from_millis(50) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// One attempt of [`probe`], each step bounded by `timeout`.
+fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
     let addr = url.addr;
     let fail = |reason: String| ProbeError { addr, reason };
     let io = |what: &str, e: std::io::Error| fail(format!("{what} ({e})"));

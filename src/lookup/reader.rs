@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 
 use glommio::net::TcpStream;
 
-use super::connection::{ConnectionConfig, Inner, Redirect};
-use super::pipeline::{Popped, NIL};
+use super::pending::{Popped, NIL};
+use super::shared::{ConnectionConfig, Inner, Redirect};
 use super::{LookupError, ReplyHandler, ReplyView};
+use crate::net::read_buf::ReadBuf;
+use crate::net::read_some;
 use crate::resp::{Frame, Parser};
-use crate::server::sock::read_some;
 
 /// Fails every pending request with `error`.
 pub(super) fn fail_all<H: ReplyHandler>(
@@ -51,10 +52,7 @@ fn deliver<H: ReplyHandler>(
 /// The read side: a buffer kept across reconnections.
 pub(super) struct Reader {
     parser: Parser,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    max_len: usize,
+    rb: ReadBuf,
     /// Scratch for the bytes of a popped command (cluster redirects, failing).
     pub(super) command: Vec<u8>,
 }
@@ -63,35 +61,12 @@ impl Reader {
     pub(super) fn new(config: &ConnectionConfig) -> Self {
         Reader {
             parser: Parser::new(config.limits),
-            buf: vec![0; config.read_buffer.max(4096)],
-            start: 0,
-            end: 0,
-            max_len: config.limits.max_bulk_len.saturating_add(64 << 10),
+            rb: ReadBuf::new(
+                config.read_buffer.max(4096),
+                config.limits.max_bulk_len.saturating_add(64 << 10),
+            ),
             command: Vec::new(),
         }
-    }
-
-    /// Makes room to read; `false` if one reply would not fit in the largest buffer.
-    fn make_room(&mut self) -> bool {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        if self.end < self.buf.len() {
-            return true;
-        }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            return true;
-        }
-        if self.buf.len() >= self.max_len {
-            return false;
-        }
-        let len = (self.buf.len() * 2).min(self.max_len);
-        self.buf.resize(len, 0);
-        true
     }
 
     pub(super) async fn run<H: ReplyHandler>(
@@ -99,18 +74,17 @@ impl Reader {
         inner: &Inner<H>,
         stream: &RefCell<TcpStream>,
     ) -> LookupError {
-        self.start = 0;
-        self.end = 0;
+        self.rb.clear();
         loop {
-            if !self.make_room() {
+            if !self.rb.make_room() {
                 return LookupError::UnexpectedReply {
                     addr: inner.addr,
                     what: "a reply larger than the read buffer limit",
                 };
             }
-            match read_some(stream, &mut self.buf[self.end..]).await {
+            match read_some(stream, self.rb.spare()).await {
                 Ok(0) => return LookupError::Disconnected { addr: inner.addr },
-                Ok(n) => self.end += n,
+                Ok(n) => self.rb.end += n,
                 Err(e) => return LookupError::from_io(inner.addr, &e),
             }
             inner.reads.set(inner.reads.get() + 1);
@@ -124,9 +98,10 @@ impl Reader {
     fn dispatch_all<H: ReplyHandler>(&mut self, inner: &Inner<H>) -> Result<(), LookupError> {
         let mut replies = 0;
         let result = loop {
-            match self.parser.parse(&self.buf[self.start..self.end]) {
+            // Fields, not `unparsed()`: the frame borrows `buf` while `start` moves.
+            match self.parser.parse(&self.rb.buf[self.rb.start..self.rb.end]) {
                 Ok(Some((frame, used))) => {
-                    self.start += used;
+                    self.rb.start += used;
                     replies += 1;
                     if let Err(e) = dispatch(inner, frame, &mut self.command) {
                         break Err(e);

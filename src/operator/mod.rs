@@ -14,11 +14,9 @@
 //! * key-ordered — as unordered, and additionally a record waits for every earlier record with
 //!   the same key.
 
-pub(crate) mod board;
 mod checkpoint;
 mod emit;
 mod error;
-mod fifo;
 mod slots;
 
 use std::cmp::Reverse;
@@ -28,17 +26,19 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::task::Waker;
 
+pub use crate::function::RecordError;
 pub use checkpoint::{encode_snapshot, Restore, RestoredEntry, SNAPSHOT_FORMAT};
-pub use error::{OperatorError, RecordError};
+pub use error::OperatorError;
 
 use crate::config::{ErrorPolicy, OperatorConfig, OrderMode};
 use crate::element::{Emitted, RequestId, StreamElement};
+use crate::fifo::Fifo;
+use crate::function::board::{CompletionBoard, Landed, Resolution};
 use crate::function::{AsyncFunction, Outputs, ResultFuture, TimeoutOutcome};
+use crate::metrics::live::PartitionSample;
 use crate::metrics::{LatencyRecorder, OperatorMetrics};
 use crate::time::Nanos;
-use board::{CompletionBoard, Landed, Resolution};
 use emit::KeyMix;
-use fifo::Fifo;
 use slots::{ListId, SlotState, SlotTable};
 
 /// What the operator of function `F` emits.
@@ -959,25 +959,22 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             in_flight: self.in_flight() as u64,
             occupancy: self.occupancy() as u64,
             capacity: self.config.capacity() as u64,
-            oldest_age_ns: self
-                .slots
-                .head(ListId::Order)
-                .map(|h| now.nanos_since(self.slots.get(h).intake))
-                .unwrap_or(0),
+            oldest_age_ns: self.oldest_age(now),
             latency: self
                 .latency
                 .histogram_with((now.nanos_since(self.express.intake), self.express.count)),
         }
     }
 
-    /// Publishes the current metrics into `gauges` (for readers on other threads), without
-    /// allocating.
-    pub fn publish(&mut self, now: Nanos, gauges: &crate::runtime::PartitionGauges) {
+    /// The current metrics of this partition as plain gauges, for readers on other threads
+    /// (see [`crate::metrics::live`]), without allocating. The same counters as
+    /// [`metrics`](Self::metrics); latency as quantiles instead of a histogram.
+    pub fn sample(&mut self, now: Nanos) -> PartitionSample {
         self.settle(now);
         let ignored = self.board.ignored();
         let (p50, p99, p999, max) = self.latency.quantiles();
         let c = &self.counters;
-        gauges.store(&crate::runtime::PartitionSample {
+        PartitionSample {
             records_in: c.records_in,
             outputs: c.outputs,
             completions: c.completions,
@@ -989,19 +986,23 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             skipped: c.skipped,
             side_outputs: c.side_outputs,
             panics: c.panics,
-            in_flight: self.pending as u64,
-            occupancy: self.slots.len() as u64,
+            in_flight: self.in_flight() as u64,
+            occupancy: self.occupancy() as u64,
             capacity: self.config.capacity() as u64,
-            oldest_age_ns: self
-                .slots
-                .head(ListId::Order)
-                .map(|h| now.nanos_since(self.slots.get(h).intake))
-                .unwrap_or(0),
+            oldest_age_ns: self.oldest_age(now),
             latency_p50_ns: p50,
             latency_p99_ns: p99,
             latency_p999_ns: p999,
             latency_max_ns: max,
-        });
+        }
+    }
+
+    /// Age of the oldest entry held (0 when empty).
+    fn oldest_age(&self, now: Nanos) -> u64 {
+        self.slots
+            .head(ListId::Order)
+            .map(|h| now.nanos_since(self.slots.get(h).intake))
+            .unwrap_or(0)
     }
 
     /// Every input taken and not yet emitted, in input order (SPEC S10): records in flight,

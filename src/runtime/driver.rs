@@ -67,7 +67,7 @@ where
         let now = clock.now();
         if let Some(live) = &settings.live {
             if now >= next_publish {
-                op.publish(now, live.partition(partition));
+                live.partition(partition).store(&op.sample(now));
                 next_publish = now + super::PUBLISH_EVERY;
             }
         }
@@ -187,7 +187,7 @@ where
             };
             if may_stop {
                 if let Some(live) = &settings.live {
-                    op.publish(clock.now(), live.partition(partition));
+                    live.partition(partition).store(&op.sample(clock.now()));
                 }
                 return Ok(times);
             }

@@ -35,7 +35,6 @@ mod delay;
 mod driver;
 mod executor;
 mod factory;
-mod live;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -43,12 +42,12 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 
+pub use crate::metrics::live::{LiveMetrics, PartitionGauges, PartitionSample, PUBLISH_EVERY};
 pub use async_fn::{async_fn, AsyncFn};
 pub use delay::DelayLine;
 pub(crate) use executor::register_membarrier;
 pub use executor::{available_cores, keep_awake, KEEP_AWAKE_PERIOD};
 pub use factory::{FunctionFactory, SinkFactory, SourceFactory};
-pub use live::{LiveMetrics, PartitionGauges, PartitionSample, PUBLISH_EVERY};
 
 use crate::config::{ConfigError, OperatorConfig};
 use crate::function::AsyncFunction;

@@ -12,8 +12,9 @@ use glommio::net::TcpStream;
 
 use super::commands::{After, Store};
 use super::faults::{Fault, Latency, Rng};
-use super::sock::{read_some, set_linger_zero, write_all, Notify};
 use super::Shared;
+use crate::net::read_buf::ReadBuf;
+use crate::net::{read_some, set_linger_zero, write_all, Notify};
 use crate::resp::{self, Frame, Limits, Parser};
 
 /// Largest read buffer a connection may grow to (one command must fit in it).
@@ -61,39 +62,6 @@ pub(crate) async fn serve(
     shared.stats.open.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Read buffer with a consumed prefix.
-struct ReadBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl ReadBuf {
-    /// Makes room at the end; `false` if a single command would exceed the limit.
-    fn make_room(&mut self) -> bool {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        if self.end < self.buf.len() {
-            return true;
-        }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            return true;
-        }
-        if self.buf.len() >= MAX_READ_BUFFER {
-            return false;
-        }
-        let len = self.buf.len() * 2;
-        self.buf.resize(len, 0);
-        true
-    }
-}
-
-/// How often a black-holed connection checks whether the fault cleared.
 const BLACK_HOLE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 async fn read_loop(
@@ -107,18 +75,14 @@ async fn read_loop(
         max_bulk_len: 16 << 20,
         ..Limits::default()
     });
-    let mut rb = ReadBuf {
-        buf: vec![0; INITIAL_BUFFER],
-        start: 0,
-        end: 0,
-    };
+    let mut rb = ReadBuf::new(INITIAL_BUFFER, MAX_READ_BUFFER);
     let mut out = Vec::with_capacity(INITIAL_BUFFER);
     let mut rng = Rng::new(seed);
     loop {
         if !rb.make_room() {
             return;
         }
-        match read_some(stream, &mut rb.buf[rb.end..]).await {
+        match read_some(stream, rb.spare()).await {
             Ok(0) | Err(_) => return,
             Ok(n) => rb.end += n,
         }
@@ -168,6 +132,7 @@ async fn read_loop(
 fn execute_all(parser: &Parser, store: &Store, rb: &mut ReadBuf, out: &mut Vec<u8>) -> (u64, bool) {
     let mut commands = 0;
     loop {
+        // Fields, not `unparsed()`: the command borrows `buf` while `start` moves.
         match parser.parse(&rb.buf[rb.start..rb.end]) {
             Ok(Some((Frame::Array(cmd), used))) if !cmd.is_empty() => {
                 rb.start += used;

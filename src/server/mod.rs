@@ -36,7 +36,6 @@ mod commands;
 mod conn;
 mod data;
 mod faults;
-pub(crate) mod sock;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;

@@ -13,9 +13,9 @@
 use std::cell::UnsafeCell;
 use std::task::Waker;
 
-use super::fifo::Fifo;
-use super::RecordError;
-use crate::function::{AsyncError, Completion, Outputs};
+use super::outputs::{Completion, Outputs};
+use crate::error::{AsyncError, RecordError};
+use crate::fifo::Fifo;
 
 /// The final result of a record.
 pub(crate) type Resolution<Out> = Result<Outputs<Out>, RecordError>;

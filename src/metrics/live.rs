@@ -38,14 +38,15 @@ macro_rules! gauges {
                 PartitionSample { $( $field: self.$field.load(Ordering::Relaxed), )* }
             }
 
-            pub(crate) fn store(&self, s: &PartitionSample) {
+            /// Publishes `s` (one relaxed store per gauge).
+            pub fn store(&self, s: &PartitionSample) {
                 $( self.$field.store(s.$field, Ordering::Relaxed); )*
             }
         }
 
         const FAMILIES: &[(&str, &str, &str)] = &[ $( (stringify!($field), $kind, $help), )* ];
 
-        fn value_of(s: &PartitionSample, name: &str) -> u64 {
+        fn gauge_value(s: &PartitionSample, name: &str) -> u64 {
             match name {
                 $( stringify!($field) => s.$field, )*
                 _ => 0,
@@ -123,7 +124,11 @@ impl LiveMetrics {
             let _ = writeln!(out, "# HELP {metric} {help}");
             let _ = writeln!(out, "# TYPE {metric} {kind}");
             for (p, s) in samples.iter().enumerate() {
-                let _ = writeln!(out, "{metric}{{partition=\"{p}\"}} {}", value_of(s, name));
+                let _ = writeln!(
+                    out,
+                    "{metric}{{partition=\"{p}\"}} {}",
+                    gauge_value(s, name)
+                );
             }
         }
         out

@@ -3,7 +3,7 @@
 //! `GET`s. No I/O, no clock, no handler calls: the connection drives it.
 //!
 //! Invariant: the order of entries in `fifo` is the order of the commands in the bytes handed
-//! out by [`Pipeline::take_output`], so replies (which Redis sends in command order) match
+//! out by [`Pending::take_output`], so replies (which Redis sends in command order) match
 //! entries by position. Every path that encodes a command pushes its entry at the same time;
 //! the one deferred encoding (an open `MGET` batch) is sealed before any other command is
 //! encoded and before output is taken.
@@ -17,7 +17,7 @@ pub(crate) const NIL: u32 = u32::MAX;
 
 /// Options of the pipeline (a subset of the connection's configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PipelineOptions {
+pub(crate) struct PendingOptions {
     /// Turn concurrent `GET`s into one `MGET` (up to `max_batch` keys).
     pub mget_batching: bool,
     /// Most keys in one batched `MGET`.
@@ -52,7 +52,7 @@ enum Entry<H> {
     Discard { cmd_len: u32 },
 }
 
-/// What [`Pipeline::pop`] took off the front.
+/// What [`Pending::pop`] took off the front.
 #[derive(Debug)]
 pub(crate) enum Popped<H> {
     /// A handler (of a single request or of a batch part) and its coalesced followers.
@@ -129,8 +129,8 @@ fn hash_key(key: impl IntoIterator<Item = u8>) -> u64 {
 
 /// See the [module docs](self).
 #[derive(Debug)]
-pub(crate) struct Pipeline<H> {
-    opts: PipelineOptions,
+pub(crate) struct Pending<H> {
+    opts: PendingOptions,
     out: Vec<u8>,
     fifo: VecDeque<Entry<H>>,
     /// Sequence number of `fifo[0]`.
@@ -144,9 +144,9 @@ pub(crate) struct Pipeline<H> {
     commands: VecDeque<u8>,
 }
 
-impl<H> Pipeline<H> {
-    pub fn new(opts: PipelineOptions, capacity: usize) -> Self {
-        Pipeline {
+impl<H> Pending<H> {
+    pub fn new(opts: PendingOptions, capacity: usize) -> Self {
+        Pending {
             opts,
             out: Vec::with_capacity(capacity * 32),
             fifo: VecDeque::with_capacity(capacity),
@@ -437,20 +437,20 @@ impl<H> Pipeline<H> {
 mod tests {
     use super::*;
 
-    const PLAIN: PipelineOptions = PipelineOptions {
+    const PLAIN: PendingOptions = PendingOptions {
         mget_batching: false,
         max_batch: 4,
         coalescing: false,
         keep_commands: false,
     };
 
-    fn output(p: &mut Pipeline<u32>) -> Vec<u8> {
+    fn output(p: &mut Pending<u32>) -> Vec<u8> {
         let mut v = Vec::new();
         p.take_output(&mut v);
         v
     }
 
-    fn handlers_in_order(p: &mut Pipeline<u32>) -> Vec<String> {
+    fn handlers_in_order(p: &mut Pending<u32>) -> Vec<String> {
         let mut seen = Vec::new();
         let mut scratch = Vec::new();
         while let Some(popped) = p.pop(&mut scratch) {
@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn plain_requests_are_encoded_and_matched_in_order() {
-        let mut p = Pipeline::new(PLAIN, 4);
+        let mut p = Pending::new(PLAIN, 4);
         p.push_get(b"a", 1);
         p.push_command(&[b"HGET", b"h", b"f"], 2);
         assert_eq!(
@@ -488,8 +488,8 @@ mod tests {
 
     #[test]
     fn gets_of_one_tick_become_one_mget_and_other_commands_seal_the_batch() {
-        let mut p = Pipeline::new(
-            PipelineOptions {
+        let mut p = Pending::new(
+            PendingOptions {
                 mget_batching: true,
                 ..PLAIN
             },
@@ -536,8 +536,8 @@ mod tests {
     #[test]
     fn identical_gets_in_flight_share_one_request() {
         for mget_batching in [false, true] {
-            let mut p = Pipeline::new(
-                PipelineOptions {
+            let mut p = Pending::new(
+                PendingOptions {
                     coalescing: true,
                     mget_batching,
                     ..PLAIN
@@ -568,8 +568,8 @@ mod tests {
 
     #[test]
     fn discarded_output_leaves_entries_to_fail() {
-        let mut p = Pipeline::new(
-            PipelineOptions {
+        let mut p = Pending::new(
+            PendingOptions {
                 mget_batching: true,
                 ..PLAIN
             },
@@ -583,8 +583,8 @@ mod tests {
 
     #[test]
     fn kept_commands_come_back_with_their_entry() {
-        let mut p = Pipeline::new(
-            PipelineOptions {
+        let mut p = Pending::new(
+            PendingOptions {
                 keep_commands: true,
                 ..PLAIN
             },

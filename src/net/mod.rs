@@ -13,6 +13,8 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+pub(crate) mod read_buf;
+
 /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
 ///
 /// Tries a non-blocking `recv` first every time it is polled and only then falls back to

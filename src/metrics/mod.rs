@@ -1,5 +1,7 @@
 //! Operator metrics: counters, gauges and an HdrHistogram of per-record latency.
 
+pub mod live;
+
 use hdrhistogram::Histogram;
 
 /// Highest latency the histogram tracks (larger values are clamped), in nanoseconds.

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod dataset;
 pub mod element;
 pub mod enrich;
 mod error;

@@ -131,7 +131,7 @@ impl Job {
                 Value::String(format!("k:{key}")),
                 "{context}: record {id}"
             );
-            let want = String::from_utf8_lossy(&ringwait::server::value_of(key)).into_owned();
+            let want = String::from_utf8_lossy(&ringwait::dataset::value_of(key)).into_owned();
             assert_eq!(
                 v["value"],
                 Value::String(want),

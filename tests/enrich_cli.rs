@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use ringwait::server::{value_of, BuiltinServer, Fault, FaultPlan, Latency, ServerConfig};
+use ringwait::dataset::value_of;
+use ringwait::server::{BuiltinServer, Fault, FaultPlan, Latency, ServerConfig};
 use serde_json::Value;
 
 fn ringwait(args: &[&str]) -> Output {
@@ -52,7 +53,7 @@ fn write_input(path: &str, n: u64, keys: u64) -> Vec<Option<u64>> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut expected = Vec::new();
     for i in 0..n {
-        let key = ringwait::bench::key_of(i) % keys;
+        let key = ringwait::dataset::key_of(i) % keys;
         if i % 7 == 3 {
             writeln!(f, r#"{{"id":{i},"k":"missing-{i}"}}"#).unwrap();
             expected.push(None);
@@ -177,7 +178,7 @@ fn the_default_job_runs_on_generated_records_with_the_embedded_store() {
             Some(i as u64),
             "generated records stay in order"
         );
-        let key = ringwait::bench::key_of(i as u64);
+        let key = ringwait::dataset::key_of(i as u64);
         assert_eq!(obj["key"], Value::String(format!("k:{key}")));
         assert_eq!(
             obj["value"].as_str().unwrap().as_bytes(),

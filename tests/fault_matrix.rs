@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ringwait::dataset::value_of;
 use ringwait::enrich::{self, EnrichConfig, Input, Lookup, OnError, Output};
 use ringwait::server::{
-    value_of, BuiltinServer, Fault, FaultPlan, Flap, Latency, ServerConfig, ServerHandle,
+    BuiltinServer, Fault, FaultPlan, Flap, Latency, ServerConfig, ServerHandle,
 };
 use ringwait::OrderMode;
 use serde_json::Value;
@@ -92,7 +93,7 @@ fn check_n(name: &str, r: &Run, records: u64) {
             seen.insert(id, "output").is_none(),
             "{name}: record {id} twice"
         );
-        let key = ringwait::bench::key_of(id);
+        let key = ringwait::dataset::key_of(id);
         assert_eq!(
             o["value"].as_str().unwrap().as_bytes(),
             &value_of(key)[..],

@@ -8,12 +8,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use common::redis::{run, until};
+use ringwait::dataset::value_of;
 use ringwait::lookup::{
     get_cached, CacheConfig, CacheFill, Client, Connection, ConnectionConfig, LookupCache,
     LookupError, ReplyHandler, ReplyView,
 };
 use ringwait::server::{
-    value_of, BuiltinServer, Fault, FaultPlan, Flap, Latency, ServerConfig, ServerHandle,
+    BuiltinServer, Fault, FaultPlan, Flap, Latency, ServerConfig, ServerHandle,
 };
 
 fn server(keys: u64) -> ServerHandle {

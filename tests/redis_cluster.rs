@@ -8,11 +8,11 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use common::redis::{call, run, until, RedisCluster};
+use ringwait::dataset::value_of;
 use ringwait::lookup::{
     key_slot, ClusterClient, ClusterConfig, LookupError, ReplyHandler, ReplyView,
 };
 use ringwait::resp::OwnedFrame;
-use ringwait::server::value_of;
 
 type Outcome = Option<Result<Option<Vec<u8>>, LookupError>>;
 

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::redis::{run, until, RedisServer};
+use ringwait::dataset::value_of;
 use ringwait::lookup::{
     get_cached, CacheConfig, CacheFill, Client, Connection, ConnectionConfig, LookupCache,
     LookupError, ReplyHandler, ReplyView,
 };
-use ringwait::server::value_of;
 
 type Outcome = Option<Result<Option<Vec<u8>>, LookupError>>;
 

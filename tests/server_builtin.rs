@@ -4,8 +4,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use ringwait::dataset::value_of;
 use ringwait::resp::{encode_command, OwnedFrame, Parser};
-use ringwait::server::{value_of, BuiltinServer, Fault, FaultPlan, Flap, Latency, ServerConfig};
+use ringwait::server::{BuiltinServer, Fault, FaultPlan, Flap, Latency, ServerConfig};
 
 fn start(keys: u64) -> ringwait::server::ServerHandle {
     BuiltinServer::start(ServerConfig {

@@ -106,7 +106,7 @@ pub fn run_checkpoint_size(
     for i in 0..in_flight as u64 {
         // A random-looking u64 payload per record, as a key would be.
         let _ = op.process(
-            StreamElement::timed(crate::bench::key_of(i), i as i64),
+            StreamElement::timed(crate::dataset::key_of(i), i as i64),
             Nanos(0),
         );
     }

@@ -13,11 +13,12 @@ use hdrhistogram::Histogram;
 
 use super::redis::{connect_all, key_name, round_robin, run_redis, RedisOptions, Target};
 use super::workloads::pipeline;
-use super::{key_of, BenchConfig, BenchResult};
+use super::{BenchConfig, BenchResult};
+use crate::dataset::key_of;
+use crate::dataset::value_of;
 use crate::function::{AsyncError, AsyncFunction, ResultFuture};
 use crate::lookup::{Connection, LookupError, ReplyHandler, ReplyView};
 use crate::metrics::latency_histogram;
-use crate::server::value_of;
 use crate::sink::Sink;
 use crate::source::{BoxError, Source, SourceEvent};
 use crate::{Emitted, StreamElement};

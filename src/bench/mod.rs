@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use checkpoint::{run_checkpoint, run_checkpoint_size, CheckpointResult};
-pub use workloads::{key_of, run_delay, run_overhead};
+pub use workloads::{run_delay, run_overhead};
 
 use crate::config::OrderMode;
 use crate::metrics::OperatorMetrics;

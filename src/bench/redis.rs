@@ -8,16 +8,18 @@ use std::net::SocketAddr;
 
 use hdrhistogram::Histogram;
 
+use crate::dataset::value_of;
 use crate::function::{AsyncError, AsyncFunction, ResultFuture};
 use crate::lookup::{Connection, ConnectionConfig, LookupError, ReplyHandler, ReplyView};
 use crate::runtime::{PipelineError, RunReport};
-use crate::server::{value_of, BuiltinServer, ServerConfig, ServerHandle};
+use crate::server::{BuiltinServer, ServerConfig, ServerHandle};
 use crate::sink::Sink;
 use crate::source::{BoxError, GeneratorSource};
 use crate::Emitted;
 
 use super::workloads::run_maybe_checkpointed;
-use super::{key_of, BenchConfig, BenchResult};
+use super::{BenchConfig, BenchResult};
+use crate::dataset::key_of;
 
 /// Keys of the redis workload: `k:0 .. k:999999`.
 pub const REDIS_KEYS: u64 = 1_000_000;

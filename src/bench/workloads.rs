@@ -14,20 +14,6 @@ use crate::OperatorConfig;
 
 use super::{BenchConfig, BenchResult};
 
-/// `key_of(i)` of the redis workload: the i-th SplitMix64 output seeded with 42, mod 1,000,000.
-///
-/// ```
-/// assert_eq!(ringwait::bench::key_of(0), 275_413);
-/// assert_eq!(ringwait::bench::key_of(1), 892_291);
-/// ```
-pub fn key_of(i: u64) -> u64 {
-    let mut z = 42u64.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    z % 1_000_000
-}
-
 pub(super) fn pipeline(cfg: &BenchConfig) -> Result<Pipeline, PipelineError> {
     let operator = OperatorConfig::builder()
         .mode(cfg.mode)

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::intake::{is_stopped, Intake, StopAt, StopAwareRead};
 use super::record::{parse_line, Line};
 use super::EnrichError;
-use crate::bench::key_of;
+use crate::dataset::key_of;
 use crate::element::StreamElement;
 use crate::queue::{Producer, PushError};
 

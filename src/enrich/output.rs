@@ -226,7 +226,7 @@ impl Writer {
                                 while r != q && slot.is_none() {
                                     match queues[r].pop() {
                                         Pop::Item(Marked::Item(item)) => {
-                                            if index_of(&item).is_some_and(|i| i < self.next) {
+                                            if record_index(&item).is_some_and(|i| i < self.next) {
                                                 continue;
                                             }
                                             *slot = Some(item);
@@ -247,7 +247,7 @@ impl Writer {
                 },
             };
             idle = 0;
-            if let Some(index) = index_of(&item) {
+            if let Some(index) = record_index(&item) {
                 if index < self.next {
                     continue; // written before the last restore
                 }
@@ -524,7 +524,7 @@ fn side_path(settings: &WriterSettings) -> Option<std::path::PathBuf> {
     settings.side_path.clone()
 }
 
-fn index_of(item: &Item) -> Option<u64> {
+fn record_index(item: &Item) -> Option<u64> {
     match item {
         Emitted::Record { value, .. } => Some(value.0.index),
         Emitted::Failed { input, .. } => Some(input.index),

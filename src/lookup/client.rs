@@ -68,7 +68,8 @@ async fn wait(slot: Rc<Slot>) -> Result<OwnedFrame, LookupError> {
 ///
 /// ```
 /// use ringwait::lookup::{Client, ConnectionConfig};
-/// use ringwait::server::{value_of, BuiltinServer, ServerConfig, DEFAULT_IO_MEMORY};
+/// use ringwait::dataset::{value_of};
+/// use ringwait::server::{BuiltinServer, ServerConfig, DEFAULT_IO_MEMORY};
 ///
 /// let server = BuiltinServer::start(ServerConfig { keys: 10, ..ServerConfig::default() })?;
 /// let addr = server.addr();

@@ -51,7 +51,8 @@
 //! ```
 //! use std::{cell::RefCell, rc::Rc};
 //! use ringwait::lookup::{Connection, ConnectionConfig, LookupError, ReplyHandler, ReplyView};
-//! use ringwait::server::{value_of, BuiltinServer, ServerConfig, DEFAULT_IO_MEMORY};
+//! use ringwait::dataset::{value_of};
+//! use ringwait::server::{BuiltinServer, ServerConfig, DEFAULT_IO_MEMORY};
 //!
 //! /// Completes slot `seq` of a (here: toy) completion table.
 //! struct Complete { seq: usize, table: Rc<RefCell<Vec<Option<Result<Option<Vec<u8>>, LookupError>>>>> }

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::data::{index_of, value_of};
+use crate::dataset::{key_index, value_of};
 use crate::resp::{self, ArrayView, Frame};
 
 /// Generated data plus the overrides written by `SET`.
@@ -34,7 +34,7 @@ impl Store {
 
     fn hash_index(&self, key: &[u8]) -> Option<u64> {
         if self.hashes {
-            index_of(key, b"h:", self.keys)
+            key_index(key, b"h:", self.keys)
         } else {
             None
         }
@@ -45,7 +45,7 @@ impl Store {
         if let Some(v) = self.overrides.borrow().get(key) {
             return resp::write_bulk(out, v);
         }
-        if let Some(i) = index_of(key, b"k:", self.keys) {
+        if let Some(i) = key_index(key, b"k:", self.keys) {
             resp::write_bulk(out, &value_of(i));
         } else if !in_mget && self.hash_index(key).is_some() {
             resp::write_error(out, WRONGTYPE);
@@ -56,7 +56,7 @@ impl Store {
 
     fn exists(&self, key: &[u8]) -> bool {
         self.overrides.borrow().contains_key(key)
-            || index_of(key, b"k:", self.keys).is_some()
+            || key_index(key, b"k:", self.keys).is_some()
             || self.hash_index(key).is_some()
     }
 
@@ -106,7 +106,7 @@ impl Store {
             .overrides
             .borrow()
             .keys()
-            .filter(|k| index_of(k, b"k:", self.keys).is_none() && self.hash_index(k).is_none())
+            .filter(|k| key_index(k, b"k:", self.keys).is_none() && self.hash_index(k).is_none())
             .count() as u64;
         generated.saturating_add(extra).min(i64::MAX as u64) as i64
     }

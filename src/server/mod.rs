@@ -16,7 +16,8 @@
 //!   changeable at run time from any thread with [`ServerHandle::set_faults`] (lock-free).
 //!
 //! ```
-//! use ringwait::server::{BuiltinServer, ServerConfig, value_of};
+//! use ringwait::dataset::{value_of};
+//! use ringwait::server::{BuiltinServer, ServerConfig};
 //! use std::io::{Read, Write};
 //!
 //! let server = BuiltinServer::start(ServerConfig { keys: 100, ..ServerConfig::default() })?;
@@ -34,7 +35,6 @@
 mod cli;
 mod commands;
 mod conn;
-mod data;
 mod faults;
 
 use std::cell::RefCell;
@@ -50,7 +50,6 @@ use glommio::net::TcpStream;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 
 pub use cli::{parse_fault, parse_flap_ms, parse_latency_us, ServeArgs};
-pub use data::{index_of, value_of, VALUE_LEN};
 pub use faults::{Fault, FaultPlan, Flap, Latency};
 
 use commands::Store;

@@ -219,7 +219,7 @@ impl RedisServer {
 pub fn populate(addr: SocketAddr, n: u64, keep: impl Fn(&[u8]) -> bool) {
     let mut commands = Vec::new();
     for i in 0..n {
-        let value = ringwait::server::value_of(i).to_vec();
+        let value = ringwait::dataset::value_of(i).to_vec();
         let k = format!("k:{i}").into_bytes();
         if keep(&k) {
             commands.push(vec![b"SET".to_vec(), k, value.clone()]);

@@ -1,4 +1,5 @@
-//! The generated data set of the built-in server.
+//! The generated data set: what the built-in server holds, what the benchmark loader writes
+//! into a real Redis, and the key sequence the benchmarks and `enrich`'s generated input use.
 //!
 //! * Strings: keys `k:0 .. k:{N-1}`; the value of `k:i` is [`value_of`]`(i)`, 64 bytes:
 //!   `"v:"`, `i` in decimal zero-padded to 20 digits, then `.` up to 64 bytes — the same
@@ -18,7 +19,7 @@ pub const VALUE_LEN: usize = 64;
 /// digits, then `.` padding. The field `v` of hash `h:i` holds the same value.
 ///
 /// ```
-/// let v = ringwait::server::value_of(7);
+/// let v = ringwait::dataset::value_of(7);
 /// assert_eq!(&v[..22], &b"v:00000000000000000007"[..]);
 /// assert!(v[22..].iter().all(|&b| b == b'.'));
 /// assert_eq!(v.len(), 64);
@@ -40,7 +41,7 @@ pub fn value_of(i: u64) -> [u8; VALUE_LEN] {
 
 /// The index `i` of a key `<prefix>i` (e.g. `k:12` with prefix `k:`), if the suffix is a
 /// canonical decimal number (no sign, no leading zero) below `count`.
-pub fn index_of(key: &[u8], prefix: &[u8], count: u64) -> Option<u64> {
+pub fn key_index(key: &[u8], prefix: &[u8], count: u64) -> Option<u64> {
     let digits = key.strip_prefix(prefix)?;
     if digits.is_empty() || digits.len() > 20 || (digits.len() > 1 && digits[0] == b'0') {
         return None;
@@ -53,6 +54,21 @@ pub fn index_of(key: &[u8], prefix: &[u8], count: u64) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
     (n < count).then_some(n)
+}
+
+/// The `i`-th key index of the benchmarks' key sequence (the redis workload, `enrich`'s
+/// generated records): the i-th SplitMix64 output seeded with 42, mod 1,000,000.
+///
+/// ```
+/// assert_eq!(ringwait::dataset::key_of(0), 275_413);
+/// assert_eq!(ringwait::dataset::key_of(1), 892_291);
+/// ```
+pub fn key_of(i: u64) -> u64 {
+    let mut z = 42u64.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % 1_000_000
 }
 
 #[cfg(test)]
@@ -69,15 +85,15 @@ mod tests {
 
     #[test]
     fn only_canonical_keys_in_range_have_an_index() {
-        assert_eq!(index_of(b"k:0", b"k:", 10), Some(0));
-        assert_eq!(index_of(b"k:9", b"k:", 10), Some(9));
-        assert_eq!(index_of(b"k:10", b"k:", 10), None);
-        assert_eq!(index_of(b"k:01", b"k:", 10), None);
-        assert_eq!(index_of(b"k:", b"k:", 10), None);
-        assert_eq!(index_of(b"k:-1", b"k:", 10), None);
-        assert_eq!(index_of(b"h:1", b"k:", 10), None);
+        assert_eq!(key_index(b"k:0", b"k:", 10), Some(0));
+        assert_eq!(key_index(b"k:9", b"k:", 10), Some(9));
+        assert_eq!(key_index(b"k:10", b"k:", 10), None);
+        assert_eq!(key_index(b"k:01", b"k:", 10), None);
+        assert_eq!(key_index(b"k:", b"k:", 10), None);
+        assert_eq!(key_index(b"k:-1", b"k:", 10), None);
+        assert_eq!(key_index(b"h:1", b"k:", 10), None);
         assert_eq!(
-            index_of(b"k:99999999999999999999999", b"k:", u64::MAX),
+            key_index(b"k:99999999999999999999999", b"k:", u64::MAX),
             None
         );
     }

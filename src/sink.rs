@@ -34,9 +34,16 @@ pub trait Sink<Out, In>: 'static {
         0
     }
 
-    /// A checkpoint barrier passed this partition, right after its snapshot became durable:
-    /// make everything accepted so far durable (or pass the barrier downstream). Called only
-    /// while [`has_room`](Self::has_room) is true.
+    /// Checkpoint barrier `epoch` passed this partition: everything accepted so far came
+    /// before it, nothing after. The partition's snapshot for `epoch` (which holds
+    /// [`position`](Self::position) as of now) is *staged* at this point, not yet durable:
+    /// its flush runs after this call, and the epoch completes only when every partition's
+    /// snapshot is durable (then [`commit`](Self::commit) is called). So: make what was
+    /// accepted durable, or pass the barrier downstream behind it, but do not treat it as
+    /// committed before `commit(epoch)`; if the epoch never completes, a restart restores
+    /// an earlier one and [`restore`](Self::restore) cuts everything after that one's
+    /// position away. An error fails the checkpoint and the pipeline. Called only while
+    /// [`has_room`](Self::has_room) is true.
     fn barrier(&mut self, epoch: u64) -> Result<(), BoxError> {
         let _ = epoch;
         Ok(())

@@ -9,6 +9,7 @@
 //! runs 300 per mode. `RINGWAIT_CRASH_SEED=N` replays a run; the seed is printed on failure.
 
 mod common;
+mod tier;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -252,11 +253,7 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
 }
 
 fn kills_wanted() -> u64 {
-    if std::env::var("RINGWAIT_LONG_TESTS").is_ok_and(|v| v == "1") {
-        300
-    } else {
-        50
-    }
+    tier::size("kills per mode", 50, 300)
 }
 
 #[test]

@@ -146,15 +146,26 @@ fn every_failing_fault_resolves_every_record_exactly_once() {
             ..FaultPlan::healthy()
         };
         let s = std::sync::Arc::new(server(healthy_but_slow));
+        // The fault strikes once the job has got a quarter of its answers (so lookups are in
+        // flight when it starts, whatever the machine's load), and lasts 300 ms: more than
+        // the record timeout, so a black hole is noticed too.
         let switch = {
             let s = s.clone();
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(60));
+                let before = s.stats().commands;
+                let started = std::time::Instant::now();
+                while s.stats().commands < before + LONG / 4 {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "the job never got going"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 s.set_faults(FaultPlan {
                     fault,
                     ..healthy_but_slow
                 });
-                std::thread::sleep(Duration::from_millis(150));
+                std::thread::sleep(Duration::from_millis(300));
                 s.set_faults(healthy_but_slow);
             })
         };

@@ -3,6 +3,7 @@
 //! never wrong bytes, never a panic.
 
 mod snapshot_util;
+mod tier;
 
 use std::fs::{self, OpenOptions};
 
@@ -14,7 +15,7 @@ use snapshot_util::*;
 
 /// Long tier (`RINGWAIT_LONG_TESTS=1`): every bit of padding and payloads too, not one per byte.
 fn long_tier() -> bool {
-    std::env::var_os("RINGWAIT_LONG_TESTS").is_some()
+    tier::size("flip every bit", false, true)
 }
 
 /// The bits of bytes `start..end` to flip: all of them in the long tier, else one per byte

@@ -7,6 +7,7 @@
 //! the lock being released by the kernel), not power loss.
 
 mod snapshot_util;
+mod tier;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -27,11 +28,13 @@ fn len_of(epoch: u64) -> usize {
 }
 
 /// The child: continue from whatever was recovered, commit epochs until killed (or 20 s).
+/// The child process of the test below, which runs it (with `--ignored --exact`); not a
+/// test of its own.
 #[test]
+#[ignore = "the child process of sigkill_at_random_moments_...: its parent runs it"]
 fn crash_child_writes_epochs_until_killed() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else {
-        return;
-    };
+    let dir =
+        std::env::var_os(CHILD_ENV).expect("run only by its parent test, which sets the directory");
     let started = Instant::now();
     let mut store = loop {
         match SnapshotStore::open(&dir, OP, PART, 4096) {
@@ -62,11 +65,7 @@ fn xorshift(state: &mut u64) -> u64 {
 
 #[test]
 fn sigkill_at_random_moments_never_loses_a_reported_epoch_or_returns_a_torn_one() {
-    let cycles = if std::env::var_os("RINGWAIT_LONG_TESTS").is_some() {
-        300
-    } else {
-        25
-    };
+    let cycles = tier::size("kill cycles", 25, 300);
     let dir = TempDir::new("crash");
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut last_reported = 0u64;
@@ -76,6 +75,7 @@ fn sigkill_at_random_moments_never_loses_a_reported_epoch_or_returns_a_torn_one(
             .args([
                 "--exact",
                 "crash_child_writes_epochs_until_killed",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -12,11 +12,13 @@ use snapshot_util::*;
 const CHILD_DIR_ENV: &str = "RINGWAIT_SNAPSHOT_LOCK_CHILD_DIR";
 
 /// Not a test on its own: the body of the second process. Without the variable it does nothing.
+/// The child process of the tests below that need another process (with `--ignored
+/// --exact`); not a test of its own.
 #[test]
+#[ignore = "the child process of another_process_cannot_open_...: its parent runs it"]
 fn child_process_tries_to_open_the_directory() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
-        return;
-    };
+    let dir = std::env::var_os(CHILD_DIR_ENV)
+        .expect("run only by its parent test, which sets the directory");
     // Another partition than the parent's: the directory as a whole belongs to the parent.
     let outcome = match SnapshotStore::open(&dir, OP, 5, 4096) {
         Ok(_) => "opened".to_string(),
@@ -36,6 +38,7 @@ fn child_outcome(dir: &Path) -> String {
         .args([
             "--exact",
             "child_process_tries_to_open_the_directory",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

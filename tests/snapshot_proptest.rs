@@ -3,6 +3,7 @@
 //! returns the newest epoch that is still intact, byte for byte, or a typed error.
 
 mod snapshot_util;
+mod tier;
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -190,11 +191,7 @@ fn check(ops: &[Op], damage: Damage) -> Result<(), TestCaseError> {
 }
 
 fn cases() -> u32 {
-    if std::env::var_os("RINGWAIT_LONG_TESTS").is_some() {
-        1024
-    } else {
-        64
-    }
+    tier::size("proptest cases", 64, 1024)
 }
 
 proptest! {

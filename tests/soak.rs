@@ -35,12 +35,11 @@ fn a_short_redis_soak_keeps_memory_and_descriptors_flat() {
     );
 }
 
+/// The long tier: `RINGWAIT_LONG_TESTS=1 .ci/run` runs it (`--ignored`); ignored, and so
+/// counted as such in the summary, otherwise.
 #[test]
+#[ignore = "long tier: RINGWAIT_LONG_TESTS=1 .ci/run runs it"]
 fn a_long_soak_keeps_memory_and_descriptors_flat() {
-    if std::env::var_os("RINGWAIT_LONG_TESTS").is_none_or(|v| v != "1") {
-        println!("skipped: set RINGWAIT_LONG_TESTS=1 for the long soak");
-        return;
-    }
     let secs = std::env::var("RINGWAIT_SOAK_S")
         .ok()
         .and_then(|s| s.parse().ok())

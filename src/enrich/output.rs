@@ -47,8 +47,10 @@ pub(crate) struct WriterSettings {
 
 type Item = Emitted<Enriched, Arc<Line>>;
 
-/// What a partition hands the writer: an output, or a checkpoint barrier it passed (after its
-/// snapshot became durable, behind every output emitted before it).
+/// What a partition hands the writer: an output, or a checkpoint barrier it passed, behind
+/// every output emitted before it. The partition's snapshot is staged, not yet durable, when
+/// the barrier is sent: the writer commits the epoch only once every partition reported its
+/// snapshot flushed ([`Coordinator::all_flushed`]), after syncing the outputs.
 pub(crate) enum Marked {
     Item(Item),
     Barrier(u64),

@@ -13,7 +13,7 @@ use super::pending::{Pending, PendingOptions};
 use crate::net::Notify;
 use crate::resp::Limits;
 
-/// Configuration of a [`Connection`].
+/// Configuration of a [`Connection`](super::Connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
     /// How long a connection attempt may take. Default 1 s.
@@ -79,7 +79,7 @@ pub enum ConnectionState {
     Closed,
 }
 
-/// Counters of a [`Connection`].
+/// Counters of a [`Connection`](super::Connection).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnectionStats {
     /// Requests accepted.

@@ -396,7 +396,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
 
     /// Records the latency of the outputs [`process_express`](Self::process_express) returned
     /// since the last call, as having left by `now`. [`pop_output`](Self::pop_output),
-    /// [`publish`](Self::publish) and the next express record taken at a later time settle
+    /// [`sample`](Self::sample) and the next express record taken at a later time settle
     /// too, so a caller that forgets only loses precision (a later `now`), never records.
     #[inline]
     pub fn settle(&mut self, now: Nanos) {

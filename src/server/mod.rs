@@ -4,7 +4,7 @@
 //! It is the embedded default store of the main job and the benchmarks, and the fault
 //! injector of the reliability tests.
 //!
-//! * Data: see [`value_of`] for the exact formula: `k:0 .. k:{N-1}`
+//! * Data: see [`value_of`](crate::dataset::value_of) for the exact formula: `k:0 .. k:{N-1}`
 //!   hold 64-byte values computed from the index, `h:i` are hashes with fields `id` and `v`.
 //!   Nothing is preloaded; `SET` stores overrides.
 //! * Commands: `PING`, `GET`, `MGET`, `HGET`, `HGETALL`, `EXISTS`, `DBSIZE`, `SET`,

@@ -45,155 +45,56 @@ pub(crate) async fn drive<S, F, K>(
     sink: &mut K,
     clock: MonotonicClock,
     settings: &DriverSettings,
-    mut ckpt: Option<&mut PartitionCheckpoint<F>>,
+    ckpt: Option<&mut PartitionCheckpoint<F>>,
 ) -> Result<DriveTimes, PipelineError>
 where
     S: Source<Item = F::In>,
     F: AsyncFunction,
     K: Sink<F::Out, F::In>,
 {
-    let partition = settings.partition;
-    let mut times = DriveTimes::default();
-    let mut source_done = false;
-    let mut source_idle_until: Option<Nanos> = None;
-    let mut idle_poll = MIN_IDLE_POLL;
-    // Same back-off while outputs wait for a full sink.
-    let mut full_poll = MIN_IDLE_POLL;
-    let mut next_publish = Nanos::ZERO;
+    let mut d = Driver {
+        op,
+        source,
+        sink,
+        clock,
+        settings,
+        ckpt,
+        times: DriveTimes::default(),
+        source_done: false,
+        source_idle_until: None,
+        idle_poll: MIN_IDLE_POLL,
+        full_poll: MIN_IDLE_POLL,
+        next_publish: Nanos::ZERO,
+    };
     loop {
-        if settings.abort.load(Ordering::Relaxed) {
+        let partition = d.settings.partition;
+        if d.settings.abort.load(Ordering::Relaxed) {
             return Err(PipelineError::Aborted { partition });
         }
-        let now = clock.now();
-        if let Some(live) = &settings.live {
-            if now >= next_publish {
-                live.partition(partition).store(&op.sample(now));
-                next_publish = now + super::PUBLISH_EVERY;
-            }
-        }
-        let mut progressed = false;
-
-        // Checkpoints: a few atomic loads per iteration (never per record).
-        let mut restoring = false;
-        if let Some(ck) = ckpt.as_deref_mut() {
-            if ck.coordinator.is_cancelled() {
-                return Err(PipelineError::Aborted { partition });
-            }
-            if ck.is_flushing() {
-                ck.poll_flush()?;
-            }
-            if !ck.restore.is_done() {
-                let before = op.occupancy();
-                ck.restore
-                    .feed(op, now)
-                    .map_err(|error| PipelineError::Operator { partition, error })?;
-                restoring = !ck.restore.is_done();
-                if op.occupancy() != before {
-                    progressed = true;
-                    times.first_intake.get_or_insert(now);
-                }
-            }
-            if ck.barrier_pending() && sink.has_room() {
-                ck.snapshot(op, source, sink)?;
-            }
-            let completed = ck.coordinator.completed();
-            if completed > ck.committed {
-                sink.commit(completed)
-                    .map_err(|cause| PipelineError::Sink { partition, cause })?;
-                ck.committed = completed;
-            }
-        }
-
+        let now = d.clock.now();
+        d.publish_if_due(now);
+        let (mut progressed, restoring) = d.step_checkpoint(now)?;
         let mut express = false;
-        if !restoring && !source_done && source_idle_until.is_none_or(|t| now >= t) {
-            let mut taken = 0;
-            while taken < settings.intake_batch && op.has_capacity() {
-                let event = source
-                    .next()
-                    .map_err(|cause| PipelineError::Source { partition, cause })?;
-                match event {
-                    SourceEvent::Element(e) => {
-                        // Express lane: a record completed inside its call goes straight
-                        // to the sink when nothing may leave before it.
-                        if sink.has_room() {
-                            let out = op
-                                .process_express(e, now)
-                                .map_err(|e| process_error(partition, e))?;
-                            if let Some(out) = out {
-                                sink.accept(out);
-                                express = true;
-                            }
-                        } else {
-                            op.process(e, now)
-                                .map_err(|e| process_error(partition, e))?;
-                        }
-                        taken += 1;
-                    }
-                    SourceEvent::Idle => {
-                        source_idle_until = Some(now + idle_poll);
-                        idle_poll = (idle_poll * 2).min(MAX_IDLE_POLL);
-                        break;
-                    }
-                    SourceEvent::End => {
-                        source_done = true;
-                        break;
-                    }
-                }
-            }
-            if taken > 0 {
-                progressed = true;
-                source_idle_until = None;
-                idle_poll = MIN_IDLE_POLL;
-                times.first_intake.get_or_insert(now);
-            }
+        if !restoring && d.source_open(now) {
+            let (taken, any_express) = d.take_input(now)?;
+            progressed |= taken;
+            express = any_express;
         }
-
-        if op.has_completions() || op.next_deadline().is_some_and(|d| d <= now) {
-            op.advance(now)
+        if d.op.has_completions() || d.op.next_deadline().is_some_and(|t| t <= now) {
+            d.op.advance(now)
                 .map_err(|error| PipelineError::Operator { partition, error })?;
         }
-
-        if express || op.has_output() {
-            let t = clock.now();
-            op.settle(t);
-            let mut emitted = express;
-            while sink.has_room() {
-                match op.pop_output(t) {
-                    Some(out) => {
-                        sink.accept(out);
-                        emitted = true;
-                    }
-                    None => break,
-                }
-            }
-            if emitted {
-                times.last_emit = Some(t);
-                progressed = true;
-                full_poll = MIN_IDLE_POLL;
-            }
+        if (express || d.op.has_output()) && d.emit(express) {
+            progressed = true;
         }
-
-        if source_done && op.is_empty() {
-            let may_stop = match ckpt.as_deref_mut() {
-                None => true,
-                Some(ck) => {
-                    // Stay to answer barriers until the final checkpoint completed.
-                    if !ck.finished {
-                        ck.finished = true;
-                        ck.coordinator.partition_finished();
-                    }
-                    ck.coordinator.is_done()
-                }
-            };
-            if may_stop {
-                if let Some(live) = &settings.live {
-                    live.partition(partition).store(&op.sample(clock.now()));
-                }
-                return Ok(times);
+        if d.source_done && d.op.is_empty() && d.may_stop() {
+            if let Some(live) = &d.settings.live {
+                live.partition(partition).store(&d.op.sample(d.clock.now()));
             }
+            return Ok(d.times);
         }
         if progressed {
-            if op.in_flight() > 0 {
+            if d.op.in_flight() > 0 {
                 // Let the function's I/O tasks (writers, readers, timers) run now: they
                 // flush this batch's requests in one go.
                 futures_lite::future::yield_now().await;
@@ -202,37 +103,213 @@ where
             }
             continue;
         }
-
-        let mut wake_at = op.next_deadline();
-        if !source_done && op.has_capacity() {
-            if let Some(t) = source_idle_until {
-                wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
-            }
-        }
-        if ckpt
-            .as_ref()
-            .is_some_and(|c| c.finished || c.barrier_pending())
-        {
-            let t = now + Duration::from_millis(1);
-            wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
-        }
-        if op.has_output() {
-            if sink.has_room() {
-                continue; // the sink made room meanwhile: emit now rather than sleep
-            }
-            let t = now + full_poll;
-            full_poll = (full_poll * 2).min(MAX_IDLE_POLL);
-            wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
-        }
-        let wait = wake_at
-            .map(|t| t.saturating_since(now))
-            .unwrap_or(MAX_WAIT)
-            .min(MAX_WAIT);
+        let Some(wait) = d.wait_time(now) else {
+            continue; // the sink made room meanwhile: emit now rather than sleep
+        };
         WaitForWork {
-            op,
+            op: &*d.op,
             timer: Timer::new(wait),
         }
         .await;
+    }
+}
+
+/// One partition's loop state (see [`drive`]).
+struct Driver<'a, S, F: AsyncFunction, K> {
+    op: &'a mut AsyncWaitOperator<F>,
+    source: &'a mut S,
+    sink: &'a mut K,
+    clock: MonotonicClock,
+    settings: &'a DriverSettings,
+    ckpt: Option<&'a mut PartitionCheckpoint<F>>,
+    times: DriveTimes,
+    source_done: bool,
+    source_idle_until: Option<Nanos>,
+    idle_poll: Duration,
+    /// Same back-off while outputs wait for a full sink.
+    full_poll: Duration,
+    next_publish: Nanos,
+}
+
+impl<S, F, K> Driver<'_, S, F, K>
+where
+    S: Source<Item = F::In>,
+    F: AsyncFunction,
+    K: Sink<F::Out, F::In>,
+{
+    fn publish_if_due(&mut self, now: Nanos) {
+        if let Some(live) = &self.settings.live {
+            if now >= self.next_publish {
+                live.partition(self.settings.partition)
+                    .store(&self.op.sample(now));
+                self.next_publish = now + super::PUBLISH_EVERY;
+            }
+        }
+    }
+
+    /// The checkpoint's part of an iteration: a few atomic loads (never per record), a
+    /// restore step, a snapshot when a barrier waits, a commit. Returns (progressed,
+    /// still restoring).
+    fn step_checkpoint(&mut self, now: Nanos) -> Result<(bool, bool), PipelineError> {
+        let partition = self.settings.partition;
+        let Some(ck) = self.ckpt.as_deref_mut() else {
+            return Ok((false, false));
+        };
+        if ck.coordinator.is_cancelled() {
+            return Err(PipelineError::Aborted { partition });
+        }
+        if ck.is_flushing() {
+            ck.poll_flush()?;
+        }
+        let (mut progressed, mut restoring) = (false, false);
+        if !ck.restore.is_done() {
+            let before = self.op.occupancy();
+            ck.restore
+                .feed(self.op, now)
+                .map_err(|error| PipelineError::Operator { partition, error })?;
+            restoring = !ck.restore.is_done();
+            if self.op.occupancy() != before {
+                progressed = true;
+                self.times.first_intake.get_or_insert(now);
+            }
+        }
+        if ck.barrier_pending() && self.sink.has_room() {
+            ck.snapshot(self.op, self.source, self.sink)?;
+        }
+        let completed = ck.coordinator.completed();
+        if completed > ck.committed {
+            self.sink
+                .commit(completed)
+                .map_err(|cause| PipelineError::Sink { partition, cause })?;
+            ck.committed = completed;
+        }
+        Ok((progressed, restoring))
+    }
+
+    /// Whether to ask the source now: it has not ended, and is not in an idle pause.
+    #[inline]
+    fn source_open(&self, now: Nanos) -> bool {
+        !self.source_done && self.source_idle_until.is_none_or(|t| now >= t)
+    }
+
+    /// Takes up to one intake batch while the operator has capacity. Returns (took any,
+    /// any went through the express lane).
+    #[inline(always)]
+    fn take_input(&mut self, now: Nanos) -> Result<(bool, bool), PipelineError> {
+        let partition = self.settings.partition;
+        let (mut taken, mut express) = (0, false);
+        while taken < self.settings.intake_batch && self.op.has_capacity() {
+            let event = self
+                .source
+                .next()
+                .map_err(|cause| PipelineError::Source { partition, cause })?;
+            match event {
+                SourceEvent::Element(e) => {
+                    // Express lane: a record completed inside its call goes straight to the
+                    // sink when nothing may leave before it.
+                    if self.sink.has_room() {
+                        let out = self
+                            .op
+                            .process_express(e, now)
+                            .map_err(|e| process_error(partition, e))?;
+                        if let Some(out) = out {
+                            self.sink.accept(out);
+                            express = true;
+                        }
+                    } else {
+                        self.op
+                            .process(e, now)
+                            .map_err(|e| process_error(partition, e))?;
+                    }
+                    taken += 1;
+                }
+                SourceEvent::Idle => {
+                    self.source_idle_until = Some(now + self.idle_poll);
+                    self.idle_poll = (self.idle_poll * 2).min(MAX_IDLE_POLL);
+                    break;
+                }
+                SourceEvent::End => {
+                    self.source_done = true;
+                    break;
+                }
+            }
+        }
+        if taken > 0 {
+            self.source_idle_until = None;
+            self.idle_poll = MIN_IDLE_POLL;
+            self.times.first_intake.get_or_insert(now);
+        }
+        Ok((taken > 0, express))
+    }
+
+    /// Hands waiting outputs to the sink while it has room; true if anything was emitted
+    /// (`express`: the intake already emitted some).
+    #[inline(always)]
+    fn emit(&mut self, express: bool) -> bool {
+        let t = self.clock.now();
+        self.op.settle(t);
+        let mut emitted = express;
+        while self.sink.has_room() {
+            match self.op.pop_output(t) {
+                Some(out) => {
+                    self.sink.accept(out);
+                    emitted = true;
+                }
+                None => break,
+            }
+        }
+        if emitted {
+            self.times.last_emit = Some(t);
+            self.full_poll = MIN_IDLE_POLL;
+        }
+        emitted
+    }
+
+    /// At the end of the input with nothing held: whether the partition may stop (with
+    /// checkpoints, only once the final checkpoint completed; it answers barriers until
+    /// then).
+    fn may_stop(&mut self) -> bool {
+        let Some(ck) = self.ckpt.as_deref_mut() else {
+            return true;
+        };
+        if !ck.finished {
+            ck.finished = true;
+            ck.coordinator.partition_finished();
+        }
+        ck.coordinator.is_done()
+    }
+
+    /// How long to sleep when nothing progressed: until the next deadline, the end of an
+    /// idle pause, a checkpoint's next look, or a full sink's next poll, at most
+    /// [`MAX_WAIT`]. `None`: do not sleep (the sink made room for waiting outputs).
+    fn wait_time(&mut self, now: Nanos) -> Option<Duration> {
+        let mut wake_at = self.op.next_deadline();
+        let mut wake_by = |t: Nanos| wake_at = Some(wake_at.map_or(t, |w: Nanos| w.min(t)));
+        if !self.source_done && self.op.has_capacity() {
+            if let Some(t) = self.source_idle_until {
+                wake_by(t);
+            }
+        }
+        if self
+            .ckpt
+            .as_ref()
+            .is_some_and(|c| c.finished || c.barrier_pending())
+        {
+            wake_by(now + Duration::from_millis(1));
+        }
+        if self.op.has_output() {
+            if self.sink.has_room() {
+                return None;
+            }
+            wake_by(now + self.full_poll);
+            self.full_poll = (self.full_poll * 2).min(MAX_IDLE_POLL);
+        }
+        Some(
+            wake_at
+                .map(|t| t.saturating_since(now))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT),
+        )
     }
 }
 

@@ -83,89 +83,121 @@ impl PerfArgs {
 /// Runs `repeat` times, printing one line each.
 pub fn run(cfg: &BenchConfig, args: &PerfArgs, repeat: usize) -> Result<(), BoxError> {
     if cfg.workload == Workload::Soak {
-        let mut opts = SoakOptions::new(Duration::from_secs_f64(args.duration_s.max(0.001)));
-        opts.redis = !args.soak_overhead;
-        let report = run_soak(cfg, &args.redis_options(), &opts)?;
-        for s in &report.samples {
-            println!(
-                "soak t_s={:.1} rss_kib={} fds={}",
-                s.t_ms as f64 / 1000.0,
-                s.rss_kib,
-                s.fds
-            );
-        }
-        println!("{report}");
-        return if report.flat {
-            Ok(())
-        } else {
-            Err("RSS or descriptors grew during the soak".into())
-        };
+        return soak(cfg, args);
     }
-    let mut all: Option<Histogram<u64>> = None;
-    let mut lines = Vec::new();
-    let mut extra: Vec<(String, Histogram<u64>)> = Vec::new();
+    let mut runs = Runs::default();
     for _ in 0..repeat.max(1) {
         let m = measure(cfg, args)?;
-        println!("{}", m.result);
-        if let Some(v) = m.verified {
-            use std::sync::atomic::Ordering::Relaxed;
-            let [r, w] = &super::redis::REQUESTS_WRITES;
-            let (r, w) = (r.swap(0, Relaxed), w.swap(0, Relaxed));
-            eprintln!(
-                "redis: hits={} misses={} requests={r} writes={w} requests_per_write={:.1}",
-                v.hits,
-                v.misses,
-                r as f64 / w.max(1) as f64
-            );
-        }
-        for l in &m.extra_lines {
-            println!("{l}");
-        }
-        lines.push(m.result.to_string());
-        lines.extend(m.extra_lines.iter().cloned());
-        for (name, h) in m.extra_series {
-            match extra.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, all)) => all
-                    .add(&h)
-                    .map_err(|e| format!("merging histograms: {e}"))?,
-                None => extra.push((name, h)),
-            }
-        }
-        match &mut all {
-            Some(h) => h
-                .add(&m.latency)
-                .map_err(|e| format!("merging histograms: {e}"))?,
-            None => all = Some(m.latency),
-        }
+        print_run(&m);
+        runs.add(m)?;
     }
-    let all = all.expect("at least one run");
+    let all = runs.all.expect("at least one run");
     if let Some(path) = &args.hist_out {
         write(path, &percentile_distribution(&all))?;
     }
     if let Some(path) = &args.chart {
-        let mut others = extra;
-        for spec in &args.chart_with {
-            let (name, file) = spec
-                .split_once('=')
-                .ok_or_else(|| format!("--chart-with {spec:?}: use NAME=FILE"))?;
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("--chart-with: cannot read {file}: {e}"))?;
-            let h = read_distribution(&text)
-                .ok_or_else(|| format!("--chart-with: {file} holds no percentile distribution"))?;
-            others.push((name.to_string(), h));
-        }
-        let mut series = vec![Series {
-            name: "ringwait",
-            histogram: &all,
-        }];
-        series.extend(others.iter().map(|(name, h)| Series { name, histogram: h }));
-        let title = format!(
-            "{} {} P={} latency (µs) by percentile",
-            cfg.workload, cfg.mode, cfg.partitions
-        );
-        write(path, &percentile_chart(&title, &series, &lines))?;
+        write_chart(cfg, args, path, &all, runs.extra, &runs.lines)?;
     }
     Ok(())
+}
+
+fn soak(cfg: &BenchConfig, args: &PerfArgs) -> Result<(), BoxError> {
+    let mut opts = SoakOptions::new(Duration::from_secs_f64(args.duration_s.max(0.001)));
+    opts.redis = !args.soak_overhead;
+    let report = run_soak(cfg, &args.redis_options(), &opts)?;
+    for s in &report.samples {
+        println!(
+            "soak t_s={:.1} rss_kib={} fds={}",
+            s.t_ms as f64 / 1000.0,
+            s.rss_kib,
+            s.fds
+        );
+    }
+    println!("{report}");
+    if report.flat {
+        Ok(())
+    } else {
+        Err("RSS or descriptors grew during the soak".into())
+    }
+}
+
+/// One run's result lines (and the redis client's counters, on stderr).
+fn print_run(m: &Measured) {
+    println!("{}", m.result);
+    if let Some(v) = &m.verified {
+        use std::sync::atomic::Ordering::Relaxed;
+        let [r, w] = &super::redis::REQUESTS_WRITES;
+        let (r, w) = (r.swap(0, Relaxed), w.swap(0, Relaxed));
+        eprintln!(
+            "redis: hits={} misses={} requests={r} writes={w} requests_per_write={:.1}",
+            v.hits,
+            v.misses,
+            r as f64 / w.max(1) as f64
+        );
+    }
+    for l in &m.extra_lines {
+        println!("{l}");
+    }
+}
+
+/// The repeated runs merged: one latency histogram, extra series by name, every line.
+#[derive(Default)]
+struct Runs {
+    all: Option<Histogram<u64>>,
+    extra: Vec<(String, Histogram<u64>)>,
+    lines: Vec<String>,
+}
+
+impl Runs {
+    fn add(&mut self, m: Measured) -> Result<(), BoxError> {
+        let merge = |into: &mut Histogram<u64>, h: &Histogram<u64>| {
+            into.add(h).map_err(|e| format!("merging histograms: {e}"))
+        };
+        self.lines.push(m.result.to_string());
+        self.lines.extend(m.extra_lines.iter().cloned());
+        for (name, h) in m.extra_series {
+            match self.extra.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, all)) => merge(all, &h)?,
+                None => self.extra.push((name, h)),
+            }
+        }
+        match &mut self.all {
+            Some(all) => merge(all, &m.latency)?,
+            None => self.all = Some(m.latency),
+        }
+        Ok(())
+    }
+}
+
+/// The percentile chart: ringwait's latency, the runs' extra series, and `--chart-with`.
+fn write_chart(
+    cfg: &BenchConfig,
+    args: &PerfArgs,
+    path: &std::path::PathBuf,
+    all: &Histogram<u64>,
+    mut others: Vec<(String, Histogram<u64>)>,
+    lines: &[String],
+) -> Result<(), BoxError> {
+    for spec in &args.chart_with {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--chart-with {spec:?}: use NAME=FILE"))?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("--chart-with: cannot read {file}: {e}"))?;
+        let h = read_distribution(&text)
+            .ok_or_else(|| format!("--chart-with: {file} holds no percentile distribution"))?;
+        others.push((name.to_string(), h));
+    }
+    let mut series = vec![Series {
+        name: "ringwait",
+        histogram: all,
+    }];
+    series.extend(others.iter().map(|(name, h)| Series { name, histogram: h }));
+    let title = format!(
+        "{} {} P={} latency (µs) by percentile",
+        cfg.workload, cfg.mode, cfg.partitions
+    );
+    write(path, &percentile_chart(&title, &series, lines))
 }
 
 fn write(path: &PathBuf, text: &str) -> Result<(), BoxError> {

@@ -208,97 +208,92 @@ fn run_raw(addr: SocketAddr, rate: f64, records: u64) -> Result<(Histogram<u64>,
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = stream.try_clone()?;
-    let mut writer = stream;
+    let reader = stream.try_clone()?;
     let period_ns = 1e9 / rate;
     let start = Instant::now() + Duration::from_millis(5);
     let due = move |k: u64| start + Duration::from_nanos((k as f64 * period_ns) as u64);
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut cmd = Vec::with_capacity(64);
-        let mut key = [0u8; 24];
-        for k in 0..records {
-            let at = due(k);
-            loop {
-                let now = Instant::now();
-                if now >= at {
-                    break;
-                }
-                if at - now > Duration::from_micros(200) {
-                    std::thread::sleep(at - now - Duration::from_micros(100));
-                } else {
-                    // Yield rather than spin: on a shared machine the server needs the core.
-                    std::thread::yield_now();
-                }
-            }
-            let len = key_name(key_of(k), &mut key);
-            cmd.clear();
-            cmd.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$");
-            cmd.extend_from_slice(len.to_string().as_bytes());
-            cmd.extend_from_slice(b"\r\n");
-            cmd.extend_from_slice(&key[..len]);
-            cmd.extend_from_slice(b"\r\n");
-            writer.write_all(&cmd)?;
-        }
-        Ok(())
-    });
-    let mut hist = latency_histogram();
-    let mut buf = vec![0u8; 1 << 16];
-    let (mut filled, mut pos, mut k) = (0usize, 0usize, 0u64);
-    while k < records {
-        // Parse whole replies in buf[pos..filled].
-        loop {
-            let rest = &buf[pos..filled];
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
-            if rest[0] != b'$' {
-                return Err(format!(
-                    "raw client: unexpected reply {:?}",
-                    String::from_utf8_lossy(&rest[..eol])
-                )
-                .into());
-            }
-            let n: i64 = std::str::from_utf8(&rest[1..eol])?.parse()?;
-            let need = if n < 0 {
-                eol + 2
-            } else {
-                eol + 2 + n as usize + 2
-            };
-            if rest.len() < need {
-                break;
-            }
-            if n >= 0 && rest[eol + 2..eol + 2 + n as usize] != value_of(key_of(k)) {
-                return Err(format!("raw client: wrong value for record {k}").into());
-            }
-            let now = Instant::now();
-            hist.saturating_record(now.saturating_duration_since(due(k)).as_nanos() as u64);
-            pos += need;
-            k += 1;
-        }
-        if k == records {
-            break;
-        }
-        if pos > 0 {
-            buf.copy_within(pos..filled, 0);
-            filled -= pos;
-            pos = 0;
-        }
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = reader
-            .read(&mut buf[filled..])
-            .map_err(|e| format!("raw client: read after {k} replies: {e}"))?;
-        if n == 0 && k < records {
-            return Err("raw client: the server closed the connection".into());
-        }
-        filled += n;
-    }
+    let sender = std::thread::spawn(move || send_paced(stream, records, due));
+    let hist = read_replies(reader, records, due)?;
     sender
         .join()
         .map_err(|_| "raw client: the writer panicked")??;
     let secs = start.elapsed().as_secs_f64();
     Ok((hist, records as f64 / secs))
+}
+
+/// The raw client's writer: `GET k:<key_of(k)>` for record `k` at `due(k)`.
+fn send_paced(
+    mut writer: TcpStream,
+    records: u64,
+    due: impl Fn(u64) -> Instant,
+) -> std::io::Result<()> {
+    let mut cmd = Vec::with_capacity(64);
+    let mut key = [0u8; 24];
+    for k in 0..records {
+        let at = due(k);
+        loop {
+            let now = Instant::now();
+            if now >= at {
+                break;
+            }
+            if at - now > Duration::from_micros(200) {
+                std::thread::sleep(at - now - Duration::from_micros(100));
+            } else {
+                // Yield rather than spin: on a shared machine the server needs the core.
+                std::thread::yield_now();
+            }
+        }
+        let len = key_name(key_of(k), &mut key);
+        cmd.clear();
+        let mut enc = crate::resp::CommandEncoder::begin(&mut cmd, 2);
+        enc.arg(b"GET").arg(&key[..len]);
+        enc.finish();
+        writer.write_all(&cmd)?;
+    }
+    Ok(())
+}
+
+/// The raw client's reader: each reply checked against the expected value, its latency from
+/// the request's due time recorded (coordinated-omission corrected).
+fn read_replies(
+    mut reader: TcpStream,
+    records: u64,
+    due: impl Fn(u64) -> Instant,
+) -> Result<Histogram<u64>, BoxError> {
+    let parser = crate::resp::Parser::new(crate::resp::Limits::default());
+    let mut hist = latency_histogram();
+    let mut rb = crate::net::read_buf::ReadBuf::new(1 << 16, 64 << 20);
+    let mut k = 0u64;
+    while k < records {
+        while let Some((frame, used)) = parser.parse(&rb.buf[rb.start..rb.end])? {
+            match frame {
+                crate::resp::Frame::Bulk(v) if v == value_of(key_of(k)) => {}
+                crate::resp::Frame::Nil => {}
+                crate::resp::Frame::Bulk(_) => {
+                    return Err(format!("raw client: wrong value for record {k}").into())
+                }
+                other => return Err(format!("raw client: unexpected reply {other:?}").into()),
+            }
+            rb.start += used;
+            let now = Instant::now();
+            hist.saturating_record(now.saturating_duration_since(due(k)).as_nanos() as u64);
+            k += 1;
+            if k == records {
+                return Ok(hist);
+            }
+        }
+        if !rb.make_room() {
+            return Err("raw client: a reply larger than 64 MiB".into());
+        }
+        let n = reader
+            .read(rb.spare())
+            .map_err(|e| format!("raw client: read after {k} replies: {e}"))?;
+        if n == 0 {
+            return Err("raw client: the server closed the connection".into());
+        }
+        rb.end += n;
+    }
+    Ok(hist)
 }
 
 fn us(h: &Histogram<u64>, q: f64) -> f64 {

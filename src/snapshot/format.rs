@@ -167,6 +167,28 @@ pub(crate) fn decode_header(
     if b.iter().all(|&x| x == 0) {
         return Ok(None);
     }
+    check_integrity(b)?;
+    check_owner(b, operator_id, partition)?;
+    let watermark = decode_watermark(b)?;
+    let payload = decode_payload_extent(b)?;
+    Ok(Some(Header {
+        operator_id,
+        partition,
+        meta: SnapshotMeta {
+            epoch: get_u64(b, 32),
+            capacity: get_u64(b, 40),
+            record_count: get_u64(b, 48),
+            source_position: get_u64(b, 56),
+            sink_position: get_u64(b, 64),
+            watermark,
+        },
+        payload,
+        payload_crc: get_u32(b, 96),
+    }))
+}
+
+/// Magic, header checksum, format version.
+fn check_integrity(b: &[u8; HEADER_LEN]) -> Result<(), HeaderProblem> {
     let mut magic = [0u8; 8];
     magic.copy_from_slice(&b[0..8]);
     if magic != MAGIC {
@@ -184,6 +206,15 @@ pub(crate) fn decode_header(
             supported: FORMAT_VERSION,
         });
     }
+    Ok(())
+}
+
+/// The header belongs to this operator and partition.
+fn check_owner(
+    b: &[u8; HEADER_LEN],
+    operator_id: u64,
+    partition: u32,
+) -> Result<(), HeaderProblem> {
     let found_op = get_u64(b, 16);
     if found_op != operator_id {
         return Err(HeaderProblem::WrongOperator {
@@ -198,6 +229,12 @@ pub(crate) fn decode_header(
             found: found_part,
         });
     }
+    Ok(())
+}
+
+/// The watermark, checking the flags and the reserved field on the way (a set watermark
+/// field with its flag clear is corruption, not "no watermark").
+fn decode_watermark(b: &[u8; HEADER_LEN]) -> Result<Option<i64>, HeaderProblem> {
     let flags = get_u32(b, 12);
     if flags & !FLAG_WATERMARK != 0 {
         return Err(HeaderProblem::BadField {
@@ -213,16 +250,20 @@ pub(crate) fn decode_header(
         });
     }
     let raw_watermark = get_u64(b, 72);
-    let watermark = if flags & FLAG_WATERMARK != 0 {
-        Some(raw_watermark as i64)
+    if flags & FLAG_WATERMARK != 0 {
+        Ok(Some(raw_watermark as i64))
     } else if raw_watermark != 0 {
-        return Err(HeaderProblem::BadField {
+        Err(HeaderProblem::BadField {
             field: "watermark (flag clear)",
             value: raw_watermark,
-        });
+        })
     } else {
-        None
-    };
+        Ok(None)
+    }
+}
+
+/// Where the payload is: after the header area, and no larger than the limit.
+fn decode_payload_extent(b: &[u8; HEADER_LEN]) -> Result<Extent, HeaderProblem> {
     let payload = Extent {
         offset: get_u64(b, 80),
         len: get_u64(b, 88),
@@ -238,20 +279,7 @@ pub(crate) fn decode_header(
             limit: MAX_PAYLOAD_LEN,
         });
     }
-    Ok(Some(Header {
-        operator_id: found_op,
-        partition: found_part,
-        meta: SnapshotMeta {
-            epoch: get_u64(b, 32),
-            capacity: get_u64(b, 40),
-            record_count: get_u64(b, 48),
-            source_position: get_u64(b, 56),
-            sink_position: get_u64(b, 64),
-            watermark,
-        },
-        payload,
-        payload_crc: get_u32(b, 96),
-    }))
+    Ok(payload)
 }
 
 /// Rounds `n` up to [`REGION_ALIGN`], at least one alignment unit.

@@ -498,12 +498,16 @@ fn metrics_are_served_in_the_prometheus_format_while_running() {
     assert!(done.status.success(), "{:?} {}", done.status, stderr(&done));
     let body = body.expect("metrics were served while the job ran");
     for family in [
-        "# TYPE ringwait_records_in_total counter",
+        "# TYPE ringwait_records_in counter",
+        "ringwait_records_in_total{partition=\"1\"}",
         "# TYPE ringwait_in_flight gauge",
         "ringwait_capacity{partition=\"0\"} 50",
-        "ringwait_latency_p99_ns{partition=\"1\"}",
-        "ringwait_oldest_age_ns",
+        "# TYPE ringwait_latency_seconds histogram",
+        "ringwait_latency_seconds_bucket{le=\"0.001\",partition=\"1\"}",
+        "ringwait_latency_seconds_count{partition=\"0\"}",
+        "# UNIT ringwait_oldest_age_seconds seconds",
         "ringwait_duplicates_total",
+        "ringwait_lookup_misses_total",
     ] {
         assert!(body.contains(family), "missing {family} in:\n{body}");
     }

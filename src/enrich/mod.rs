@@ -534,7 +534,8 @@ fn run_pipeline(
             (Some(reader), None)
         }
     };
-    let writer_settings = writer_settings(config, progress.clone(), halt.clone());
+    let mut writer_settings = writer_settings(config, progress.clone(), halt.clone());
+    writer_settings.live = pipeline.live_metrics().cloned();
     let writer = output::spawn_writer(queues.to_writer, out, side, writer_settings, writer_ck);
     let ticker = (config.progress && std::io::stderr().is_terminal())
         .then(|| spawn_progress(progress, done.clone()));
@@ -588,6 +589,7 @@ fn writer_settings(
         on_error: config.on_error.clone(),
         progress,
         stop: halt,
+        live: None,
     }
 }
 

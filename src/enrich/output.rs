@@ -39,6 +39,8 @@ pub(crate) struct WriterSettings {
     pub out_path: Option<std::path::PathBuf>,
     /// The file the side output is written to (for error messages).
     pub side_path: Option<std::path::PathBuf>,
+    /// Where `--metrics` reads the job's lookup misses from.
+    pub live: Option<Arc<crate::metrics::live::LiveMetrics>>,
     pub into: String,
     pub on_error: OnError,
     pub progress: Arc<AtomicU64>,
@@ -388,6 +390,9 @@ impl Writer {
             } => {
                 if found.is_none() {
                     self.stats.misses += 1;
+                    if let Some(live) = &self.settings.live {
+                        live.set_lookup_misses(self.stats.misses);
+                    }
                 }
                 let value = match found {
                     // Valid UTF-8 (the usual case) is taken as it is, without a copy.

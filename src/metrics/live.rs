@@ -5,7 +5,6 @@
 //! no invariant across gauges, so readers may see a mix of two publications (documented, and
 //! harmless for monitoring). Cores publish every [`PUBLISH_EVERY`], not per record.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::sync::Ordering;
@@ -18,76 +17,161 @@ use std::sync::atomic::AtomicU64;
 /// How often a partition publishes.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
+/// Upper bounds of the time histograms' buckets (intake-to-emit latency, snapshot time), in
+/// seconds (a `+Inf` bucket follows): 5 µs to 10 s, about three per decade.
+pub const LATENCY_BUCKETS_S: [f64; 19] = [
+    5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+    0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A latency histogram as published: cumulative counts at [`LATENCY_BUCKETS_S`], the
+/// count and the sum.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    /// Latencies at or below each bound (cumulative).
+    pub le: [u64; LATENCY_BUCKETS_S.len()],
+    /// All latencies recorded.
+    pub count: u64,
+    /// Their sum, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl LatencyBuckets {
+    /// The buckets of an HdrHistogram of nanoseconds.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let mut b = LatencyBuckets {
+            count: h.len(),
+            sum_ns: (h.mean() * h.len() as f64) as u64,
+            ..LatencyBuckets::default()
+        };
+        for (le, bound) in b.le.iter_mut().zip(LATENCY_BUCKETS_S) {
+            let ns = (bound * 1e9) as u64;
+            *le = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, ns)
+            };
+        }
+        b
+    }
+}
+
+/// The published form of one [`LatencyBuckets`]: one relaxed atomic per value.
+#[derive(Default, Debug)]
+struct HistogramGauges {
+    le: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl HistogramGauges {
+    fn load(&self) -> LatencyBuckets {
+        let mut b = LatencyBuckets {
+            count: self.count.load(Ordering::Relaxed),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+            ..LatencyBuckets::default()
+        };
+        for (v, g) in b.le.iter_mut().zip(&self.le) {
+            *v = g.load(Ordering::Relaxed);
+        }
+        b
+    }
+
+    fn store(&self, b: &LatencyBuckets) {
+        for (g, v) in self.le.iter().zip(b.le) {
+            g.store(v, Ordering::Relaxed);
+        }
+        self.count.store(b.count, Ordering::Relaxed);
+        self.sum_ns.store(b.sum_ns, Ordering::Relaxed);
+    }
+}
+
 macro_rules! gauges {
-    ($( $field:ident : $kind:literal, $help:literal; )*) => {
+    ($( $field:ident : $kind:ident, $help:literal; )*) => {
         /// The published gauges of one partition.
         #[derive(Default, Debug)]
         pub struct PartitionGauges {
             $( pub(crate) $field: AtomicU64, )*
+            latency: HistogramGauges,
+            snapshot: HistogramGauges,
         }
 
         /// A plain copy of one partition's gauges.
         #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
         pub struct PartitionSample {
             $( #[doc = $help] pub $field: u64, )*
+            /// Intake-to-emit latency.
+            pub latency: LatencyBuckets,
+            /// Time a checkpoint's snapshot takes on the partition's core (encode, stage,
+            /// pass the barrier; the flush runs on a helper thread).
+            pub snapshot: LatencyBuckets,
         }
 
         impl PartitionGauges {
             /// Reads every gauge.
             pub fn sample(&self) -> PartitionSample {
-                PartitionSample { $( $field: self.$field.load(Ordering::Relaxed), )* }
+                PartitionSample {
+                    $( $field: self.$field.load(Ordering::Relaxed), )*
+                    latency: self.latency.load(),
+                    snapshot: self.snapshot.load(),
+                }
             }
 
-            /// Publishes `s` (one relaxed store per gauge).
+            /// Publishes `s` (one relaxed store per value).
             pub fn store(&self, s: &PartitionSample) {
                 $( self.$field.store(s.$field, Ordering::Relaxed); )*
+                self.latency.store(&s.latency);
+                self.snapshot.store(&s.snapshot);
             }
         }
 
-        const FAMILIES: &[(&str, &str, &str)] = &[ $( (stringify!($field), $kind, $help), )* ];
-
-        fn gauge_value(s: &PartitionSample, name: &str) -> u64 {
-            match name {
-                $( stringify!($field) => s.$field, )*
-                _ => 0,
-            }
-        }
+        /// Every scalar family: name, kind, help, and how to read it from a sample.
+        const FAMILIES: &[(&str, Kind, &str, fn(&PartitionSample) -> u64)] =
+            &[ $( (stringify!($field), Kind::$kind, $help, |s| s.$field), )* ];
     };
 }
 
-gauges! {
-    records_in: "counter", "Records taken from the input.";
-    outputs: "counter", "Outputs emitted.";
-    completions: "counter", "Completions accepted from result handles.";
-    duplicates: "counter", "Completions ignored because the attempt was already complete.";
-    late: "counter", "Completions ignored because the record had timed out, been retried or emitted.";
-    timeouts: "counter", "Records whose timeout expired.";
-    retries: "counter", "Retries started.";
-    errors: "counter", "Records that finally failed (before the error policy).";
-    skipped: "counter", "Failed records dropped by the skip policy.";
-    side_outputs: "counter", "Failed records routed to the side output.";
-    panics: "counter", "Panics caught in user code.";
-    in_flight: "gauge", "Records waiting for a result.";
-    occupancy: "gauge", "Entries held: in flight, done but not emitted, watermarks.";
-    capacity: "gauge", "Configured capacity.";
-    oldest_age_ns: "gauge", "Age of the oldest entry held, in nanoseconds.";
-    latency_p50_ns: "gauge", "Median latency from intake to emit, in nanoseconds.";
-    latency_p99_ns: "gauge", "99th percentile latency from intake to emit, in nanoseconds.";
-    latency_p999_ns: "gauge", "99.9th percentile latency from intake to emit, in nanoseconds.";
-    latency_max_ns: "gauge", "Largest latency from intake to emit, in nanoseconds.";
+/// How a scalar is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    /// A gauge kept in nanoseconds, exposed in seconds.
+    GaugeNs,
 }
 
-/// The live metrics of every partition of a pipeline.
+gauges! {
+    records_in: Counter, "Records taken from the input.";
+    outputs: Counter, "Outputs emitted.";
+    completions: Counter, "Completions accepted from result handles.";
+    duplicates: Counter, "Completions ignored because the attempt was already complete.";
+    late: Counter, "Completions ignored because the record had timed out, been retried or emitted.";
+    timeouts: Counter, "Records whose timeout expired.";
+    retries: Counter, "Retries started.";
+    errors: Counter, "Records that finally failed (before the error policy).";
+    skipped: Counter, "Failed records dropped by the skip policy.";
+    side_outputs: Counter, "Failed records routed to the side output.";
+    panics: Counter, "Panics caught in user code.";
+    in_flight: Gauge, "Records waiting for a result.";
+    occupancy: Gauge, "Entries held: in flight, done but not emitted, watermarks.";
+    capacity: Gauge, "Configured capacity.";
+    oldest_age: GaugeNs, "Age of the oldest entry held.";
+}
+
+/// The live metrics of every partition of a pipeline, and of the job around it.
 ///
 /// ```
 /// use ringwait::runtime::LiveMetrics;
 /// let live = LiveMetrics::new(2);
 /// assert_eq!(live.partition(1).sample().records_in, 0);
-/// assert!(live.render_prometheus().contains("ringwait_records_in_total{partition=\"0\"} 0"));
+/// let text = live.render_prometheus();
+/// assert!(text.contains("ringwait_records_in_total{partition=\"0\"} 0"));
+/// assert!(text.contains("ringwait_latency_seconds_bucket{le=\"0.001\",partition=\"1\"} 0"));
 /// ```
 #[derive(Debug)]
 pub struct LiveMetrics {
     partitions: Box<[PartitionGauges]>,
+    lookup_misses: AtomicU64,
 }
 
 impl LiveMetrics {
@@ -97,6 +181,7 @@ impl LiveMetrics {
             partitions: (0..partitions)
                 .map(|_| PartitionGauges::default())
                 .collect(),
+            lookup_misses: AtomicU64::new(0),
         })
     }
 
@@ -110,28 +195,113 @@ impl LiveMetrics {
         &self.partitions[index]
     }
 
-    /// Everything in the Prometheus text exposition format (version 0.0.4), one series per
-    /// partition: counters end in `_total`.
+    /// Publishes the job's count of lookups that found nothing.
+    pub fn set_lookup_misses(&self, misses: u64) {
+        self.lookup_misses.store(misses, Ordering::Relaxed);
+    }
+
+    /// Everything in the OpenMetrics text format (which Prometheus scrapes), encoded by
+    /// `prometheus-client`: one series per partition, counters ending in `_total`, times in
+    /// seconds, the intake-to-emit latency as a histogram.
     pub fn render_prometheus(&self) -> String {
-        let samples: Vec<PartitionSample> = self.partitions.iter().map(|p| p.sample()).collect();
-        let mut out = String::with_capacity(4096);
-        for (name, kind, help) in FAMILIES {
-            let metric = if *kind == "counter" {
-                format!("ringwait_{name}_total")
-            } else {
-                format!("ringwait_{name}")
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Snapshot(self.snapshot())));
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn snapshot(&self) -> (Vec<PartitionSample>, u64) {
+        (
+            self.partitions.iter().map(|p| p.sample()).collect(),
+            self.lookup_misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Which histogram of a sample a family shows.
+type HistogramOf = fn(&PartitionSample) -> &LatencyBuckets;
+
+/// One scrape's values, encoded by prometheus-client.
+#[derive(Debug)]
+struct Snapshot((Vec<PartitionSample>, u64));
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::{EncodeMetric, NoLabelSet};
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::registry::Unit;
+        let (samples, misses) = &self.0;
+        for (name, kind, help, read) in FAMILIES {
+            let (metric_type, unit, name) = match kind {
+                Kind::Counter => (MetricType::Counter, None, format!("ringwait_{name}")),
+                Kind::Gauge => (MetricType::Gauge, None, format!("ringwait_{name}")),
+                Kind::GaugeNs => (
+                    MetricType::Gauge,
+                    Some(&Unit::Seconds),
+                    format!("ringwait_{name}"),
+                ),
             };
-            let _ = writeln!(out, "# HELP {metric} {help}");
-            let _ = writeln!(out, "# TYPE {metric} {kind}");
+            let mut family = encoder.encode_descriptor(&name, help, unit, metric_type)?;
             for (p, s) in samples.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{metric}{{partition=\"{p}\"}} {}",
-                    gauge_value(s, name)
-                );
+                let labels = [("partition", p.to_string())];
+                let mut m = family.encode_family(&labels)?;
+                let v = read(s);
+                match kind {
+                    Kind::Counter => m.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                    Kind::Gauge => m.encode_gauge(&v)?,
+                    Kind::GaugeNs => m.encode_gauge(&(v as f64 / 1e9))?,
+                }
             }
         }
-        out
+        let histograms: [(&str, &str, HistogramOf); 2] = [
+            ("ringwait_latency", "Latency from intake to emit.", |s| {
+                &s.latency
+            }),
+            (
+                "ringwait_snapshot",
+                "Time a checkpoint's snapshot takes on the partition's core.",
+                |s| &s.snapshot,
+            ),
+        ];
+        for (name, help, read) in histograms {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (p, s) in samples.iter().enumerate() {
+                let h = read(s);
+                let labels = [("partition", p.to_string())];
+                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+                    .iter()
+                    .zip(h.le)
+                    .map(|(b, c)| (*b, c))
+                    .chain(std::iter::once((f64::MAX, h.count)))
+                    .collect();
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        h.sum_ns as f64 / 1e9,
+                        h.count,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(*misses);
+        let family = encoder.encode_descriptor(
+            "ringwait_lookup_misses",
+            "Lookups that found nothing (the field is null).",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(family)
     }
 }
 
@@ -147,12 +317,16 @@ mod loom_tests {
         loom::model(|| {
             let live = loom::sync::Arc::new(LiveMetrics {
                 partitions: vec![PartitionGauges::default()].into_boxed_slice(),
+                lookup_misses: AtomicU64::new(0),
             });
             let writer = live.clone();
             let published = PartitionSample {
                 records_in: 7,
                 outputs: 5,
-                latency_max_ns: 9,
+                latency: LatencyBuckets {
+                    count: 9,
+                    ..LatencyBuckets::default()
+                },
                 ..PartitionSample::default()
             };
             let t = loom::thread::spawn(move || writer.partition(0).store(&published));
@@ -162,7 +336,7 @@ mod loom_tests {
             let seen = [
                 gauges.records_in.load(Ordering::Relaxed),
                 gauges.outputs.load(Ordering::Relaxed),
-                gauges.latency_max_ns.load(Ordering::Relaxed),
+                gauges.latency.count.load(Ordering::Relaxed),
             ];
             assert!(seen[0] == 0 || seen[0] == 7, "{seen:?}");
             assert!(seen[1] == 0 || seen[1] == 5, "{seen:?}");

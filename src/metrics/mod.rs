@@ -175,19 +175,10 @@ impl LatencyRecorder {
         }
     }
 
-    /// (p50, p99, p99.9, max) in nanoseconds, without copying the histogram.
-    pub(crate) fn quantiles(&mut self) -> (u64, u64, u64, u64) {
+    /// The published buckets (see [`live::LatencyBuckets`]), without copying the histogram.
+    pub(crate) fn buckets(&mut self) -> live::LatencyBuckets {
         self.flush();
-        let h = &self.hist;
-        if h.is_empty() {
-            return (0, 0, 0, 0);
-        }
-        (
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-        )
+        live::LatencyBuckets::of(&self.hist)
     }
 
     /// The histogram including the current run and `extra` (`count` latencies of `nanos`

@@ -38,7 +38,6 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     pub fn sample(&mut self, now: Nanos) -> PartitionSample {
         self.settle(now);
         let ignored = self.board.ignored();
-        let (p50, p99, p999, max) = self.latency.quantiles();
         let c = &self.counters;
         PartitionSample {
             records_in: c.records_in,
@@ -55,11 +54,9 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             in_flight: self.in_flight() as u64,
             occupancy: self.occupancy() as u64,
             capacity: self.config.capacity() as u64,
-            oldest_age_ns: self.oldest_age(now),
-            latency_p50_ns: p50,
-            latency_p99_ns: p99,
-            latency_p999_ns: p999,
-            latency_max_ns: max,
+            oldest_age: self.oldest_age(now),
+            latency: self.latency.buckets(),
+            snapshot: Default::default(),
         }
     }
 

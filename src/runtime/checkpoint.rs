@@ -279,6 +279,8 @@ pub(crate) struct PartitionCheckpoint<F: AsyncFunction> {
     /// Last epoch committed to the sink.
     pub committed: u64,
     pub finished: bool,
+    /// How long each snapshot took on the core (ns).
+    pub snapshot_times: hdrhistogram::Histogram<u64>,
 }
 
 impl<F: AsyncFunction> PartitionCheckpoint<F> {
@@ -339,6 +341,7 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
             epoch: base,
             committed: base,
             finished: false,
+            snapshot_times: crate::metrics::latency_histogram(),
         })
     }
 
@@ -384,6 +387,7 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
         K: Sink<F::Out, F::In>,
     {
         let partition = self.partition;
+        let started = std::time::Instant::now();
         let epoch = self.coordinator.requested();
         self.payload.clear();
         let count = (self.encode)(op, &self.restore, source.replay_index(), &mut self.payload);
@@ -404,6 +408,8 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
         self.epoch = epoch;
         sink.barrier(epoch)
             .map_err(|cause| PipelineError::Sink { partition, cause })?;
+        self.snapshot_times
+            .saturating_record(started.elapsed().as_nanos().max(1) as u64);
         let handle = std::thread::Builder::new()
             .name(format!("ringwait-flush-{partition}"))
             .spawn(move || {

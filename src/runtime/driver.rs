@@ -11,6 +11,7 @@ use glommio::timer::Timer;
 use super::checkpoint::PartitionCheckpoint;
 use super::PipelineError;
 use crate::function::AsyncFunction;
+use crate::metrics::live::LatencyBuckets;
 use crate::operator::{AsyncWaitOperator, ProcessError};
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
@@ -88,9 +89,7 @@ where
             progressed = true;
         }
         if d.source_done && d.op.is_empty() && d.may_stop() {
-            if let Some(live) = &d.settings.live {
-                live.partition(partition).store(&d.op.sample(d.clock.now()));
-            }
+            d.publish(d.clock.now());
             return Ok(d.times);
         }
         if progressed {
@@ -138,12 +137,20 @@ where
     K: Sink<F::Out, F::In>,
 {
     fn publish_if_due(&mut self, now: Nanos) {
+        if self.settings.live.is_some() && now >= self.next_publish {
+            self.publish(now);
+            self.next_publish = now + super::PUBLISH_EVERY;
+        }
+    }
+
+    /// Publishes the operator's sample, with the snapshot times when checkpointing.
+    fn publish(&mut self, now: Nanos) {
         if let Some(live) = &self.settings.live {
-            if now >= self.next_publish {
-                live.partition(self.settings.partition)
-                    .store(&self.op.sample(now));
-                self.next_publish = now + super::PUBLISH_EVERY;
+            let mut sample = self.op.sample(now);
+            if let Some(ck) = self.ckpt.as_deref() {
+                sample.snapshot = LatencyBuckets::of(&ck.snapshot_times);
             }
+            live.partition(self.settings.partition).store(&sample);
         }
     }
 

@@ -269,7 +269,12 @@ impl Pipeline {
         self.partitions
     }
 
-    /// The operator configuration each partition uses.
+    /// The live metrics the partitions publish into, if any.
+    pub fn live_metrics(&self) -> Option<&std::sync::Arc<LiveMetrics>> {
+        self.live.as_ref()
+    }
+
+    /// The operator configuration every partition runs with.
     pub fn operator_config(&self) -> &OperatorConfig {
         &self.operator
     }

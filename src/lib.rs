@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod dataset;

@@ -4,6 +4,7 @@
 //! baseline in `perf/baseline` prints too, so the two can be compared in one table.
 
 mod checkpoint;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod hist;
 pub mod latency;

@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "cli")]
 mod cli;
 mod commands;
 mod conn;
@@ -49,6 +50,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use glommio::net::TcpStream;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 
+#[cfg(feature = "cli")]
 pub use cli::{parse_fault, parse_flap_ms, parse_latency_us, ServeArgs};
 pub use faults::{Fault, FaultPlan, Flap, Latency};
 

@@ -508,6 +508,7 @@ fn metrics_are_served_in_the_prometheus_format_while_running() {
         "# UNIT ringwait_oldest_age_seconds seconds",
         "ringwait_duplicates_total",
         "ringwait_lookup_misses_total",
+        "ringwait_lookup_round_trip_seconds_count{partition=\"0\"}",
     ] {
         assert!(body.contains(family), "missing {family} in:\n{body}");
     }

@@ -51,4 +51,8 @@ impl AsyncFunction for RedisLookup {
             rejected.fail();
         }
     }
+
+    fn publish(&self, sample: &mut crate::metrics::live::PartitionSample) {
+        sample.lookup_round_trip = self.conn.round_trips();
+    }
 }

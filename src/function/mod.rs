@@ -6,6 +6,8 @@ mod outputs;
 
 use std::marker::PhantomData;
 
+use crate::metrics::live::PartitionSample;
+
 pub use crate::error::{AsyncError, PanicError, RecordError};
 pub use handle::ResultFuture;
 pub use outputs::{Completion, Outputs};
@@ -80,6 +82,13 @@ pub trait AsyncFunction: 'static {
     fn retry_on_error(&self, error: &AsyncError) -> bool {
         let _ = error;
         true
+    }
+
+    /// Adds the function's own measures to the partition's published sample (every
+    /// [`crate::runtime::PUBLISH_EVERY`], on the partition's core, when live metrics are on):
+    /// for example a lookup client's round-trip times. Default: nothing.
+    fn publish(&self, sample: &mut PartitionSample) {
+        let _ = sample;
     }
 }
 

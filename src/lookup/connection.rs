@@ -227,6 +227,12 @@ impl<H: ReplyHandler> Connection<H> {
         Ok(())
     }
 
+    /// Round-trip times of this connection's requests so far (from the write of a request's
+    /// batch to the read that brought its reply), as published buckets.
+    pub fn round_trips(&self) -> crate::metrics::live::LatencyBuckets {
+        self.inner().round_trips.borrow_mut().buckets()
+    }
+
     /// Closes the connection: pending handlers get [`LookupError::Closed`] (soon, from the
     /// connection's task) and new requests are rejected.
     pub fn close(&self) {

@@ -190,6 +190,11 @@ async fn write_loop<H>(inner: &Inner<H>, stream: &RefCell<TcpStream>) -> LookupE
             let mut pipe = inner.pipe.borrow_mut();
             if pipe.has_output() {
                 pipe.take_output(&mut buf);
+                let end = pipe.next_seq();
+                inner
+                    .round_trips
+                    .borrow_mut()
+                    .sent(end, std::time::Instant::now());
             }
         }
         if buf.is_empty() {

@@ -97,6 +97,7 @@ mod pending;
 mod probe;
 mod reader;
 mod reply;
+mod round_trip;
 mod shared;
 mod url;
 

@@ -183,7 +183,8 @@ impl<H> Pending<H> {
         !self.out.is_empty() || self.open_batch.is_some()
     }
 
-    fn next_seq(&self) -> u64 {
+    /// The sequence number the next request will get.
+    pub fn next_seq(&self) -> u64 {
         self.front_seq + self.fifo.len() as u64
     }
 
@@ -284,6 +285,11 @@ impl<H> Pending<H> {
         debug_assert!(into.is_empty());
         self.seal_batch();
         std::mem::swap(&mut self.out, into);
+    }
+
+    /// The sequence number of the oldest pending request (the next reply's).
+    pub fn front_seq(&self) -> u64 {
+        self.front_seq
     }
 
     /// Pops the entry of the oldest reply; the command's bytes go to `command` if kept.

@@ -21,6 +21,7 @@ pub(super) fn fail_all<H: ReplyHandler>(
     scratch: &mut Vec<u8>,
 ) {
     inner.pipe.borrow_mut().discard_output();
+    inner.round_trips.borrow_mut().reset();
     loop {
         let popped = inner.pipe.borrow_mut().pop(scratch);
         match popped {
@@ -97,12 +98,15 @@ impl Reader {
     /// Hands every complete reply in the buffer to its handler.
     fn dispatch_all<H: ReplyHandler>(&mut self, inner: &Inner<H>) -> Result<(), LookupError> {
         let mut replies = 0;
+        let arrived = std::time::Instant::now();
         let result = loop {
             // Fields, not `unparsed()`: the frame borrows `buf` while `start` moves.
             match self.parser.parse(&self.rb.buf[self.rb.start..self.rb.end]) {
                 Ok(Some((frame, used))) => {
                     self.rb.start += used;
                     replies += 1;
+                    let seq = inner.pipe.borrow().front_seq();
+                    inner.round_trips.borrow_mut().answered(seq, arrived);
                     if let Err(e) = dispatch(inner, frame, &mut self.command) {
                         break Err(e);
                     }

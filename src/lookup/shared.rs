@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::error::LookupError;
 use super::pending::{Pending, PendingOptions};
+use super::round_trip::RoundTrips;
 use crate::net::Notify;
 use crate::resp::Limits;
 
@@ -118,6 +119,8 @@ pub(super) struct Inner<H> {
     /// Read batches received (progress, for the response watchdog).
     pub(super) reads: Cell<u64>,
     pub(super) redirect: RefCell<Option<RedirectHook<H>>>,
+    /// Round-trip times of the requests.
+    pub(super) round_trips: RefCell<RoundTrips>,
 }
 
 impl<H> Inner<H> {
@@ -135,6 +138,7 @@ impl<H> Inner<H> {
             stats: Cell::new(ConnectionStats::default()),
             reads: Cell::new(0),
             redirect: RefCell::new(None),
+            round_trips: RefCell::new(RoundTrips::new()),
         }
     }
 

@@ -94,6 +94,7 @@ macro_rules! gauges {
             $( pub(crate) $field: AtomicU64, )*
             latency: HistogramGauges,
             snapshot: HistogramGauges,
+            lookup_round_trip: HistogramGauges,
         }
 
         /// A plain copy of one partition's gauges.
@@ -105,6 +106,9 @@ macro_rules! gauges {
             /// Time a checkpoint's snapshot takes on the partition's core (encode, stage,
             /// pass the barrier; the flush runs on a helper thread).
             pub snapshot: LatencyBuckets,
+            /// Round-trip times of the function's lookups, if it publishes them
+            /// ([`AsyncFunction::publish`](crate::AsyncFunction::publish)).
+            pub lookup_round_trip: LatencyBuckets,
         }
 
         impl PartitionGauges {
@@ -114,6 +118,7 @@ macro_rules! gauges {
                     $( $field: self.$field.load(Ordering::Relaxed), )*
                     latency: self.latency.load(),
                     snapshot: self.snapshot.load(),
+                    lookup_round_trip: self.lookup_round_trip.load(),
                 }
             }
 
@@ -122,6 +127,7 @@ macro_rules! gauges {
                 $( self.$field.store(s.$field, Ordering::Relaxed); )*
                 self.latency.store(&s.latency);
                 self.snapshot.store(&s.snapshot);
+                self.lookup_round_trip.store(&s.lookup_round_trip);
             }
         }
 
@@ -258,7 +264,7 @@ impl prometheus_client::collector::Collector for Snapshot {
                 }
             }
         }
-        let histograms: [(&str, &str, HistogramOf); 2] = [
+        let histograms: [(&str, &str, HistogramOf); 3] = [
             ("ringwait_latency", "Latency from intake to emit.", |s| {
                 &s.latency
             }),
@@ -266,6 +272,11 @@ impl prometheus_client::collector::Collector for Snapshot {
                 "ringwait_snapshot",
                 "Time a checkpoint's snapshot takes on the partition's core.",
                 |s| &s.snapshot,
+            ),
+            (
+                "ringwait_lookup_round_trip",
+                "Round trip of a lookup: from the write of its request to the read of its reply.",
+                |s| &s.lookup_round_trip,
             ),
         ];
         for (name, help, read) in histograms {

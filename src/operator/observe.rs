@@ -57,6 +57,7 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
             oldest_age: self.oldest_age(now),
             latency: self.latency.buckets(),
             snapshot: Default::default(),
+            lookup_round_trip: Default::default(),
         }
     }
 

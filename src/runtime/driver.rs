@@ -147,6 +147,7 @@ where
     fn publish(&mut self, now: Nanos) {
         if let Some(live) = &self.settings.live {
             let mut sample = self.op.sample(now);
+            self.op.function().publish(&mut sample);
             if let Some(ck) = self.ckpt.as_deref() {
                 sample.snapshot = LatencyBuckets::of(&ck.snapshot_times);
             }

@@ -39,7 +39,8 @@ struct EnrichArgs {
     /// --records objects {"id":i,"key":"k:<n>"} whose keys the built-in server holds).
     #[arg(long, value_name = "PATH|-")]
     input: Option<String>,
-    /// Where the JSON Lines go: each input object with one field added; `-` is stdout. A file
+    /// Where the JSON Lines go: each input line, byte for byte, with one field added (or its
+    /// value replaced); `-` is stdout. A file
     /// is written as PATH.ringwait-partial and renamed to PATH only when the run is complete:
     /// a failed or stopped run leaves an existing PATH as it was.
     #[arg(long, value_name = "PATH|-", default_value = "-")]

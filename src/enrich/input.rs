@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use serde_json::{Map, Value};
-
 use super::intake::{is_stopped, Intake, StopAt, StopAwareRead};
-use super::record::{parse_line, Line};
+use super::record::{parse_line, utf8, Line, LineFields};
 use super::EnrichError;
 use crate::dataset::key_of;
 use crate::element::StreamElement;
@@ -48,8 +46,8 @@ impl Routing {
 }
 
 pub(crate) struct ReaderSettings {
-    pub key_field: String,
-    pub key_prefix: String,
+    /// The fields each line is read for.
+    pub fields: LineFields,
     pub routing: Routing,
     /// When to stop taking input.
     pub intake: Arc<Intake>,
@@ -76,7 +74,7 @@ fn read(
     match input {
         Input::Generated(n) => {
             for i in 0..n {
-                if !deal(generated(i, s), s, queues) {
+                if !deal(generated(i, s)?, s, queues) {
                     return Ok(i);
                 }
             }
@@ -108,19 +106,23 @@ fn read(
     }
 }
 
-fn generated(i: u64, s: &ReaderSettings) -> Line {
-    let key = format!("k:{}", key_of(i));
-    let mut object = Map::new();
-    object.insert("id".into(), Value::from(i));
-    object.insert(s.key_field.clone(), Value::from(key.clone()));
-    let mut full = s.key_prefix.as_bytes().to_vec();
-    full.extend_from_slice(key.as_bytes());
-    Line {
-        number: i + 1,
-        index: i,
-        object,
-        key: full,
+/// Generated record `i`: `{"id":i,"<key field>":"k:<key_of(i)>"}`.
+fn generated(i: u64, s: &ReaderSettings) -> Result<Line, EnrichError> {
+    let name = serde_json::to_string(&s.fields.key).expect("a string serialises");
+    let text = format!(r#"{{"id":{i},{name}:"k:{}"}}"#, key_of(i));
+    Ok(parse_line(&text, i + 1, i, &s.fields)?)
+}
+
+/// Reads the next line into `buf` (without its line break); `Ok(false)` at the end.
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    if reader.read_until(b'\n', buf)? == 0 {
+        return Ok(false);
     }
+    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+        buf.pop();
+    }
+    Ok(true)
 }
 
 fn read_lines(
@@ -131,12 +133,11 @@ fn read_lines(
 ) -> Result<u64, EnrichError> {
     let mut reader =
         std::io::BufReader::with_capacity(1 << 16, StopAwareRead::new(file, s.intake.clone()));
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     let mut number = 0u64;
     loop {
-        text.clear();
-        let n = match reader.read_line(&mut text) {
-            Ok(n) => n,
+        let more = match next_line(&mut reader, &mut bytes) {
+            Ok(more) => more,
             // Intake stopped while the reader waited: a part of a line is dropped unread.
             Err(e) if is_stopped(&e) => return Ok(number),
             Err(cause) => {
@@ -147,12 +148,12 @@ fn read_lines(
                 })
             }
         };
-        if n == 0 {
+        if !more {
             s.intake.reached_end(None, number);
             return Ok(number);
         }
-        let trimmed = text.trim_end_matches(['\n', '\r']);
-        let line = parse_line(trimmed, number + 1, number, &s.key_field, &s.key_prefix)?;
+        let text = utf8(&bytes, number + 1)?;
+        let line = parse_line(text, number + 1, number, &s.fields)?;
         number += 1;
         if !deal(line, s, queues) {
             return Ok(number);
@@ -189,7 +190,7 @@ enum Kind {
         path: String,
         offset: u64,
         index: u64,
-        text: String,
+        bytes: Vec<u8>,
     },
     Generated {
         next: u64,
@@ -220,7 +221,7 @@ impl LineSource {
                     path: path.display().to_string(),
                     offset: 0,
                     index: 0,
-                    text: String::new(),
+                    bytes: Vec::new(),
                 }
             }
             Input::Stdin => {
@@ -288,21 +289,23 @@ impl crate::source::Source for LineSource {
                     if !self.maybe_mine(i) {
                         continue;
                     }
-                    generated(i, &self.settings)
+                    generated(i, &self.settings)?
                 }
                 Kind::File {
                     reader,
                     path,
                     offset,
                     index,
-                    text,
+                    bytes,
                 } => {
-                    text.clear();
-                    let n = reader.read_line(text).map_err(|cause| EnrichError::Io {
-                        what: "read the input",
-                        path: path.clone(),
-                        cause,
-                    })?;
+                    bytes.clear();
+                    let n = reader
+                        .read_until(b'\n', bytes)
+                        .map_err(|cause| EnrichError::Io {
+                            what: "read the input",
+                            path: path.clone(),
+                            cause,
+                        })?;
                     if n == 0 {
                         let end = *index;
                         return Ok(self.at_end(end));
@@ -315,9 +318,11 @@ impl crate::source::Source for LineSource {
                     {
                         continue;
                     }
-                    let trimmed = text.trim_end_matches(['\n', '\r']);
-                    let s = &self.settings;
-                    parse_line(trimmed, i + 1, i, &s.key_field, &s.key_prefix)?
+                    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                        bytes.pop();
+                    }
+                    let text = utf8(bytes, i + 1)?;
+                    parse_line(text, i + 1, i, &self.settings.fields)?
                 }
             };
             if self.settings.routing.partition_of(&line) != self.partition {

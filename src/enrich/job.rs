@@ -18,6 +18,9 @@ use super::{EnrichConfig, EnrichError, Input, Lookup};
 /// File name of the job record inside the checkpoint directory.
 pub(crate) const JOB_FILE: &str = "job";
 const HEADER: &str = "ringwait enrich checkpoint job v1";
+/// How records are encoded in this build's snapshots (`enrich::record`): the raw line and
+/// its positions. A checkpoint written in another format is another job's.
+const RECORD_FORMAT: &str = "raw-line-v1";
 /// Bytes hashed at each end of the input.
 const END_BYTES: u64 = 64 << 10;
 /// The field that marks a finished job (not part of the identity).
@@ -40,6 +43,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("partitions", "--partitions"),
     ("lookup", "--lookup"),
     ("routing", "the key routing hash"),
+    ("record-format", "the format of records in snapshots"),
 ];
 
 /// A job record: identity fields, and whether the job finished.
@@ -86,6 +90,7 @@ impl JobRecord {
             },
         );
         put("routing", super::ROUTING_VERSION.to_string());
+        put("record-format", RECORD_FORMAT.to_string());
         Ok(JobRecord { fields: f })
     }
 

@@ -31,6 +31,7 @@ mod lookup;
 mod output;
 mod record;
 mod routing;
+mod scan;
 mod summary;
 
 use std::io::IsTerminal;
@@ -43,7 +44,7 @@ pub use files::PARTIAL_SUFFIX;
 pub use input::Input;
 pub use lookup::{CompleteRecord, Enriched, RedisLookup};
 pub use output::WriterStats;
-pub use record::{parse_line, Line, LineError};
+pub use record::{parse_line, Line, LineError, LineFields};
 pub use routing::{key_hash, partition_of_key, ROUTING_VERSION};
 pub use summary::{Ending, EnrichSummary, Resumed};
 
@@ -516,8 +517,11 @@ fn run_pipeline(
     let done = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
     let settings = Arc::new(ReaderSettings {
-        key_field: config.key_field.clone(),
-        key_prefix: config.key_prefix.clone(),
+        fields: LineFields {
+            key: config.key_field.clone(),
+            key_prefix: config.key_prefix.clone(),
+            into: config.into_field.clone(),
+        },
         routing: Routing {
             partitions,
             by_key: config.mode == OrderMode::KeyOrdered,
@@ -585,7 +589,11 @@ fn writer_settings(
             OnError::SideOutput(p) => Some(p.clone()),
             _ => None,
         },
-        into: config.into_field.clone(),
+        into_key: {
+            let mut k = serde_json::to_vec(&config.into_field).expect("a string serialises");
+            k.push(b':');
+            k
+        },
         on_error: config.on_error.clone(),
         progress,
         stop: halt,

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
 use crate::runtime::checkpoint::Coordinator;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 
@@ -35,13 +33,14 @@ pub struct WriterStats {
 
 pub(crate) struct WriterSettings {
     pub mode: OrderMode,
+    /// `"<--into>":`, JSON-escaped: what precedes an added field's value.
+    pub into_key: Vec<u8>,
     /// The file the output is written to (for error messages); `None` for stdout.
     pub out_path: Option<std::path::PathBuf>,
     /// The file the side output is written to (for error messages).
     pub side_path: Option<std::path::PathBuf>,
     /// Where `--metrics` reads the job's lookup misses from.
     pub live: Option<Arc<crate::metrics::live::LiveMetrics>>,
-    pub into: String,
     pub on_error: OnError,
     pub progress: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
@@ -394,15 +393,7 @@ impl Writer {
                         live.set_lookup_misses(self.stats.misses);
                     }
                 }
-                let value = match found {
-                    // Valid UTF-8 (the usual case) is taken as it is, without a copy.
-                    Some(bytes) => Value::String(
-                        String::from_utf8(bytes)
-                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                    ),
-                    None => Value::Null,
-                };
-                self.write_enriched(line, value)?;
+                self.write_enriched(&line, found.as_deref())?;
                 self.stats.lines += 1;
                 self.settings.progress.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -425,16 +416,17 @@ impl Writer {
             }
             OnError::SideOutput(path) => {
                 let number = line.number;
-                let mut entry = Map::new();
-                entry.insert("line".into(), Value::from(number));
-                entry.insert("error".into(), Value::from(error.to_string()));
-                entry.insert("record".into(), Value::Object(take_object(line)));
+                // {"line":N,"error":"...","record":<the input line as it was>}
                 let side = self.side.as_mut().expect("side output opened");
                 self.scratch.clear();
-                serde_json::to_writer(&mut self.scratch, &entry)
+                self.scratch
+                    .extend_from_slice(format!("{{\"line\":{number},\"error\":").as_bytes());
+                serde_json::to_writer(&mut self.scratch, &error.to_string())
                     .map_err(std::io::Error::from)
                     .and_then(|()| {
-                        self.scratch.push(b'\n');
+                        self.scratch.extend_from_slice(b",\"record\":");
+                        self.scratch.extend_from_slice(line.text.as_bytes());
+                        self.scratch.extend_from_slice(b"}\n");
                         side.write_all(&self.scratch)
                     })
                     .map_err(|cause| EnrichError::Io {
@@ -457,45 +449,47 @@ impl Writer {
         }
     }
 
-    /// Writes the line's object with the field `--into` set to `value`: the same bytes as
-    /// inserting the field into the object and serialising it (keys in sorted order), built
-    /// in the scratch buffer and written with one call. When the field sorts after every key
-    /// (the usual case) it is appended to the serialised object instead of inserted, which
-    /// saves the map insert and the key's copy.
-    fn write_enriched(&mut self, line: Arc<Line>, value: Value) -> Result<(), EnrichError> {
-        self.scratch.clear();
-        let object = &line.object;
-        let into = self.settings.into.as_str();
-        let appended = object
-            .keys()
-            .next_back()
-            .is_none_or(|last| last.as_str() < into)
-            && !object.contains_key(into);
-        let serialised = if appended {
-            serde_json::to_writer(&mut self.scratch, object).and_then(|()| {
-                self.scratch.pop(); // the closing brace
-                if !object.is_empty() {
-                    self.scratch.push(b',');
+    /// Writes the input line with the field `--into` set to `found` (a JSON string, or
+    /// `null` on a miss): the line's own bytes, with the field's value replaced where the
+    /// object has it, or the field added before the closing brace; nothing else changes.
+    /// Built in the scratch buffer and written with one call.
+    fn write_enriched(&mut self, line: &Line, found: Option<&[u8]>) -> Result<(), EnrichError> {
+        let text = line.text.as_bytes();
+        let out = &mut self.scratch;
+        out.clear();
+        let (head, tail) = match line.into {
+            Some((start, end)) => (&text[..start as usize], &text[end as usize..]),
+            None => {
+                let close = line.close as usize;
+                out.extend_from_slice(&text[..close]);
+                if !line.empty {
+                    out.push(b',');
                 }
-                serde_json::to_writer(&mut self.scratch, into)?;
-                self.scratch.push(b':');
-                serde_json::to_writer(&mut self.scratch, &value)?;
-                self.scratch.push(b'}');
-                Ok(())
-            })
-        } else {
-            let mut object = take_object(line);
-            object.insert(into.to_string(), value);
-            serde_json::to_writer(&mut self.scratch, &object)
-        };
-        let result = serialised.map_err(std::io::Error::from).and_then(|()| {
-            self.scratch.push(b'\n');
-            if let Some(ck) = self.checkpoint.as_mut() {
-                // Count the bytes: the commit record holds the output's length.
-                ck.written += self.scratch.len() as u64;
+                out.extend_from_slice(&self.settings.into_key);
+                (&[][..], &text[close..])
             }
-            self.out.write_all(&self.scratch)
-        });
+        };
+        out.extend_from_slice(head);
+        let encoded = match found {
+            // Valid UTF-8 (the usual case) is escaped as it is; anything else lossily.
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(s) => serde_json::to_writer(&mut *out, s),
+                Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes)),
+            },
+            None => {
+                out.extend_from_slice(b"null");
+                Ok(())
+            }
+        };
+        out.extend_from_slice(tail);
+        out.push(b'\n');
+        if let Some(ck) = self.checkpoint.as_mut() {
+            // Count the bytes: the commit record holds the output's length.
+            ck.written += out.len() as u64;
+        }
+        let result = encoded
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(&self.scratch));
         result.map_err(|cause| io_error("write the output", &self.settings.out_path, cause))
     }
 
@@ -536,14 +530,5 @@ fn record_index(item: &Item) -> Option<u64> {
         Emitted::Record { value, .. } => Some(value.0.index),
         Emitted::Failed { input, .. } => Some(input.index),
         Emitted::Watermark(_) => None,
-    }
-}
-
-/// The line's object, without a copy when the writer holds the only reference (the usual case:
-/// the operator released its copy when it emitted the record).
-fn take_object(line: Arc<Line>) -> Map<String, Value> {
-    match Arc::try_unwrap(line) {
-        Ok(l) => l.object,
-        Err(shared) => shared.object.clone(),
     }
 }

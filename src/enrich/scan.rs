@@ -1,0 +1,474 @@
+//! A validating scan of one JSON object, without building it: where its top-level fields
+//! are, where it ends, and nothing else. `enrich` passes records through byte for byte, so it
+//! only needs the key field's value, the span of the field it sets (if present), and the
+//! position of the closing brace; the scan still checks the whole line is valid JSON
+//! (RFC 8259: grammar, string escapes, no control characters in strings, numbers), with a
+//! nesting limit of 128 as serde_json has.
+
+/// What the scan found in a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    /// Byte range of the last top-level value of the key field, if present.
+    pub key: Option<(usize, usize)>,
+    /// Byte range of the last top-level value of the field to set, if present.
+    pub into: Option<(usize, usize)>,
+    /// Index of the object's closing `}`.
+    pub close: usize,
+    /// The object has no field.
+    pub empty: bool,
+}
+
+/// Why a line is not a JSON object: what, and at which byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScanError {
+    pub what: &'static str,
+    pub at: usize,
+    /// Valid JSON, but not an object: what it is.
+    pub not_an_object: Option<&'static str>,
+}
+
+const MAX_DEPTH: usize = 128;
+
+/// Scans `text`, which must be one JSON object (surrounded by optional whitespace), looking
+/// for the top-level fields named `key` and `into` (as raw, unescaped-equal names: a field
+/// name written with escapes is compared after unescaping).
+pub(crate) fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanned, ScanError> {
+    let mut s = Scanner { b: text, i: 0 };
+    s.ws();
+    if s.peek() != Some(b'{') {
+        let start = s.i;
+        return match s.value(0) {
+            Ok(()) => {
+                s.ws();
+                if s.i != text.len() {
+                    return Err(s.err("trailing characters after the value"));
+                }
+                Err(ScanError {
+                    what: "not an object",
+                    at: start,
+                    not_an_object: Some(kind_of(text.get(start).copied())),
+                })
+            }
+            Err(e) => Err(e),
+        };
+    }
+    s.i += 1;
+    let mut found = Scanned {
+        key: None,
+        into: None,
+        close: 0,
+        empty: true,
+    };
+    s.ws();
+    if s.peek() == Some(b'}') {
+        found.close = s.i;
+        s.i += 1;
+    } else {
+        loop {
+            s.ws();
+            let (name_start, name_end) = s.string()?;
+            s.ws();
+            s.expect(b':', "expected ':' after a field name")?;
+            s.ws();
+            let start = s.i;
+            s.value(1)?;
+            let span = Some((start, s.i));
+            let name = &text[name_start..name_end];
+            if names_equal(name, key) {
+                found.key = span;
+            }
+            if names_equal(name, into) {
+                found.into = span;
+            }
+            found.empty = false;
+            s.ws();
+            match s.next() {
+                Some(b',') => continue,
+                Some(b'}') => {
+                    found.close = s.i - 1;
+                    break;
+                }
+                _ => {
+                    return Err(s.err_at("expected ',' or '}' in an object", s.i.saturating_sub(1)))
+                }
+            }
+        }
+    }
+    s.ws();
+    if s.i != text.len() {
+        return Err(s.err("trailing characters after the object"));
+    }
+    Ok(found)
+}
+
+fn kind_of(first: Option<u8>) -> &'static str {
+    match first {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Whether the raw (still escaped) field name `raw` names `want`.
+fn names_equal(raw: &[u8], want: &[u8]) -> bool {
+    if !raw.contains(&b'\\') {
+        return raw == want;
+    }
+    unescape(raw).is_some_and(|u| u == want)
+}
+
+/// The bytes a JSON string's contents (between the quotes, already validated) stand for.
+pub(crate) fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = *raw.get(i + 1)?;
+        i += 2;
+        let ch = match e {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(raw.get(i..i + 4)?)?;
+                i += 4;
+                let code = if (0xD800..0xDC00).contains(&hi) {
+                    if raw.get(i..i + 2)? != b"\\u" {
+                        return None;
+                    }
+                    let lo = hex4(raw.get(i + 2..i + 6)?)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return None;
+                    }
+                    i += 6;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                char::from_u32(code)?
+            }
+            _ => return None,
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+    }
+    Some(out)
+}
+
+fn hex4(h: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(h).ok()?;
+    u32::from_str_radix(s, 16).ok()
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Scanner<'_> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn err(&self, what: &'static str) -> ScanError {
+        self.err_at(what, self.i)
+    }
+
+    fn err_at(&self, what: &'static str, at: usize) -> ScanError {
+        ScanError {
+            what,
+            at,
+            not_an_object: None,
+        }
+    }
+
+    fn expect(&mut self, c: u8, what: &'static str) -> Result<(), ScanError> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    /// One value at nesting `depth`.
+    fn value(&mut self, depth: usize) -> Result<(), ScanError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nested more than 128 levels deep"));
+        }
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().map(drop),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.err("expected a value")),
+            None => Err(self.err("unexpected end of the line")),
+        }
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), ScanError> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.err("expected a value"))
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), ScanError> {
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            self.string()?;
+            self.ws();
+            self.expect(b':', "expected ':' after a field name")?;
+            self.ws();
+            self.value(depth + 1)?;
+            self.ws();
+            match self.next() {
+                Some(b',') => continue,
+                Some(b'}') => return Ok(()),
+                _ => return Err(self.err("expected ',' or '}' in an object")),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<(), ScanError> {
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            self.value(depth + 1)?;
+            self.ws();
+            match self.next() {
+                Some(b',') => continue,
+                Some(b']') => return Ok(()),
+                _ => return Err(self.err("expected ',' or ']' in an array")),
+            }
+        }
+    }
+
+    /// A string; returns the range of its contents (between the quotes).
+    fn string(&mut self) -> Result<(usize, usize), ScanError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.err("expected a string"));
+        }
+        self.i += 1;
+        let start = self.i;
+        loop {
+            // Skip the plain bytes fast.
+            while let Some(&c) = self.b.get(self.i) {
+                if c == b'"' || c == b'\\' || c < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            match self.next() {
+                Some(b'"') => return Ok((start, self.i - 1)),
+                Some(b'\\') => self.escape()?,
+                Some(_) => return Err(self.err_at("control character in a string", self.i - 1)),
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+    }
+
+    fn escape(&mut self) -> Result<(), ScanError> {
+        match self.next() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(()),
+            Some(b'u') => {
+                let code = self.hex4().ok_or_else(|| self.err("bad \\u escape"))?;
+                if (0xDC00..0xE000).contains(&code) {
+                    return Err(self.err("lone trailing surrogate in a \\u escape"));
+                }
+                if (0xD800..0xDC00).contains(&code) {
+                    let pair = self.b.get(self.i..self.i + 2) == Some(b"\\u");
+                    self.i += 2;
+                    let low = pair.then(|| self.hex4()).flatten();
+                    if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                        return Err(self.err("lone leading surrogate in a \\u escape"));
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(self.err_at("bad escape", self.i.saturating_sub(1))),
+        }
+    }
+
+    /// Four hex digits at the cursor, consumed.
+    fn hex4(&mut self) -> Option<u32> {
+        let h = self.b.get(self.i..self.i + 4)?;
+        if !h.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        self.i += 4;
+        hex4(h)
+    }
+
+    fn number(&mut self) -> Result<(), ScanError> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.next() {
+            Some(b'0') => {}
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.err("bad number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                return Err(self.err("bad number: no digit after '.'"));
+            }
+            self.digits();
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                return Err(self.err("bad number: no digit in the exponent"));
+            }
+            self.digits();
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Scanned {
+        scan_object(text.as_bytes(), b"key", b"value").unwrap()
+    }
+
+    #[test]
+    fn fields_and_the_end_are_found() {
+        let t = r#" {"z":1, "key" : "k:5","a":[1,{"key":2}],"value":null} "#;
+        let s = ok(t);
+        assert_eq!(&t[s.key.unwrap().0..s.key.unwrap().1], r#""k:5""#);
+        assert_eq!(&t[s.into.unwrap().0..s.into.unwrap().1], "null");
+        assert_eq!(&t[s.close..], "} ");
+        assert!(!s.empty);
+        let e = ok("{}");
+        assert!(e.empty && e.key.is_none() && e.close == 1);
+        let esc = ok(r#"{"k\u0065y":7}"#);
+        assert_eq!(esc.key, Some((12, 13)));
+    }
+
+    /// The scan accepts and refuses exactly what serde_json does, on a corpus of valid and
+    /// invalid lines.
+    #[test]
+    fn the_scan_agrees_with_serde_json() {
+        let corpus = [
+            r#"{"a":1.50,"b":1e3,"c":-0,"d":123456789012345678901234567890}"#,
+            r#"{"s":"\u00e9\"\\\/\b\f\n\r\t","n":[[],{},[{}]],"t":true,"f":false,"z":null}"#,
+            r#"{"emoji":"\ud83d\ude00","raw":"é"}"#,
+            r#"{"lone":"\ud83d"}"#,
+            r#"{"lone":"\ude00"}"#,
+            r#"{"lone":"\ud83dx"}"#,
+            "{ }",
+            "  {\"a\" :\t[ 1 , 2 ] }  ",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":.5}",
+            "{\"a\":1e}",
+            "{\"a\":-}",
+            "{\"a\":+1}",
+            "{\"a\":tru}",
+            "{\"a\":\"x\ty\"}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12\"}",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\" 1}",
+            "{\"a\":1}}",
+            "{\"a\":1} x",
+            "{\"a\":[1,]}",
+            "{\"a\":[1 2]}",
+            "{'a':1}",
+            "{\"a\":\"unterminated}",
+            "[1,2]",
+            "\"just a string\"",
+            "42",
+            "",
+            "{",
+        ];
+        for line in corpus {
+            let serde = serde_json::from_str::<serde_json::Value>(line);
+            let ours = scan_object(line.as_bytes(), b"a", b"b");
+            let serde_object = matches!(serde, Ok(serde_json::Value::Object(_)));
+            assert_eq!(
+                ours.is_ok(),
+                serde_object,
+                "{line:?}: ours {ours:?}, serde {serde:?}"
+            );
+            if let (Ok(v), Err(e)) = (&serde, &ours) {
+                assert!(e.not_an_object.is_some(), "{line:?}: valid {v:?} but {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(scan_object(deep.as_bytes(), b"a", b"b").is_err());
+        let fine = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(scan_object(fine.as_bytes(), b"a", b"b").is_ok());
+    }
+
+    #[test]
+    fn escapes_unescape() {
+        assert_eq!(
+            unescape(br#"a\u00e9\n\ud83d\ude00"#).unwrap(),
+            "aé\n😀".as_bytes()
+        );
+        assert!(unescape(br#"\ud83d"#).is_none(), "a lone high surrogate");
+    }
+}

@@ -62,11 +62,11 @@ impl Drop for MetricsServer {
 }
 
 /// Most requests answered at once; more wait in the listen backlog.
-const MAX_SCRAPES: usize = 8;
+pub const MAX_SCRAPES: usize = 8;
 /// Largest request head read (request line and headers); a longer one is refused.
-const MAX_REQUEST_HEAD: usize = 8 << 10;
+pub const MAX_REQUEST_HEAD: usize = 8 << 10;
 /// How long a scraper may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn serve(listener: TcpListener, live: Arc<LiveMetrics>, stop: Arc<AtomicBool>) {
     let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));

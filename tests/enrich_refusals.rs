@@ -330,8 +330,83 @@ fn another_jobs_partial_output_is_never_taken_over() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("did not write it"), "{}", stderr(&o));
+    assert!(
+        !d.0.join("ck").exists(),
+        "a refused run creates no checkpoint directory"
+    );
     let o = ringwait(&["enrich", "--input", &input, "--output", &out, "--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(ids(&out), (0..500).collect::<Vec<_>>());
     assert_eq!(std::fs::read_to_string(&partial).unwrap(), PRECIOUS);
+}
+
+/// Standard input redirected from the output file (`--input - --output f < f`, `--input -
+/// < f >> f`, `--input - < f 1<> f`) would read its own output or overwrite its input: it is
+/// refused like `--input f --output f`, and the file stays as it was.
+#[test]
+fn standard_input_from_the_output_file_is_refused() {
+    let d = Dir::new("stdin-output");
+    let file = d.path("f.jsonl");
+    write_input(&file, 200, None, "a");
+    let before = std::fs::read(&file).unwrap();
+    let open = |append: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .append(append)
+            .open(&file)
+            .unwrap()
+    };
+    let cases: [(&str, &[&str], Option<std::fs::File>); 3] = [
+        ("--output f < f", &["--output", &file], None),
+        ("< f >> f", &["--output", "-"], Some(open(true))),
+        ("< f 1<> f", &["--output", "-"], Some(open(false))),
+    ];
+    for (case, args, stdout) in cases {
+        let mut cmd = bin();
+        cmd.args(["enrich", "--input", "-", "--quiet"])
+            .args(args)
+            .stdin(std::fs::File::open(&file).unwrap());
+        if let Some(out) = stdout {
+            cmd.stdout(out);
+        }
+        let o = cmd.output().unwrap();
+        assert!(!o.status.success(), "{case}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("standard input") && err.contains("is the same file as"),
+            "{case}: {err}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), before, "{case}");
+    }
+}
+
+/// A report path that is a directory, and an empty output path, are refused up front, not
+/// after the whole run.
+#[test]
+fn a_directory_report_and_an_empty_output_are_refused_before_the_run() {
+    let d = Dir::new("report-dir");
+    let input = d.path("in.jsonl");
+    write_input(&input, 100, None, "a");
+    let out = d.path("out.jsonl");
+    let before = snapshot(&d.0);
+    let o = ringwait(&[
+        "enrich",
+        "--input",
+        &input,
+        "--output",
+        &out,
+        "--report",
+        &d.path(""),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--report"), "{}", stderr(&o));
+    let o = ringwait(&["enrich", "--input", &input, "--output", ""]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--output: an empty path"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(&d.0), before, "nothing written");
 }

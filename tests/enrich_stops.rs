@@ -443,3 +443,45 @@ fn a_job_waiting_on_a_quiet_pipe_stops_on_a_signal_and_on_a_failure() {
         }
     }
 }
+
+/// A FIFO as `--input`: the run does not take its writer's data away before it starts
+/// (the check does not open it), reads it to the end, and stops on SIGTERM while the FIFO
+/// has no writer yet (opening does not block).
+#[test]
+fn a_fifo_input_is_read_whole_and_a_stop_does_not_wait_for_its_writer() {
+    let d = Dir::new("fifo");
+    let fifo = d.path("in.fifo");
+    let c = std::ffi::CString::new(fifo.clone()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let input = d.path("in.jsonl");
+    write_input(&input, 5000, None, "a");
+    let out = d.path("out.jsonl");
+    // The writer first: it blocks until the run opens the FIFO.
+    let (src, dst) = (input.clone(), fifo.clone());
+    let writer = std::thread::spawn(move || std::fs::copy(&src, &dst).map(drop));
+    std::thread::sleep(Duration::from_millis(200));
+    let o = bin()
+        .args([
+            "enrich", "--input", &fifo, "--output", &out, "--quiet", "--no-pin",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    writer.join().unwrap().expect("the writer was not cut off");
+    assert_eq!(ids(&out), (0..5000).collect::<Vec<_>>());
+
+    // No writer at all: SIGTERM ends the run.
+    let mut job = spawn(&[
+        "enrich",
+        "--input",
+        &fifo,
+        "--output",
+        &d.path("o2.jsonl"),
+        "--no-pin",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&job, libc::SIGTERM);
+    let status = wait_at_most(&mut job, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(143), "{}", stderr_of(&mut job));
+}

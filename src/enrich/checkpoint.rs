@@ -56,6 +56,7 @@ pub(crate) fn check_job(
     let record = JobRecord::of(config, partitions, &output.final_path)?;
     let Some(stored) = JobRecord::load(dir)? else {
         refuse_unknown_snapshots(dir)?;
+        refuse_foreign_partials(files)?;
         return Ok(JobCheck {
             record,
             completed: None,
@@ -103,7 +104,6 @@ pub(crate) fn prepare(
     let op_id = operator.operator_id();
     let store = SnapshotStore::open(dir, op_id, output::WRITER_PARTITION, 4096)?;
     if !dir.join(JOB_FILE).exists() {
-        refuse_foreign_partials(files)?;
         job.record.save(dir)?;
     }
     let committed = SnapshotStore::recover(dir, op_id, output::WRITER_PARTITION)?;

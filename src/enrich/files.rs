@@ -249,11 +249,21 @@ pub(crate) fn check(config: &EnrichConfig) -> Result<JobFiles, EnrichError> {
             }
         }
     }
-    if config.output == Output::Stdout && stdout_is_a_file() {
+    if config.input == Input::Stdin && std_is_a_file("/dev/stdin") {
+        // `--input - < in.jsonl` with the output (or `>`/`1<>`) on the same file.
+        named.push(("standard input", PathBuf::from("/dev/stdin")));
+    }
+    if config.output == Output::Stdout && std_is_a_file("/dev/stdout") {
         // `--input in.jsonl >> in.jsonl` would read its own output back until the disk is full.
         named.push(("standard output", PathBuf::from("/dev/stdout")));
     }
     if let Some(report) = &config.report {
+        if report.as_os_str().is_empty() || report.is_dir() {
+            return Err(flag_error(
+                "--report",
+                format!("{:?} is not a file name", report.display().to_string()),
+            ));
+        }
         check_parent("--report", report)?;
         named.push(("--report", report.clone()));
     }
@@ -278,15 +288,36 @@ fn check_input(path: &Path, checkpointed: bool) -> Result<(), EnrichError> {
             "is not a regular file, so a checkpointed run cannot replay it".into(),
         ));
     }
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| refuse(format!("cannot be read ({e})")))
+    if meta.is_file() {
+        return std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| refuse(format!("cannot be read ({e})")));
+    }
+    // A FIFO or a device is not opened here: opening and closing a FIFO would take its
+    // writer's data (or its writer) away from the run.
+    access(path, libc::R_OK).map_err(|e| refuse(format!("cannot be read ({e})")))
+}
+
+/// access(2): whether this process may use `path` as `mode` says.
+fn access(path: &Path, mode: libc::c_int) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| std::io::Error::other("a NUL byte in the name"))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; access(2) only
+    // reads it.
+    if unsafe { libc::access(c.as_ptr(), mode) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Where an output named `path` is written; refuses a directory, a dangling symlink, a
 /// missing parent directory, or (with checkpoints) anything but a regular file.
 fn plan_output(flag: &'static str, path: &Path, checkpointed: bool) -> Result<Staged, EnrichError> {
     let refuse = |reason: String| flag_error(flag, format!("{}: {reason}", path.display()));
+    if path.as_os_str().is_empty() {
+        return Err(flag_error(flag, "an empty path".into()));
+    }
     let resolved = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
             .map_err(|e| refuse(format!("is a symlink whose target cannot be used ({e})")))?,
@@ -342,22 +373,13 @@ fn check_parent(flag: &'static str, path: &Path) -> Result<(), EnrichError> {
         Ok(_) => return Err(refuse("is not a directory".into())),
         Err(e) => return Err(refuse(format!("cannot be used ({e})"))),
     }
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(parent.as_os_str()))
-        .map_err(|_| refuse("has a NUL byte in its name".into()))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; access(2) only
-    // reads it.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        return Err(refuse(format!(
-            "is not writable ({})",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+    access(parent, libc::W_OK | libc::X_OK).map_err(|e| refuse(format!("is not writable ({e})")))
 }
 
-/// Whether standard output is a regular file (redirected with `>` or `>>`).
-fn stdout_is_a_file() -> bool {
-    std::fs::metadata("/dev/stdout").is_ok_and(|m| m.is_file())
+/// Whether standard input or output (`/dev/stdin`, `/dev/stdout`) is a regular file
+/// (redirected with `<`, `>`, `>>` or `<>`).
+fn std_is_a_file(path: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// Two different flags must not name the same file.

@@ -3,6 +3,7 @@
 
 use std::io::BufRead;
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,11 +84,17 @@ fn read(
         }
         Input::File(path) => {
             let name = path.display().to_string();
-            let file = std::fs::File::open(&path).map_err(|cause| EnrichError::Io {
-                what: "open the input",
-                path: name.clone(),
-                cause,
-            })?;
+            // Non-blocking, so that opening a FIFO does not wait for its writer (which a stop
+            // could not interrupt); the reads wait with poll(2) instead.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(|cause| EnrichError::Io {
+                    what: "open the input",
+                    path: name.clone(),
+                    cause,
+                })?;
             read_lines(file, &name, s, queues)
         }
         Input::Stdin => {

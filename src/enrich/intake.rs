@@ -193,10 +193,16 @@ impl<R: Read + AsRawFd> StopAwareRead<R> {
 
 impl<R: Read + AsRawFd> Read for StopAwareRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.blocking {
-            self.wait_readable()?;
+        loop {
+            if self.blocking {
+                self.wait_readable()?;
+            }
+            match self.inner.read(buf) {
+                // A descriptor opened non-blocking (a FIFO) woke without data: wait again.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
         }
-        self.inner.read(buf)
     }
 }
 

@@ -109,6 +109,7 @@ fn sigterm_stops_with_a_summary_and_keeps_the_output_name_untouched() {
         let d = Dir::new(&format!("sigterm-{partitions}-{mode}"));
         let out = d.path("out.jsonl");
         std::fs::write(&out, PRECIOUS).unwrap();
+        let side = format!("side-output:{}", d.path("side.jsonl"));
         let mut job = spawn(&[
             "enrich",
             "--records",
@@ -117,6 +118,8 @@ fn sigterm_stops_with_a_summary_and_keeps_the_output_name_untouched() {
             "1000",
             "--output",
             &out,
+            "--on-error",
+            &side,
             "--mode",
             mode,
             "--partitions",
@@ -142,6 +145,14 @@ fn sigterm_stops_with_a_summary_and_keeps_the_output_name_untouched() {
         );
         assert!(err.contains("stopped on request"), "{case}: {err}");
         assert!(err.contains(&partial), "{case}: {err}");
+        let side_partial = format!("side.jsonl.ringwait-partial-{}", job.id());
+        assert!(
+            err.contains(&format!(
+                "the side output so far is in {}",
+                d.path(&side_partial)
+            )),
+            "{case}: {err}"
+        );
     }
 }
 

@@ -98,6 +98,14 @@ impl JobFiles {
         Ok(())
     }
 
+    /// The partial file of a staged output, if it was created.
+    pub fn partial_of(&self, staged: &Option<Staged>) -> Option<PathBuf> {
+        staged
+            .as_ref()
+            .filter(|s| s.is_staged() && s.write_path.exists())
+            .map(|s| s.write_path.clone())
+    }
+
     /// Renames every finished output over its name.
     pub fn publish(&self) -> Result<(), EnrichError> {
         self.staged().try_for_each(Staged::publish)
@@ -112,6 +120,7 @@ impl JobFiles {
                 EnrichError::Incomplete {
                     error: Box::new(error),
                     partial: out.write_path.clone(),
+                    side_partial: self.partial_of(&self.side),
                     resumable,
                 }
             }

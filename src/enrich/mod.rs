@@ -236,12 +236,14 @@ pub enum EnrichError {
     Internal(String),
     /// The run failed after it began writing: the output so far stays at `partial`, and the
     /// output's own name was not touched.
-    #[error("{error}; the output so far is in {}{}", partial.display(), if *resumable { " (the same command resumes from the last checkpoint)" } else { "" })]
+    #[error("{error}; the output so far is in {}{}{}", partial.display(), side_partial.as_ref().map(|p| format!(", the side output so far in {}", p.display())).unwrap_or_default(), if *resumable { " (the same command resumes from the last checkpoint)" } else { "" })]
     Incomplete {
         /// Why the run failed.
         error: Box<EnrichError>,
         /// Where the output so far is.
         partial: PathBuf,
+        /// Where the side output so far is, if there is one.
+        side_partial: Option<PathBuf>,
         /// Whether the same command resumes (checkpointed runs).
         resumable: bool,
     },
@@ -409,11 +411,8 @@ fn finish(
     }
     if let Ending::Stopped { .. } = summary.ending {
         summary.ending = Ending::Stopped {
-            partial: files
-                .output
-                .as_ref()
-                .filter(|o| o.is_staged())
-                .map(|o| o.write_path.clone()),
+            partial: files.partial_of(&files.output),
+            side_partial: files.partial_of(&files.side),
             resumable: job.is_some(),
         };
         return Ok(summary);
@@ -568,6 +567,7 @@ fn run_pipeline(
     } else {
         Ending::Stopped {
             partial: None,
+            side_partial: None,
             resumable: false,
         }
     };

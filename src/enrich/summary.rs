@@ -21,6 +21,8 @@ pub enum Ending {
     Stopped {
         /// Where the output so far is (not renamed over the output: the run is incomplete).
         partial: Option<PathBuf>,
+        /// Where the side output so far is, if there is one.
+        side_partial: Option<PathBuf>,
         /// Whether the same command resumes from here (checkpointed runs).
         resumable: bool,
     },
@@ -130,10 +132,18 @@ impl std::fmt::Display for EnrichSummary {
             self.written.skipped,
             self.written.side_output
         )?;
-        if let Ending::Stopped { partial, resumable } = &self.ending {
+        if let Ending::Stopped {
+            partial,
+            side_partial,
+            resumable,
+        } = &self.ending
+        {
             write!(f, "\n  stopped on request before the end of the input")?;
             if let Some(p) = partial {
                 write!(f, "; the output so far is in {}", p.display())?;
+            }
+            if let Some(p) = side_partial {
+                write!(f, "; the side output so far is in {}", p.display())?;
             }
             if *resumable {
                 write!(f, "; the same command resumes from the final checkpoint")?;

@@ -102,6 +102,13 @@ fn a_finished_job_run_again_gives_the_same_output_and_other_partitions_are_refus
         stderr(&o)
     );
     assert_eq!(std::fs::read(&out).unwrap(), first, "nothing changes");
+    std::fs::remove_file(&out).unwrap();
+    let o = run("2");
+    assert!(
+        !o.status.success(),
+        "a complete job whose output is gone is not reported done"
+    );
+    assert!(stderr(&o).contains("is gone"), "{}", stderr(&o));
     let o = run("1");
     assert!(!o.status.success());
     assert!(

@@ -68,6 +68,15 @@ pub(crate) fn check_job(
     }
     if let Some(records) = stored.completed_records() {
         publish_finished(files)?;
+        if !output.final_path.exists() {
+            return Err(flag(format!(
+                "the job in {} is complete, but its output {} is gone: remove the directory \
+                 (rm -r {}) to run the job again",
+                dir.display(),
+                output.final_path.display(),
+                dir.display()
+            )));
+        }
         return Ok(JobCheck {
             record,
             completed: Some(records),

@@ -164,6 +164,32 @@ gauges! {
     oldest_age: GaugeNs, "Age of the oldest entry held.";
 }
 
+impl PartitionSample {
+    /// The sample of an operator's metrics (the function's and the checkpoints' histograms
+    /// empty: the runtime adds them).
+    pub fn of(m: &super::OperatorMetrics) -> Self {
+        PartitionSample {
+            records_in: m.records_in,
+            outputs: m.outputs,
+            completions: m.completions,
+            duplicates: m.duplicates,
+            late: m.late,
+            timeouts: m.timeouts,
+            retries: m.retries,
+            errors: m.errors,
+            skipped: m.skipped,
+            side_outputs: m.side_outputs,
+            panics: m.panics,
+            in_flight: m.in_flight,
+            occupancy: m.occupancy,
+            capacity: m.capacity,
+            oldest_age: m.oldest_age_ns,
+            latency: LatencyBuckets::of(&m.latency),
+            ..PartitionSample::default()
+        }
+    }
+}
+
 /// The live metrics of every partition of a pipeline, and of the job around it.
 ///
 /// ```

@@ -33,32 +33,11 @@ impl<F: AsyncFunction> AsyncWaitOperator<F> {
     }
 
     /// The current metrics of this partition as plain gauges, for readers on other threads
-    /// (see [`crate::metrics::live`]), without allocating. The same counters as
-    /// [`metrics`](Self::metrics); latency as quantiles instead of a histogram.
+    /// (see [`crate::metrics::live`]): [`metrics`](Self::metrics), with the latency as
+    /// published buckets. Called every [`crate::runtime::PUBLISH_EVERY`], not per record.
     pub fn sample(&mut self, now: Nanos) -> PartitionSample {
         self.settle(now);
-        let ignored = self.board.ignored();
-        let c = &self.counters;
-        PartitionSample {
-            records_in: c.records_in,
-            outputs: c.outputs,
-            completions: c.completions,
-            duplicates: ignored.duplicates,
-            late: ignored.late,
-            timeouts: c.timeouts,
-            retries: c.retries,
-            errors: c.errors,
-            skipped: c.skipped,
-            side_outputs: c.side_outputs,
-            panics: c.panics,
-            in_flight: self.in_flight() as u64,
-            occupancy: self.occupancy() as u64,
-            capacity: self.config.capacity() as u64,
-            oldest_age: self.oldest_age(now),
-            latency: self.latency.buckets(),
-            snapshot: Default::default(),
-            lookup_round_trip: Default::default(),
-        }
+        PartitionSample::of(&self.metrics(now))
     }
 
     /// Age of the oldest entry held (0 when empty).

@@ -52,48 +52,22 @@ pub(crate) fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanne
             Err(e) => Err(e),
         };
     }
-    s.i += 1;
     let mut found = Scanned {
         key: None,
         into: None,
         close: 0,
         empty: true,
     };
-    s.ws();
-    if s.peek() == Some(b'}') {
-        found.close = s.i;
-        s.i += 1;
-    } else {
-        loop {
-            s.ws();
-            let (name_start, name_end) = s.string()?;
-            s.ws();
-            s.expect(b':', "expected ':' after a field name")?;
-            s.ws();
-            let start = s.i;
-            s.value(1)?;
-            let span = Some((start, s.i));
-            let name = &text[name_start..name_end];
-            if names_equal(name, key) {
-                found.key = span;
-            }
-            if names_equal(name, into) {
-                found.into = span;
-            }
-            found.empty = false;
-            s.ws();
-            match s.next() {
-                Some(b',') => continue,
-                Some(b'}') => {
-                    found.close = s.i - 1;
-                    break;
-                }
-                _ => {
-                    return Err(s.err_at("expected ',' or '}' in an object", s.i.saturating_sub(1)))
-                }
-            }
+    s.object(0, |name, span| {
+        if names_equal(name, key) {
+            found.key = Some(span);
         }
-    }
+        if names_equal(name, into) {
+            found.into = Some(span);
+        }
+        found.empty = false;
+    })?;
+    found.close = s.i - 1;
     s.ws();
     if s.i != text.len() {
         return Err(s.err("trailing characters after the object"));
@@ -224,7 +198,7 @@ impl Scanner<'_> {
             return Err(self.err("nested more than 128 levels deep"));
         }
         match self.peek() {
-            Some(b'{') => self.object(depth),
+            Some(b'{') => self.object(depth, |_, _| {}),
             Some(b'[') => self.array(depth),
             Some(b'"') => self.string().map(drop),
             Some(b't') => self.literal(b"true"),
@@ -245,7 +219,14 @@ impl Scanner<'_> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<(), ScanError> {
+    /// An object at nesting `depth`; `field` sees each field's raw (still escaped) name and
+    /// the byte range of its value.
+    fn object(
+        &mut self,
+        depth: usize,
+        mut field: impl FnMut(&[u8], (usize, usize)),
+    ) -> Result<(), ScanError> {
+        let b = self.b;
         self.i += 1;
         self.ws();
         if self.peek() == Some(b'}') {
@@ -254,16 +235,21 @@ impl Scanner<'_> {
         }
         loop {
             self.ws();
-            self.string()?;
+            let (name_start, name_end) = self.string()?;
             self.ws();
             self.expect(b':', "expected ':' after a field name")?;
             self.ws();
+            let start = self.i;
             self.value(depth + 1)?;
+            field(&b[name_start..name_end], (start, self.i));
             self.ws();
             match self.next() {
                 Some(b',') => continue,
                 Some(b'}') => return Ok(()),
-                _ => return Err(self.err("expected ',' or '}' in an object")),
+                _ => {
+                    let at = self.i.saturating_sub(1);
+                    return Err(self.err_at("expected ',' or '}' in an object", at));
+                }
             }
         }
     }

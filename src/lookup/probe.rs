@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use super::RedisUrl;
+use crate::resp::{CommandEncoder, Frame, Limits, Parser};
 
 /// Why the store did not pass the probe.
 #[derive(Debug, thiserror::Error)]
@@ -54,21 +55,42 @@ fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| io("could not be configured", e))?;
-    let mut request = b"*1\r\n$4\r\nPING\r\n".to_vec();
+    let mut request = Vec::with_capacity(64);
+    let mut enc = CommandEncoder::begin(&mut request, 1);
+    enc.arg(b"PING");
+    enc.finish();
     let mut replies = 1;
     if url.db != 0 {
-        let db = url.db.to_string();
-        request.extend_from_slice(
-            format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n", db.len()).as_bytes(),
-        );
+        let mut enc = CommandEncoder::begin(&mut request, 2);
+        enc.arg(b"SELECT").arg_int(i64::from(url.db));
+        enc.finish();
         replies += 1;
     }
     stream
         .write_all(&request)
         .map_err(|e| io("did not take a request", e))?;
+    let parser = Parser::new(Limits::default());
     let mut got = Vec::with_capacity(64);
     let mut buf = [0u8; 512];
-    while got.windows(2).filter(|w| w == b"\r\n").count() < replies {
+    let mut used = 0;
+    while replies > 0 {
+        match parser.parse(&got[used..]) {
+            Ok(Some((Frame::Simple(_), n))) => {
+                used += n;
+                replies -= 1;
+                continue;
+            }
+            Ok(Some((Frame::Error(message), _))) => {
+                let message = String::from_utf8_lossy(message);
+                return Err(fail(format!("answered -{message}")));
+            }
+            Ok(Some((other, _))) => return Err(fail(format!("answered {other:?}"))),
+            Err(e) => return Err(fail(format!("answered something that is not RESP ({e})"))),
+            Ok(None) if got.len() > 4096 => {
+                return Err(fail("answered PING with more than 4 KiB".into()))
+            }
+            Ok(None) => {}
+        }
         let n = stream
             .read(&mut buf)
             .map_err(|e| io("did not answer PING", e))?;
@@ -76,16 +98,6 @@ fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
             return Err(fail("closed the connection without answering PING".into()));
         }
         got.extend_from_slice(&buf[..n]);
-        if got.len() > 4096 {
-            return Err(fail("answered PING with more than 4 KiB".into()));
-        }
-    }
-    for line in got.split(|b| *b == b'\n').take(replies) {
-        let line = String::from_utf8_lossy(line);
-        let line = line.trim_end();
-        if !line.starts_with('+') {
-            return Err(fail(format!("answered {line:?}")));
-        }
     }
     Ok(())
 }

@@ -52,6 +52,8 @@ pub(crate) struct ReaderSettings {
     pub routing: Routing,
     /// When to stop taking input.
     pub intake: Arc<Intake>,
+    /// The key field's name as JSON (generated input), escaped once.
+    pub generated_key_json: String,
 }
 
 /// Starts the reader; it returns the number of records it dealt, and tells
@@ -115,21 +117,20 @@ fn read(
 
 /// Generated record `i`: `{"id":i,"<key field>":"k:<key_of(i)>"}`.
 fn generated(i: u64, s: &ReaderSettings) -> Result<Line, EnrichError> {
-    let name = serde_json::to_string(&s.fields.key).expect("a string serialises");
+    let name = &s.generated_key_json;
     let text = format!(r#"{{"id":{i},{name}:"k:{}"}}"#, key_of(i));
     Ok(parse_line(&text, i + 1, i, &s.fields)?)
 }
 
-/// Reads the next line into `buf` (without its line break); `Ok(false)` at the end.
-fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+/// Reads the next line into `buf`, without its line break; returns the bytes read from the
+/// input (line break included), 0 at the end.
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     buf.clear();
-    if reader.read_until(b'\n', buf)? == 0 {
-        return Ok(false);
-    }
+    let n = reader.read_until(b'\n', buf)?;
     while matches!(buf.last(), Some(b'\n' | b'\r')) {
         buf.pop();
     }
-    Ok(true)
+    Ok(n)
 }
 
 fn read_lines(
@@ -144,7 +145,7 @@ fn read_lines(
     let mut number = 0u64;
     loop {
         let more = match next_line(&mut reader, &mut bytes) {
-            Ok(more) => more,
+            Ok(n) => n > 0,
             // Intake stopped while the reader waited: a part of a line is dropped unread.
             Err(e) if is_stopped(&e) => return Ok(number),
             Err(cause) => {
@@ -305,14 +306,11 @@ impl crate::source::Source for LineSource {
                     index,
                     bytes,
                 } => {
-                    bytes.clear();
-                    let n = reader
-                        .read_until(b'\n', bytes)
-                        .map_err(|cause| EnrichError::Io {
-                            what: "read the input",
-                            path: path.clone(),
-                            cause,
-                        })?;
+                    let n = next_line(reader, bytes).map_err(|cause| EnrichError::Io {
+                        what: "read the input",
+                        path: path.clone(),
+                        cause,
+                    })?;
                     if n == 0 {
                         let end = *index;
                         return Ok(self.at_end(end));
@@ -324,9 +322,6 @@ impl crate::source::Source for LineSource {
                     if !routing.by_key && (i % routing.partitions as u64) as usize != self.partition
                     {
                         continue;
-                    }
-                    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-                        bytes.pop();
                     }
                     let text = utf8(bytes, i + 1)?;
                     parse_line(text, i + 1, i, &self.settings.fields)?

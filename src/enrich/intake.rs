@@ -13,7 +13,7 @@
 //! both every 50 ms while it waits, so a reader blocked on a quiet pipe still stops.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,26 +139,18 @@ pub(crate) fn is_stopped(e: &std::io::Error) -> bool {
 /// A reader that waits for data with `poll(2)` in [`STOP_CHECK`] steps and fails with
 /// [`Stopped`] once intake stops, so that a read blocked on a pipe or a terminal ends. A
 /// regular file never blocks and is read directly.
-pub(crate) struct StopAwareRead<R> {
-    inner: R,
-    fd: RawFd,
+pub(crate) struct StopAwareRead {
+    inner: std::fs::File,
     blocking: bool,
     intake: Arc<Intake>,
 }
 
-impl<R: Read + AsRawFd> StopAwareRead<R> {
+impl StopAwareRead {
     /// Wraps `inner`.
-    pub fn new(inner: R, intake: Arc<Intake>) -> Self {
-        let fd = inner.as_raw_fd();
-        // SAFETY: an all-zero `stat` is a valid value to be overwritten; fstat(2) writes into
-        // the struct we own and reads nothing else from memory.
-        let blocking = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            libc::fstat(fd, &mut st) != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG
-        };
+    pub fn new(inner: std::fs::File, intake: Arc<Intake>) -> Self {
+        let blocking = !inner.metadata().is_ok_and(|m| m.is_file());
         StopAwareRead {
             inner,
-            fd,
             blocking,
             intake,
         }
@@ -171,7 +163,7 @@ impl<R: Read + AsRawFd> StopAwareRead<R> {
                 return Err(std::io::Error::other(Stopped));
             }
             let mut pfd = libc::pollfd {
-                fd: self.fd,
+                fd: self.inner.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
@@ -191,7 +183,7 @@ impl<R: Read + AsRawFd> StopAwareRead<R> {
     }
 }
 
-impl<R: Read + AsRawFd> Read for StopAwareRead<R> {
+impl Read for StopAwareRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             if self.blocking {

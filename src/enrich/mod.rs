@@ -526,6 +526,7 @@ fn run_pipeline(
             by_key: config.mode == OrderMode::KeyOrdered,
         },
         intake: intake.clone(),
+        generated_key_json: serde_json::to_string(&config.key_field).expect("a string serialises"),
     });
     let (writer_ck, checkpointing) = checkpoint.unzip();
     // Checkpointed runs read the input in each partition (a replayable source); otherwise a

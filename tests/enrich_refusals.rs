@@ -81,47 +81,42 @@ fn side_output_on_the_output_and_files_inside_the_checkpoint_dir_are_refused() {
     std::fs::write(&out, PRECIOUS).unwrap();
     std::fs::create_dir(d.path("ck")).unwrap();
     let before = snapshot(&d.0);
-    let o = ringwait(&[
-        "enrich",
-        "--input",
-        &input,
-        "--output",
-        &out,
-        "--on-error",
-        &format!("side-output:{out}"),
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("same file as --output"),
-        "{}",
-        stderr(&o)
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &input,
+            "--output",
+            &out,
+            "--on-error",
+            &format!("side-output:{out}"),
+        ],
+        "same file as --output",
     );
-    let o = ringwait(&[
-        "enrich",
-        "--input",
-        &input,
-        "--output",
-        &d.path("ck/out.jsonl"),
-        "--checkpoint-dir",
-        &d.path("ck"),
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("inside --checkpoint-dir"),
-        "{}",
-        stderr(&o)
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &input,
+            "--output",
+            &d.path("ck/out.jsonl"),
+            "--checkpoint-dir",
+            &d.path("ck"),
+        ],
+        "inside --checkpoint-dir",
     );
-    let o = ringwait(&[
-        "enrich",
-        "--input",
-        &input,
-        "--output",
-        &d.path("o2.jsonl"),
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &input,
+            "--output",
+            &d.path("o2.jsonl"),
+            "--checkpoint-dir",
+            &out,
+        ],
         "--checkpoint-dir",
-        &out,
-    ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--checkpoint-dir"), "{}", stderr(&o));
+    );
     assert_eq!(snapshot(&d.0), before);
 }
 
@@ -318,18 +313,19 @@ fn another_jobs_partial_output_is_never_taken_over() {
     let out = d.path("out.jsonl");
     let partial = format!("{out}.ringwait-partial");
     std::fs::write(&partial, PRECIOUS).unwrap();
-    let o = ringwait(&[
-        "enrich",
-        "--input",
-        &input,
-        "--output",
-        &out,
-        "--checkpoint-dir",
-        &d.path("ck"),
-        "--quiet",
-    ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("did not write it"), "{}", stderr(&o));
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &input,
+            "--output",
+            &out,
+            "--checkpoint-dir",
+            &d.path("ck"),
+            "--quiet",
+        ],
+        "did not write it",
+    );
     assert!(
         !d.0.join("ck").exists(),
         "a refused run creates no checkpoint directory"
@@ -390,23 +386,21 @@ fn a_directory_report_and_an_empty_output_are_refused_before_the_run() {
     write_input(&input, 100, None, "a");
     let out = d.path("out.jsonl");
     let before = snapshot(&d.0);
-    let o = ringwait(&[
-        "enrich",
-        "--input",
-        &input,
-        "--output",
-        &out,
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &input,
+            "--output",
+            &out,
+            "--report",
+            &d.path(""),
+        ],
         "--report",
-        &d.path(""),
-    ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--report"), "{}", stderr(&o));
-    let o = ringwait(&["enrich", "--input", &input, "--output", ""]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("--output: an empty path"),
-        "{}",
-        stderr(&o)
+    );
+    refused(
+        &["enrich", "--input", &input, "--output", ""],
+        "--output: an empty path",
     );
     assert_eq!(snapshot(&d.0), before, "nothing written");
 }

@@ -28,6 +28,14 @@ pub fn spawn(args: &[&str]) -> Child {
         .expect("spawn ringwait")
 }
 
+/// Runs `ringwait args`, which must fail with `says` in its error.
+pub fn refused(args: &[&str], says: &str) {
+    let o = ringwait(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} was not refused: {err}");
+    assert!(err.contains(says), "{err}");
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

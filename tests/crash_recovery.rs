@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
+use ringwait::snapshot::SnapshotStore;
 use serde_json::Value;
 
 const KEYS: u64 = 500;
@@ -102,6 +103,29 @@ impl Job {
             .expect("start ringwait")
     }
 
+    /// The epoch of the job's latest commit (the writer's snapshot file), 0 before the first.
+    fn committed_epoch(&self) -> u64 {
+        let ckpt = self.dir.join("ckpt");
+        let Ok(entries) = std::fs::read_dir(&ckpt) else {
+            return 0;
+        };
+        let writer = format!("-p{}.snap", u32::MAX);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(op) = name
+                .strip_prefix("op-")
+                .and_then(|rest| rest.strip_suffix(&writer))
+                .and_then(|op| op.parse().ok())
+            else {
+                continue;
+            };
+            if let Ok(Some(found)) = SnapshotStore::recover(&ckpt, op, u32::MAX) {
+                return found.meta.epoch;
+            }
+        }
+        0
+    }
+
     /// The independent checker: the output against the input, with the order `mode` promises.
     fn check(&self, mode: &str, context: &str) {
         let text = std::fs::read_to_string(&self.output).unwrap();
@@ -154,6 +178,23 @@ impl Job {
     }
 }
 
+/// Polls `child` every 2 ms until `done()` holds (`None`), it exits (`Some(status)`), or
+/// `limit` passes (`None`).
+fn wait_for(
+    child: &mut Child,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Option<std::process::ExitStatus> {
+    let give_up = Instant::now() + limit;
+    while !done() && Instant::now() < give_up {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
 fn crash_loop(mode: &str, kills_wanted: u64) {
     let seed = std::env::var("RINGWAIT_CRASH_SEED")
         .ok()
@@ -171,6 +212,7 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
     let root = std::env::temp_dir().join(format!("rw-crash-{}-{mode}", std::process::id()));
     let started = Instant::now();
     let (mut kills, mut jobs, mut during_recovery, mut resumed) = (0u64, 0u64, 0u64, 0u64);
+    let mut after_commit = 0u64; // kills of a run that had committed: each must be resumed
     while kills < kills_wanted {
         jobs += 1;
         let job = Job::new(&root, &format!("job{jobs}"), 20_000);
@@ -180,22 +222,21 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
             let context = format!(
                 "seed {seed} (RINGWAIT_CRASH_SEED={seed}), mode {mode}, job {jobs}, run {runs}"
             );
+            let epoch_at_start = job.committed_epoch();
             let mut child = job.spawn(&url, mode);
-            // A third of the kills come within 40 ms of the start: during recovery.
+            // A third of the kills come within 40 ms of the start: during recovery. The rest
+            // come up to 300 ms after this run's first commit, so that the next run resumes
+            // from a checkpoint however slowly this machine starts a (debug) binary.
             let short = rng.below(3) == 0;
-            let delay = if short {
-                rng.below(40)
-            } else {
-                60 + rng.below(500)
-            };
-            let deadline = Instant::now() + Duration::from_millis(delay);
             let mut exited = None;
-            while Instant::now() < deadline {
-                if let Some(status) = child.try_wait().unwrap() {
-                    exited = Some(status);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
+            if !short {
+                exited = wait_for(&mut child, Duration::from_secs(30), || {
+                    job.committed_epoch() > epoch_at_start
+                });
+            }
+            let delay = if short { rng.below(40) } else { rng.below(300) };
+            if exited.is_none() {
+                exited = wait_for(&mut child, Duration::from_millis(delay), || false);
             }
             if kills >= kills_wanted && exited.is_none() {
                 // Enough kills: let this run finish (20000 lines take a few seconds).
@@ -226,6 +267,9 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
                     child.kill().unwrap(); // SIGKILL
                     child.wait().unwrap();
                     kills += 1;
+                    if job.committed_epoch() > epoch_at_start {
+                        after_commit += 1;
+                    }
                     if short {
                         during_recovery += 1;
                     }
@@ -242,11 +286,12 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
         let _ = std::fs::remove_dir_all(&job.dir);
     }
     assert!(
-        resumed * 3 >= kills,
-        "seed {seed}: only {resumed} of {kills} restarts resumed from a checkpoint"
+        after_commit > 0 && resumed >= after_commit,
+        "seed {seed}: {after_commit} of {kills} kills came after a commit, yet only {resumed} \
+         restarts resumed from a checkpoint"
     );
     eprintln!(
-        "crash_recovery {mode}: seed {seed}, {kills} SIGKILLs ({during_recovery} within 40 ms of a start), {resumed} restarts resumed from a checkpoint, {jobs} job(s) of 20000 lines, lost 0, duplicated 0, out of order 0, {:.1} s",
+        "crash_recovery {mode}: seed {seed}, {kills} SIGKILLs ({during_recovery} within 40 ms of a start), {after_commit} after a commit, {resumed} restarts resumed from a checkpoint, {jobs} job(s) of 20000 lines, lost 0, duplicated 0, out of order 0, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&root);

@@ -1,7 +1,7 @@
 //! The reader thread: turns the input (a file, stdin, or generated records) into lines and
 //! deals them to the partitions' queues.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::intake::{is_stopped, Intake, StopAt, StopAwareRead};
-use super::record::{parse_line, utf8, Line, LineFields};
+use super::record::{parse_line, utf8, ChunkBuilder, Line, LineFields};
 use super::EnrichError;
 use crate::dataset::key_of;
 use crate::element::StreamElement;
@@ -39,7 +39,7 @@ impl Routing {
     fn partition_of(&self, line: &Line) -> usize {
         if self.by_key {
             // A fixed, versioned hash: checkpoints depend on it (see `routing`).
-            super::routing::partition_of_key(&line.key, self.partitions)
+            super::routing::partition_of_key(line.key(), self.partitions)
         } else {
             (line.index % self.partitions as u64) as usize
         }
@@ -61,7 +61,7 @@ pub(crate) struct ReaderSettings {
 pub(crate) fn spawn_reader(
     input: Input,
     settings: Arc<ReaderSettings>,
-    queues: Vec<Producer<StreamElement<Arc<Line>>>>,
+    queues: Vec<Producer<StreamElement<Line>>>,
 ) -> JoinHandle<Result<u64, EnrichError>> {
     std::thread::Builder::new()
         .name("ringwait-reader".into())
@@ -72,18 +72,10 @@ pub(crate) fn spawn_reader(
 fn read(
     input: Input,
     s: &ReaderSettings,
-    queues: &[Producer<StreamElement<Arc<Line>>>],
+    queues: &[Producer<StreamElement<Line>>],
 ) -> Result<u64, EnrichError> {
     match input {
-        Input::Generated(n) => {
-            for i in 0..n {
-                if !deal(generated(i, s)?, s, queues) {
-                    return Ok(i);
-                }
-            }
-            s.intake.reached_end(None, n);
-            Ok(n)
-        }
+        Input::Generated(n) => read_generated(n, s, queues),
         Input::File(path) => {
             let name = path.display().to_string();
             // Non-blocking, so that opening a FIFO does not wait for its writer (which a stop
@@ -115,11 +107,47 @@ fn read(
     }
 }
 
-/// Generated record `i`: `{"id":i,"<key field>":"k:<key_of(i)>"}`.
-fn generated(i: u64, s: &ReaderSettings) -> Result<Line, EnrichError> {
+/// Generated records, made and dealt a chunk at a time.
+fn read_generated(
+    n: u64,
+    s: &ReaderSettings,
+    queues: &[Producer<StreamElement<Line>>],
+) -> Result<u64, EnrichError> {
+    let mut chunk = ChunkBuilder::default();
+    let mut text = Vec::with_capacity(128);
+    let mut dealt = 0u64;
+    for i in 0..n {
+        generated_text(i, s, &mut text);
+        chunk.push(&text, i + 1, i, &s.fields)?;
+        let full = chunk.len() == GENERATED_PER_CHUNK || i + 1 == n;
+        if full && !chunk.finish(|line| deal(line, s, queues, &mut dealt)) {
+            return Ok(dealt);
+        }
+    }
+    s.intake.reached_end(None, n);
+    Ok(n)
+}
+
+/// Records generated per chunk.
+const GENERATED_PER_CHUNK: usize = 512;
+
+/// Bytes read from the input at a time; a chunk holds the complete lines of one read.
+const READ_SIZE: usize = 64 << 10;
+
+/// Generated record `i`: `{"id":i,"<key field>":"k:<key_of(i)>"}`, written into `out`.
+fn generated_text(i: u64, s: &ReaderSettings, out: &mut Vec<u8>) {
+    use std::io::Write;
+    out.clear();
     let name = &s.generated_key_json;
-    let text = format!(r#"{{"id":{i},{name}:"k:{}"}}"#, key_of(i));
-    Ok(parse_line(&text, i + 1, i, &s.fields)?)
+    write!(out, r#"{{"id":{i},{name}:"k:{}"}}"#, key_of(i)).expect("writing to a Vec");
+}
+
+/// Generated record `i` as a line (the checkpointed source makes them one by one).
+fn generated(i: u64, s: &ReaderSettings) -> Result<Line, EnrichError> {
+    let mut text = Vec::with_capacity(128);
+    generated_text(i, s, &mut text);
+    let text = std::str::from_utf8(&text).expect("generated records are ASCII");
+    Ok(parse_line(text, i + 1, i, &s.fields)?)
 }
 
 /// Reads the next line into `buf`, without its line break; returns the bytes read from the
@@ -133,21 +161,36 @@ fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<us
     Ok(n)
 }
 
+/// A line's text without its line break (and any carriage returns before it).
+fn without_break(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\n' | b'\r'] = line {
+        line = rest;
+    }
+    line
+}
+
+/// Reads the input 64 KiB at a time; the complete lines of each read are checked, frozen
+/// into one chunk, and dealt. A line longer than the buffer grows it.
 fn read_lines(
     file: std::fs::File,
     name: &str,
     s: &ReaderSettings,
-    queues: &[Producer<StreamElement<Arc<Line>>>],
+    queues: &[Producer<StreamElement<Line>>],
 ) -> Result<u64, EnrichError> {
-    let mut reader =
-        std::io::BufReader::with_capacity(1 << 16, StopAwareRead::new(file, s.intake.clone()));
-    let mut bytes = Vec::new();
-    let mut number = 0u64;
+    let mut input = StopAwareRead::new(file, s.intake.clone());
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut filled = 0usize;
+    let mut chunk = ChunkBuilder::default();
+    let (mut number, mut dealt) = (0u64, 0u64);
     loop {
-        let more = match next_line(&mut reader, &mut bytes) {
-            Ok(n) => n > 0,
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match input.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // Intake stopped while the reader waited: a part of a line is dropped unread.
-            Err(e) if is_stopped(&e) => return Ok(number),
+            Err(e) if is_stopped(&e) => return Ok(dealt),
             Err(cause) => {
                 return Err(EnrichError::Io {
                     what: "read the input",
@@ -156,27 +199,60 @@ fn read_lines(
                 })
             }
         };
-        if !more {
+        filled += n;
+        let at_end = n == 0;
+        let mut taken = 0;
+        let mut refused = None;
+        while taken < filled {
+            let rest = &buf[taken..filled];
+            let len = match memchr::memchr(b'\n', rest) {
+                Some(at) => at + 1,
+                None if at_end => rest.len(), // a last line without a line break
+                None => break,
+            };
+            let text = without_break(&rest[..len]);
+            if let Err(e) =
+                utf8(text, number + 1).and_then(|_| chunk.push(text, number + 1, number, &s.fields))
+            {
+                refused = Some(e);
+                break;
+            }
+            taken += len;
+            number += 1;
+        }
+        // The lines before a refused one are dealt (as they were before it was read).
+        if !chunk.finish(|line| deal(line, s, queues, &mut dealt)) {
+            return Ok(dealt);
+        }
+        if let Some(e) = refused {
+            return Err(e.into());
+        }
+        if at_end {
             s.intake.reached_end(None, number);
             return Ok(number);
         }
-        let text = utf8(&bytes, number + 1)?;
-        let line = parse_line(text, number + 1, number, &s.fields)?;
-        number += 1;
-        if !deal(line, s, queues) {
-            return Ok(number);
-        }
+        buf.copy_within(taken..filled, 0);
+        filled -= taken;
     }
 }
 
-/// Hands a line to its partition; false when the pipeline is gone or stopping.
-fn deal(line: Line, s: &ReaderSettings, queues: &[Producer<StreamElement<Arc<Line>>>]) -> bool {
+/// Hands a line to its partition and counts it; false when the pipeline is gone or
+/// stopping.
+fn deal(
+    line: Line,
+    s: &ReaderSettings,
+    queues: &[Producer<StreamElement<Line>>],
+    dealt: &mut u64,
+) -> bool {
     if s.intake.stopping() {
         return false;
     }
     let p = s.routing.partition_of(&line);
-    match queues[p].push_blocking(StreamElement::record(Arc::new(line))) {
-        Ok(()) => true,
+    match queues[p].push_blocking(StreamElement::record(line)) {
+        Ok(()) => {
+            *dealt += 1;
+            true
+        }
         Err(PushError::Disconnected(_)) | Err(PushError::Full(_)) => false,
     }
 }
@@ -248,7 +324,7 @@ impl LineSource {
     }
 
     /// The end of the input, at line `lines`: told to the intake once.
-    fn at_end(&mut self, lines: u64) -> crate::source::SourceEvent<Arc<Line>> {
+    fn at_end(&mut self, lines: u64) -> crate::source::SourceEvent<Line> {
         if !self.ended {
             self.ended = true;
             self.settings
@@ -266,9 +342,9 @@ impl LineSource {
 }
 
 impl crate::source::Source for LineSource {
-    type Item = Arc<Line>;
+    type Item = Line;
 
-    fn next(&mut self) -> Result<crate::source::SourceEvent<Arc<Line>>, crate::source::BoxError> {
+    fn next(&mut self) -> Result<crate::source::SourceEvent<Line>, crate::source::BoxError> {
         use crate::source::SourceEvent;
         let mut limit = u64::MAX;
         if self.settings.intake.stopping() {
@@ -330,7 +406,7 @@ impl crate::source::Source for LineSource {
             if self.settings.routing.partition_of(&line) != self.partition {
                 continue;
             }
-            return Ok(SourceEvent::Element(StreamElement::record(Arc::new(line))));
+            return Ok(SourceEvent::Element(StreamElement::record(line)));
         }
     }
 

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 pub use files::PARTIAL_SUFFIX;
 pub use input::Input;
-pub use lookup::{CompleteRecord, Enriched, RedisLookup};
+pub use lookup::{CompleteRecord, EmbeddedLookup, Enriched, JobLookup, RedisLookup, Value};
 pub use output::WriterStats;
 pub use record::{parse_line, Line, LineError, LineFields};
 pub use routing::{key_hash, partition_of_key, ROUTING_VERSION};
@@ -53,7 +53,7 @@ use crate::lookup::{Connection, ConnectionConfig, RedisUrl};
 use crate::queue;
 use crate::runtime::checkpoint::Checkpointing;
 use crate::runtime::{Pipeline, PipelineError};
-use crate::server::{BuiltinServer, ServerConfig};
+use crate::server::GeneratedData;
 use crate::snapshot::SnapshotError;
 use crate::source::{QueueSource, StopSource};
 use crate::StreamElement;
@@ -219,9 +219,6 @@ pub enum EnrichError {
         /// The I/O error.
         cause: std::io::Error,
     },
-    /// The built-in server could not start.
-    #[error("the built-in lookup server could not start: {0}")]
-    Server(String),
     /// The pipeline failed (e.g. the store is unreachable).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -300,8 +297,7 @@ pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 ///
 /// Nothing is written before everything is checked: the flags, the files (the same file
 /// under two flags, an output inside the checkpoint directory, a missing input or output
-/// directory), the checkpoint's job record, and the store (the built-in one starts; a Redis
-/// server must answer `PING` within [`STORE_PROBE_TIMEOUT`]). A file output is written beside
+/// directory), the checkpoint's job record, and the store (a Redis server must answer `PING` within [`STORE_PROBE_TIMEOUT`]). A file output is written beside
 /// its name (`<output>.ringwait-partial`) and renamed over it only when the run is complete.
 pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let partitions = config.partitions.unwrap_or_else(default_partitions);
@@ -323,13 +319,12 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let _metrics_server = start_metrics(config.metrics, live)?;
     // Everything is checked: from here on the job writes.
     let result = match job {
-        Some((dir, job)) => run_checkpointed(&config, &pipeline, store.url(), &files, dir, job),
+        Some((dir, job)) => run_checkpointed(&config, &pipeline, store, &files, dir, job),
         None => files::open_plain(&config, &mut files).and_then(|writers| {
-            let summary = run_pipeline(&config, &pipeline, store.url(), writers, None)?;
+            let summary = run_pipeline(&config, &pipeline, store, writers, None)?;
             finish(&config, &files, None, summary)
         }),
     };
-    store.shutdown();
     result.map_err(|e| files.incomplete(e, config.checkpoint_dir.is_some()))
 }
 
@@ -376,7 +371,7 @@ fn start_metrics(
 fn run_checkpointed(
     config: &EnrichConfig,
     pipeline: &Pipeline,
-    url: RedisUrl,
+    store: Store,
     files: &JobFiles,
     dir: &std::path::Path,
     job: checkpoint::JobCheck,
@@ -392,7 +387,7 @@ fn run_checkpointed(
     }
     let mut record = ck.job;
     let checkpoint = Some((ck.writer, ck.checkpointing));
-    let mut summary = run_pipeline(config, pipeline, url, (ck.out, ck.side), checkpoint)?;
+    let mut summary = run_pipeline(config, pipeline, store, (ck.out, ck.side), checkpoint)?;
     summary.resumed = ck.resumed;
     finish(config, files, Some((&mut record, dir)), summary)
 }
@@ -426,50 +421,35 @@ fn finish(
 }
 
 /// The lookup store of a run.
+#[derive(Clone, Copy)]
 enum Store {
-    Builtin(crate::server::ServerHandle),
+    /// The built-in store, answered in each partition's executor.
+    Embedded(GeneratedData),
+    /// A Redis server that answered the start-up probe.
     Redis(RedisUrl),
 }
 
 impl Store {
-    /// Starts the built-in server, or checks that the Redis server answers.
+    /// The built-in store's data, or a Redis server that answers `PING`.
     fn start(lookup: &Lookup) -> Result<Store, EnrichError> {
         match lookup {
-            Lookup::Builtin { keys } => BuiltinServer::start(ServerConfig {
+            Lookup::Builtin { keys } => Ok(Store::Embedded(GeneratedData {
                 keys: *keys,
-                ..ServerConfig::default()
-            })
-            .map(Store::Builtin)
-            .map_err(|e| EnrichError::Server(e.to_string())),
+                // As `ringwait serve` holds them: a `GET` on `h:i` is a WRONGTYPE error.
+                hashes: true,
+            })),
             Lookup::Redis(url) => {
                 crate::lookup::probe(url, STORE_PROBE_TIMEOUT).map_err(EnrichError::Store)?;
                 Ok(Store::Redis(*url))
             }
         }
     }
-
-    fn url(&self) -> RedisUrl {
-        match self {
-            Store::Builtin(s) => RedisUrl {
-                addr: s.addr(),
-                db: 0,
-            },
-            Store::Redis(url) => *url,
-        }
-    }
-
-    fn shutdown(self) {
-        if let Store::Builtin(s) = self {
-            // The job's result is decided; a server that fails to stop changes nothing.
-            let _ = s.shutdown();
-        }
-    }
 }
 
 /// The queues between the reader, the partitions and the writer.
 struct Queues {
-    to_partitions: Vec<queue::Producer<StreamElement<Arc<Line>>>>,
-    partition_inputs: Vec<Option<queue::Consumer<StreamElement<Arc<Line>>>>>,
+    to_partitions: Vec<queue::Producer<StreamElement<Line>>>,
+    partition_inputs: Vec<Option<queue::Consumer<StreamElement<Line>>>>,
     partition_outputs: Vec<Option<queue::Producer<output::Marked>>>,
     to_writer: Vec<queue::Consumer<output::Marked>>,
 }
@@ -497,7 +477,7 @@ impl Queues {
 fn run_pipeline(
     config: &EnrichConfig,
     pipeline: &Pipeline,
-    url: RedisUrl,
+    store: Store,
     (out, side): files::Writers,
     checkpoint: Option<(WriterCheckpoint, Checkpointing)>,
 ) -> Result<EnrichSummary, EnrichError> {
@@ -549,7 +529,7 @@ fn run_pipeline(
         settings,
         halt: halt.clone(),
     };
-    let report = run_partitions(config, pipeline, url, partitioned, checkpointing);
+    let report = run_partitions(config, pipeline, store, partitioned, checkpointing);
     if report.is_err() {
         halt.store(true, Ordering::Relaxed);
     }
@@ -605,7 +585,7 @@ fn writer_settings(
 /// What the partitions read from and write to.
 struct Partitioned {
     /// Each partition's queue from the reader (runs without checkpoints).
-    inputs: Vec<Option<queue::Consumer<StreamElement<Arc<Line>>>>>,
+    inputs: Vec<Option<queue::Consumer<StreamElement<Line>>>>,
     /// Each partition's queue to the writer.
     outputs: Vec<Option<queue::Producer<output::Marked>>>,
     /// Checkpointed runs: how each partition reads the input itself.
@@ -617,12 +597,11 @@ struct Partitioned {
 fn run_partitions(
     config: &EnrichConfig,
     pipeline: &Pipeline,
-    url: RedisUrl,
+    store: Store,
     partitioned: Partitioned,
     checkpointing: Option<Checkpointing>,
 ) -> Result<crate::runtime::RunReport<()>, PipelineError> {
     let conn_config = ConnectionConfig {
-        db: url.db,
         // A server that stops answering (a black hole) holds every later request of the
         // connection hostage, since replies match requests in order: give up on the
         // connection, and reconnect, once nothing arrived for two record timeouts.
@@ -632,8 +611,14 @@ fn run_partitions(
     let function_of = move |_p: &crate::runtime::PartitionContext| {
         let cfg = conn_config.clone();
         async move {
-            let conn = Connection::connect(url.addr, cfg).await?;
-            Ok(RedisLookup::new(conn))
+            Ok(match store {
+                Store::Embedded(data) => JobLookup::Embedded(EmbeddedLookup::new(data)),
+                Store::Redis(url) => {
+                    let cfg = ConnectionConfig { db: url.db, ..cfg };
+                    let conn = Connection::connect(url.addr, cfg).await?;
+                    JobLookup::Redis(RedisLookup::new(conn))
+                }
+            })
         }
     };
     let sinks = Mutex::new(partitioned.outputs);
@@ -643,10 +628,10 @@ fn run_partitions(
             .expect("each partition takes its queue once");
         Ok(MarkedSink::new(tx))
     };
-    let key: Option<crate::runtime::SharedKeyFn<Arc<Line>>> =
-        (config.mode == OrderMode::KeyOrdered).then(|| {
-            let f: crate::runtime::SharedKeyFn<Arc<Line>> =
-                Arc::new(|l: &Arc<Line>| routing::key_hash(&l.key));
+    let key: Option<crate::runtime::SharedKeyFn<Line>> = (config.mode == OrderMode::KeyOrdered)
+        .then(|| {
+            let f: crate::runtime::SharedKeyFn<Line> =
+                Arc::new(|l: &Line| routing::key_hash(l.key()));
             f
         });
     if let (Some(ckpt), Some(settings)) = (checkpointing, partitioned.settings) {

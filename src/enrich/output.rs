@@ -46,7 +46,7 @@ pub(crate) struct WriterSettings {
     pub stop: Arc<AtomicBool>,
 }
 
-type Item = Emitted<Enriched, Arc<Line>>;
+type Item = Emitted<Enriched, Line>;
 
 /// What a partition hands the writer: an output, or a checkpoint barrier it passed, behind
 /// every output emitted before it. The partition's snapshot is staged, not yet durable, when
@@ -57,7 +57,7 @@ pub(crate) enum Marked {
     Barrier(u64),
 }
 
-impl crate::sink::QueueItem<Enriched, Arc<Line>> for Marked {
+impl crate::sink::QueueItem<Enriched, Line> for Marked {
     #[inline]
     fn output(item: Item) -> Self {
         Marked::Item(item)
@@ -69,7 +69,7 @@ impl crate::sink::QueueItem<Enriched, Arc<Line>> for Marked {
 }
 
 /// The partitions' sink: a queue to the writer; barriers travel in it as markers.
-pub(crate) type MarkedSink = crate::sink::QueueSink<Enriched, Arc<Line>, Marked>;
+pub(crate) type MarkedSink = crate::sink::QueueSink<Enriched, Line, Marked>;
 
 /// The partition number of the writer's commit record in the checkpoint directory.
 pub(crate) const WRITER_PARTITION: u32 = u32::MAX;
@@ -403,7 +403,7 @@ impl Writer {
         }
     }
 
-    fn failed(&mut self, line: Arc<Line>, error: RecordError) -> Result<(), EnrichError> {
+    fn failed(&mut self, line: Line, error: RecordError) -> Result<(), EnrichError> {
         self.settings.progress.fetch_add(1, Ordering::Relaxed);
         match &self.settings.on_error {
             OnError::Fail => Err(EnrichError::RecordFailed {
@@ -425,7 +425,7 @@ impl Writer {
                     .map_err(std::io::Error::from)
                     .and_then(|()| {
                         self.scratch.extend_from_slice(b",\"record\":");
-                        self.scratch.extend_from_slice(line.text.as_bytes());
+                        self.scratch.extend_from_slice(line.text());
                         self.scratch.extend_from_slice(b"}\n");
                         side.write_all(&self.scratch)
                     })
@@ -454,7 +454,7 @@ impl Writer {
     /// object has it, or the field added before the closing brace; nothing else changes.
     /// Built in the scratch buffer and written with one call.
     fn write_enriched(&mut self, line: &Line, found: Option<&[u8]>) -> Result<(), EnrichError> {
-        let text = line.text.as_bytes();
+        let text = line.text();
         let out = &mut self.scratch;
         out.clear();
         let (head, tail) = match line.into {

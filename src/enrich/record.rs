@@ -2,27 +2,142 @@
 //! what the writer needs to add one field to it (where its object closes, and where the field
 //! already is, if it is), and the lookup key.
 
+use std::sync::Arc;
+
 use super::scan::{scan_object, unescape, ScanError};
 
 /// One input line, checked: its bytes as read, the lookup key, and where the field `--into`
 /// goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The bytes live in a chunk shared by the lines read together (the reader reads 64 KiB at
+/// a time and makes one allocation for all the lines in it and their keys), so a line costs
+/// no allocation of its own: cloning it counts a reference.
+#[derive(Debug, Clone)]
 pub struct Line {
+    /// The lines and keys this line was read with.
+    chunk: Arc<[u8]>,
+    /// Byte range of the line's text in `chunk`.
+    text: (u32, u32),
+    /// Byte range of the lookup key in `chunk`.
+    key: (u32, u32),
     /// 1-based line number in the input.
     pub number: u64,
     /// 0-based index among the records (the order `ordered` mode restores).
     pub index: u64,
-    /// The line without its line break: one JSON object, as it was read.
-    pub text: Box<str>,
-    /// The key to look up: `--key-prefix` followed by the key field.
-    pub key: Vec<u8>,
-    /// Byte range of the value of the field `--into`, when the object has it (the value is
-    /// replaced there); `None`: the field is added before the closing brace.
+    /// Byte range, in the text, of the value of the field `--into`, when the object has it
+    /// (the value is replaced there); `None`: the field is added before the closing brace.
     pub into: Option<(u32, u32)>,
-    /// Index of the object's closing brace.
+    /// Index in the text of the object's closing brace.
     pub close: u32,
     /// The object has no field (no comma before an added field).
     pub empty: bool,
+}
+
+impl Line {
+    /// The line without its line break: one JSON object, as it was read (checked UTF-8).
+    #[inline]
+    pub fn text(&self) -> &[u8] {
+        &self.chunk[self.text.0 as usize..self.text.1 as usize]
+    }
+
+    /// The key to look up: `--key-prefix` followed by the key field.
+    #[inline]
+    pub fn key(&self) -> &[u8] {
+        &self.chunk[self.key.0 as usize..self.key.1 as usize]
+    }
+}
+
+impl PartialEq for Line {
+    fn eq(&self, other: &Line) -> bool {
+        (self.number, self.index, self.into, self.close, self.empty)
+            == (
+                other.number,
+                other.index,
+                other.into,
+                other.close,
+                other.empty,
+            )
+            && self.text() == other.text()
+            && self.key() == other.key()
+    }
+}
+
+impl Eq for Line {}
+
+/// What checking a line found, with positions relative to where its text and key were put.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scanned {
+    /// Length of the key appended to the keys buffer.
+    pub key_len: u32,
+    pub into: Option<(u32, u32)>,
+    pub close: u32,
+    pub empty: bool,
+}
+
+/// Builds chunks: lines are checked one by one (their keys appended after the text), then
+/// frozen into one shared allocation. Its buffers are reused from chunk to chunk.
+#[derive(Default)]
+pub(crate) struct ChunkBuilder {
+    /// The lines' text, then (after [`seal_text`](Self::seal_text)) their keys.
+    bytes: Vec<u8>,
+    /// Per line: text range and key range (relative to the keys' start), and what was found.
+    lines: Vec<(u32, u32, u32, Scanned, u64, u64)>,
+    keys: Vec<u8>,
+}
+
+impl ChunkBuilder {
+    /// Checks `text` (line `number`, record `index`) and adds it to the chunk.
+    pub fn push(
+        &mut self,
+        text: &[u8],
+        number: u64,
+        index: u64,
+        fields: &LineFields,
+    ) -> Result<(), LineError> {
+        let key_start = self.keys.len() as u32;
+        let scanned = scan_line(text, number, fields, &mut self.keys)?;
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(text);
+        self.lines
+            .push((start, text.len() as u32, key_start, scanned, number, index));
+        Ok(())
+    }
+
+    /// Lines added since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Freezes the lines added into one chunk and hands each to `each`, in order; the
+    /// builder is empty again afterwards. `each` returns false to stop early.
+    pub fn finish(&mut self, mut each: impl FnMut(Line) -> bool) -> bool {
+        if self.lines.is_empty() {
+            return true;
+        }
+        let keys_at = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(&self.keys);
+        let chunk: Arc<[u8]> = Arc::from(&self.bytes[..]);
+        self.bytes.clear();
+        self.keys.clear();
+        let mut going = true;
+        for (start, len, key_start, found, number, index) in self.lines.drain(..) {
+            if !going {
+                continue;
+            }
+            let key = keys_at + key_start;
+            going = each(Line {
+                chunk: chunk.clone(),
+                text: (start, start + len),
+                key: (key, key + found.key_len),
+                number,
+                index,
+                into: found.into,
+                close: found.close,
+                empty: found.empty,
+            });
+        }
+        going
+    }
 }
 
 /// Why an input line was refused.
@@ -90,10 +205,10 @@ pub struct LineFields {
 /// use ringwait::enrich::{parse_line, LineFields};
 /// let f = LineFields { key: "key".into(), key_prefix: "".into(), into: "value".into() };
 /// let l = parse_line(r#"{"id":1, "key":"k:7"}"#, 1, 0, &f).unwrap();
-/// assert_eq!(l.key, b"k:7");
-/// assert_eq!(&*l.text, r#"{"id":1, "key":"k:7"}"#);
+/// assert_eq!(l.key(), b"k:7");
+/// assert_eq!(l.text(), br#"{"id":1, "key":"k:7"}"#);
 /// let p = LineFields { key_prefix: "k:".into(), ..f.clone() };
-/// assert_eq!(parse_line(r#"{"key":7}"#, 2, 1, &p).unwrap().key, b"k:7");
+/// assert_eq!(parse_line(r#"{"key":7}"#, 2, 1, &p).unwrap().key(), b"k:7");
 /// assert!(parse_line("nope", 3, 2, &f).unwrap_err().to_string().starts_with("line 3:"));
 /// ```
 pub fn parse_line(
@@ -102,7 +217,23 @@ pub fn parse_line(
     index: u64,
     fields: &LineFields,
 ) -> Result<Line, LineError> {
-    let b = text.as_bytes();
+    let mut chunk = ChunkBuilder::default();
+    chunk.push(text.as_bytes(), number, index, fields)?;
+    let mut line = None;
+    chunk.finish(|l| {
+        line = Some(l);
+        true
+    });
+    Ok(line.expect("one line was added"))
+}
+
+/// Checks one line (already known to be UTF-8) and appends its lookup key to `keys`.
+pub(crate) fn scan_line(
+    b: &[u8],
+    number: u64,
+    fields: &LineFields,
+    keys: &mut Vec<u8>,
+) -> Result<Scanned, LineError> {
     let scanned = scan_object(b, fields.key.as_bytes(), fields.into.as_bytes())
         .map_err(|e| scan_error(number, e))?;
     let Some((start, end)) = scanned.key else {
@@ -111,17 +242,18 @@ pub fn parse_line(
             field: fields.key.clone(),
         });
     };
-    let mut key = fields.key_prefix.as_bytes().to_vec();
-    key_bytes(&b[start..end], &mut key).map_err(|found| LineError::BadKey {
-        line: number,
-        field: fields.key.clone(),
-        found,
+    let before = keys.len();
+    keys.extend_from_slice(fields.key_prefix.as_bytes());
+    key_bytes(&b[start..end], keys).map_err(|found| {
+        keys.truncate(before);
+        LineError::BadKey {
+            line: number,
+            field: fields.key.clone(),
+            found,
+        }
     })?;
-    Ok(Line {
-        number,
-        index,
-        text: text.into(),
-        key,
+    Ok(Scanned {
+        key_len: (keys.len() - before) as u32,
         into: scanned.into.map(|(s, e)| (s as u32, e as u32)),
         close: scanned.close as u32,
         empty: scanned.empty,
@@ -184,14 +316,14 @@ fn key_bytes(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
 
 /// Lines in snapshots (checkpointed `enrich`): number, index, key, the line's bytes, and the
 /// positions the writer uses.
-impl crate::snapshot::SnapshotCodec for std::sync::Arc<Line> {
+impl crate::snapshot::SnapshotCodec for Line {
     const MIN_ENCODED_LEN: usize = 48;
 
     fn encode(&self, out: &mut Vec<u8>) {
         self.number.encode(out);
         self.index.encode(out);
-        self.key.encode(out);
-        self.text.as_bytes().to_vec().encode(out);
+        self.key().to_vec().encode(out);
+        self.text().to_vec().encode(out);
         let into = self
             .into
             .map_or(u64::MAX, |(s, e)| (u64::from(s) << 32) | u64::from(e));
@@ -207,8 +339,10 @@ impl crate::snapshot::SnapshotCodec for std::sync::Arc<Line> {
         let number = u64::decode(input)?;
         let index = u64::decode(input)?;
         let key = Vec::<u8>::decode(input)?;
-        let text = String::from_utf8(Vec::<u8>::decode(input)?)
-            .map_err(|_| invalid("the line is not UTF-8"))?;
+        let text = Vec::<u8>::decode(input)?;
+        if std::str::from_utf8(&text).is_err() {
+            return Err(invalid("the line is not UTF-8"));
+        }
         let into = u64::decode(input)?;
         let close_empty = u64::decode(input)?;
         let close = close_empty as u32;
@@ -217,15 +351,19 @@ impl crate::snapshot::SnapshotCodec for std::sync::Arc<Line> {
         if !in_line(close) || into.is_some_and(|(s, e)| s > e || !in_line(e)) {
             return Err(invalid("positions outside the line"));
         }
-        Ok(std::sync::Arc::new(Line {
+        let (text_len, key_len) = (text.len() as u32, key.len() as u32);
+        let mut bytes = text;
+        bytes.extend_from_slice(&key);
+        Ok(Line {
+            chunk: Arc::from(bytes),
+            text: (0, text_len),
+            key: (text_len, text_len + key_len),
             number,
             index,
-            text: text.into_boxed_str(),
-            key,
             into,
             close,
             empty: close_empty >> 32 != 0,
-        }))
+        })
     }
 }
 
@@ -243,8 +381,9 @@ mod tests {
 
     #[test]
     fn keys_read_as_serde_json_would_print_them() {
-        let key =
-            |v: &str| parse_line(&format!(r#"{{"key":{v}}}"#), 1, 0, &fields()).map(|l| l.key);
+        let key = |v: &str| {
+            parse_line(&format!(r#"{{"key":{v}}}"#), 1, 0, &fields()).map(|l| l.key().to_vec())
+        };
         assert_eq!(key(r#""k:1""#).unwrap(), b"k:1");
         assert_eq!(key(r#""\u00e9\"""#).unwrap(), "é\"".as_bytes());
         assert_eq!(key("42").unwrap(), b"42");
@@ -270,12 +409,10 @@ mod tests {
     #[test]
     fn a_line_survives_a_snapshot() {
         use crate::snapshot::SnapshotCodec;
-        let l = std::sync::Arc::new(
-            parse_line(r#"{"key":"k:1", "value":"old" }"#, 3, 2, &fields()).unwrap(),
-        );
+        let l = parse_line(r#"{"key":"k:1", "value":"old" }"#, 3, 2, &fields()).unwrap();
         let mut buf = Vec::new();
         l.encode(&mut buf);
-        let back = std::sync::Arc::<Line>::decode(&mut &buf[..]).unwrap();
+        let back = Line::decode(&mut &buf[..]).unwrap();
         assert_eq!(back, l);
     }
 }

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::dataset::{key_index, value_of};
+use crate::dataset::{key_index, value_of, VALUE_LEN};
 use crate::resp::{self, ArrayView, Frame};
 
 /// Generated data plus the overrides written by `SET`.
@@ -22,6 +22,44 @@ pub(crate) enum After {
 }
 
 const WRONGTYPE: &[u8] = b"WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// The generated data set the built-in server holds (without `SET`'s overrides): `k:i` for
+/// `i < keys` holds [`value_of(i)`](crate::dataset::value_of), and `h:i` is a hash when
+/// `hashes` is set. Also what `enrich` answers lookups from in-process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeneratedData {
+    /// Keys `k:0 .. k:{keys-1}` (and `h:*` likewise).
+    pub keys: u64,
+    /// Whether the hashes `h:*` exist.
+    pub hashes: bool,
+}
+
+/// A `GET` on a key that holds a hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("WRONGTYPE Operation against a key holding the wrong kind of value")]
+pub struct WrongType;
+
+impl GeneratedData {
+    /// What `GET key` finds: the value, nothing, or [`WrongType`] for a hash.
+    ///
+    /// ```
+    /// use ringwait::server::{GeneratedData, WrongType};
+    /// let data = GeneratedData { keys: 10, hashes: true };
+    /// assert_eq!(data.get(b"k:3").unwrap().unwrap(), ringwait::dataset::value_of(3));
+    /// assert_eq!(data.get(b"k:10"), Ok(None));
+    /// assert_eq!(data.get(b"h:3"), Err(WrongType));
+    /// ```
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Result<Option<[u8; VALUE_LEN]>, WrongType> {
+        if let Some(i) = key_index(key, b"k:", self.keys) {
+            Ok(Some(value_of(i)))
+        } else if self.hashes && key_index(key, b"h:", self.keys).is_some() {
+            Err(WrongType)
+        } else {
+            Ok(None)
+        }
+    }
+}
 
 impl Store {
     pub fn new(keys: u64, hashes: bool) -> Self {
@@ -45,12 +83,14 @@ impl Store {
         if let Some(v) = self.overrides.borrow().get(key) {
             return resp::write_bulk(out, v);
         }
-        if let Some(i) = key_index(key, b"k:", self.keys) {
-            resp::write_bulk(out, &value_of(i));
-        } else if !in_mget && self.hash_index(key).is_some() {
-            resp::write_error(out, WRONGTYPE);
-        } else {
-            resp::write_nil(out);
+        let data = GeneratedData {
+            keys: self.keys,
+            hashes: self.hashes,
+        };
+        match data.get(key) {
+            Ok(Some(value)) => resp::write_bulk(out, &value),
+            Err(WrongType) if !in_mget => resp::write_error(out, WRONGTYPE),
+            Ok(None) | Err(WrongType) => resp::write_nil(out),
         }
     }
 

@@ -52,6 +52,7 @@ use glommio::{GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 
 #[cfg(feature = "cli")]
 pub use cli::{parse_fault, parse_flap_ms, parse_latency_us, ServeArgs};
+pub use commands::{GeneratedData, WrongType};
 pub use faults::{Fault, FaultPlan, Flap, Latency};
 
 use commands::Store;

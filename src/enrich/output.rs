@@ -151,6 +151,7 @@ pub(crate) fn spawn_writer(
                 passed,
                 next,
                 scratch: Vec::with_capacity(1024),
+                pending: Vec::with_capacity(SPILL + (4 << 10)),
                 ready_to_commit: None,
             };
             let result = if w.settings.mode == OrderMode::Ordered {
@@ -180,15 +181,21 @@ struct Writer {
     passed: Vec<u64>,
     /// Ordered mode: index of the next record to write.
     next: u64,
+    /// A side-output line being built.
     scratch: Vec<u8>,
+    /// Output lines not yet handed to the output.
+    pending: Vec<u8>,
     /// Every partition's barrier of this epoch arrived; it commits once every partition's
     /// snapshot is durable (the partitions flush on helper threads).
     ready_to_commit: Option<u64>,
 }
 
+/// Spins through `yield` for a while, then sleeps 50 µs at a time.
+const YIELDS_BEFORE_SLEEP: u32 = 64;
+
 fn idle_wait(idle: &mut u32) {
     *idle += 1;
-    if *idle > 64 {
+    if *idle > YIELDS_BEFORE_SLEEP {
         std::thread::sleep(Duration::from_micros(50));
     } else {
         std::thread::yield_now();
@@ -242,7 +249,7 @@ impl Writer {
                                 }
                             }
                         }
-                        idle_wait(&mut idle);
+                        self.wait(&mut idle)?;
                         continue;
                     }
                     // That partition ended: at the end of input, or it failed.
@@ -309,9 +316,19 @@ impl Writer {
             if got {
                 idle = 0;
             } else {
-                idle_wait(&mut idle);
+                self.wait(&mut idle)?;
             }
         }
+        Ok(())
+    }
+
+    /// Nothing to write: waits a little. When the partitions have gone quiet, what is
+    /// gathered goes out, so a slow input's lines do not wait for the next 64 KiB.
+    fn wait(&mut self, idle: &mut u32) -> Result<(), EnrichError> {
+        if *idle == YIELDS_BEFORE_SLEEP {
+            self.flush()?;
+        }
+        idle_wait(idle);
         Ok(())
     }
 
@@ -452,11 +469,11 @@ impl Writer {
     /// Writes the input line with the field `--into` set to `found` (a JSON string, or
     /// `null` on a miss): the line's own bytes, with the field's value replaced where the
     /// object has it, or the field added before the closing brace; nothing else changes.
-    /// Built in the scratch buffer and written with one call.
+    /// Lines gather in `pending` and reach the output [`SPILL`] bytes at a time.
     fn write_enriched(&mut self, line: &Line, found: Option<&[u8]>) -> Result<(), EnrichError> {
         let text = line.text();
-        let out = &mut self.scratch;
-        out.clear();
+        let out = &mut self.pending;
+        let before = out.len();
         let (head, tail) = match line.into {
             Some((start, end)) => (&text[..start as usize], &text[end as usize..]),
             None => {
@@ -470,30 +487,31 @@ impl Writer {
             }
         };
         out.extend_from_slice(head);
-        let encoded = match found {
-            // Valid UTF-8 (the usual case) is escaped as it is; anything else lossily.
-            Some(bytes) => match std::str::from_utf8(bytes) {
-                Ok(s) => serde_json::to_writer(&mut *out, s),
-                Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes)),
-            },
-            None => {
-                out.extend_from_slice(b"null");
-                Ok(())
-            }
-        };
+        match found {
+            Some(bytes) => json_string(bytes, out),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(tail);
         out.push(b'\n');
         if let Some(ck) = self.checkpoint.as_mut() {
             // Count the bytes: the commit record holds the output's length.
-            ck.written += out.len() as u64;
+            ck.written += (out.len() - before) as u64;
         }
-        let result = encoded
-            .map_err(std::io::Error::from)
-            .and_then(|()| self.out.write_all(&self.scratch));
+        if self.pending.len() >= SPILL {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the gathered lines to the output.
+    fn spill(&mut self) -> Result<(), EnrichError> {
+        let result = self.out.write_all(&self.pending);
+        self.pending.clear();
         result.map_err(|cause| io_error("write the output", &self.settings.out_path, cause))
     }
 
     fn flush(&mut self) -> Result<(), EnrichError> {
+        self.spill()?;
         self.out
             .flush()
             .map_err(|cause| io_error("write the output", &self.settings.out_path, cause))?;
@@ -504,6 +522,28 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Bytes of output gathered before they are written.
+const SPILL: usize = 64 << 10;
+
+/// Appends `bytes` as a JSON string: as they are between quotes when nothing needs escaping
+/// (the usual value), escaped by serde_json otherwise, and lossily when not UTF-8.
+fn json_string(bytes: &[u8], out: &mut Vec<u8>) {
+    let plain = bytes
+        .iter()
+        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let written = match std::str::from_utf8(bytes) {
+        Ok(s) => serde_json::to_writer(&mut *out, s),
+        Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes)),
+    };
+    written.expect("serialising a string into a Vec cannot fail");
 }
 
 fn io_error(

@@ -5,6 +5,7 @@ usage: report.py RESULTS META STAMP
 Each column's median is taken on its own; "better baseline" is the tokio variant with the
 higher median throughput; ratio = ringwait's median records/s over it (and its p99 over
 ringwait's, so > 1 means ringwait is better on both).
+The enrich rows (workload=enrich) get their own table: see enrich_table.
 """
 import statistics
 import sys
@@ -38,11 +39,14 @@ def main():
     for l in meta.splitlines():
         out.append(l.lstrip("# ") + "  ")
     reps = max((int(r["rep"]) for r in rows if r.get("rep", "").isdigit()), default=0)
-    out.append(f"\nMedians of {reps} interleaved repetition(s); each column's median on its own. "
-               "ratio = ringwait records/s ÷ the better tokio variant's; p99 ratio = that "
-               "variant's p99 ÷ ringwait's (> 1: ringwait lower).\n")
-    out.append("| workload | mode | P | impl | n | records/s | p50 µs | p99 µs | p99.9 µs | ratio | p99 ratio |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    if order:
+        out.append(f"\nMedians of {reps} interleaved repetition(s); each column's median on its own. "
+                   "ratio = ringwait records/s ÷ the better tokio variant's; p99 ratio = that "
+                   "variant's p99 ÷ ringwait's (> 1: ringwait lower).\n")
+        out.append("| workload | mode | P | impl | n | records/s | p50 µs | p99 µs | p99.9 µs | ratio | p99 ratio |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    else:
+        out.append(f"\nMedians of {reps} interleaved repetition(s).")
     summary = []
     for key in order:
         by_impl = defaultdict(list)
@@ -106,7 +110,67 @@ def main():
         if "ringwait" in per and "tokio-buffered" in per and per["ringwait"] > 0:
             out.append(f"\ntokio-buffered / ringwait instructions per record: "
                        f"{per['tokio-buffered'] / per['ringwait']:.1f}×")
+    out.extend(enrich_table([r for r in rows if r.get("workload") == "enrich"]))
     print("\n".join(out))
+
+
+ENRICH_ROWS = [  # (impl, store, partitions), in table order
+    ("ringwait", "builtin", "1"),
+    ("ringwait", "ringwait-serve", "1"),
+    ("ringwait", "ringwait-serve", "2"),
+    ("tokio-serde", "ringwait-serve", "1"),
+    ("ringwait", "redis-server", "1"),
+    ("ringwait", "redis-server", "2"),
+    ("tokio-serde", "redis-server", "1"),
+]
+
+
+def enrich_table(rows):
+    """The enrich table: per (impl, store, P) the medians over repetitions of records/s (N ÷
+    the process's wall time, and the figure the program printed), p50/p99, CPU seconds
+    (user+sys of the client process) per 1M records, the store process's CPU per 1M records,
+    max RSS; ratio = ringwait ÷ tokio-serde on the same store (records/s; CPU: tokio's ÷
+    ringwait's), P2÷P1 = partitions 2 ÷ partitions 1 records/s on the same store."""
+    if not rows:
+        return []
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["impl"], r["store"], r["partitions"])].append(r)
+    keys = [k for k in ENRICH_ROWS if k in groups] + sorted(k for k in groups if k not in ENRICH_ROWS)
+    med = lambda rs, c: statistics.median(float(r[c]) for r in rs if r.get(c, "") not in ("", "-"))
+    per_m = lambda rs, c: statistics.median(float(r[c]) / float(r["records"]) * 1e6 for r in rs if c in r)
+    n_rec = sorted({r["records"] for r in rows})
+    out = ["\n## enrich (JSON Lines in, GET per line, each line out with one field added; ordered)\n",
+           f"Records per run: {', '.join(n_rec)}. records/s = records ÷ the process's wall time "
+           "(start-up, connection, reading and writing included); self = what the program "
+           "printed (ringwait: over its operators' active time; tokio-serde: from opening the "
+           "files to the flushed output); p50/p99 intake → emit as each program measures it; "
+           "CPU = user+sys of the client process (the built-in store's included), store CPU = "
+           "the separate server process's; RSS = the client's maximum. Medians over "
+           "repetitions. ratio = ringwait ÷ tokio-serde on the same store (records/s; for CPU "
+           "tokio-serde's ÷ ringwait's, so > 1 means ringwait better); P2÷P1 = 2 partitions ÷ "
+           "1 on the same store.\n",
+           "| store | impl | P | n | records/s | self records/s | p50 µs | p99 µs | CPU s / 1M | store CPU s / 1M | max RSS MB | ratio | CPU ratio | P2÷P1 | same output |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in keys:
+        impl, store, p = key
+        rs = groups[key]
+        rps = med(rs, "records_per_s")
+        ratio = cpur = p21 = ""
+        base = groups.get(("tokio-serde", store, "1"))
+        if impl == "ringwait" and base:
+            ratio = f"**{rps / med(base, 'records_per_s'):.2f}×**"
+            cpur = f"{per_m(base, 'cpu_s') / max(per_m(rs, 'cpu_s'), 1e-9):.2f}×"
+        one = groups.get((impl, store, "1"))
+        if p != "1" and one:
+            p21 = f"{rps / med(one, 'records_per_s'):.2f}×"
+        store_cpu = f"{per_m(rs, 'store_cpu_s'):.2f}" if all("store_cpu_s" in r for r in rs) else "(in-process)"
+        same = ",".join(sorted({r.get("same_output", "?") for r in rs}))
+        out.append(f"| {store} | {impl} | {p} | {len(rs)} | {rps / 1e6:.3f} M | "
+                   f"{med(rs, 'self_records_per_s') / 1e6:.3f} M | {fmt_us(med(rs, 'p50_us'))} | "
+                   f"{fmt_us(med(rs, 'p99_us'))} | {per_m(rs, 'cpu_s'):.2f} | {store_cpu} | "
+                   f"{med(rs, 'rss_kb') / 1024:.0f} | {ratio} | {cpur} | {p21} | {same} |")
+    return out
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 //! pairs in the format of `ringwait bench`. See `perf/README.md`.
 
 mod data;
+mod enrich;
 mod load;
 mod runner;
 
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Fill Redis with k:<i> -> 64-byte value (pipelined SETs), unless DBSIZE already equals --keys.
     Load(load::LoadArgs),
+    /// The plain tokio + serde_json program doing `ringwait enrich`'s job: JSON Lines in, GET
+    /// per line's key, each line out with one field added (ordered, buffered(capacity)).
+    Enrich(enrich::EnrichArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Load(args)) => load::run(&args),
+        Some(Command::Enrich(args)) => enrich::run(&args),
         None => bench(&cli.bench),
     };
     match result {

@@ -184,6 +184,60 @@ impl<T: 'static> Source for QueueSource<T> {
     }
 }
 
+/// A source fed from another thread a batch at a time, through a queue of `Vec`s: one
+/// queue operation per batch instead of per record.
+///
+/// ```
+/// use ringwait::source::{BatchQueueSource, Source, SourceEvent};
+/// use ringwait::{queue, StreamElement};
+/// let (tx, rx) = queue::bounded(2);
+/// tx.try_push(vec![StreamElement::record(1u32), StreamElement::record(2)]).unwrap();
+/// tx.close();
+/// let mut s = BatchQueueSource::new(rx);
+/// assert!(matches!(s.next().unwrap(), SourceEvent::Element(_)));
+/// assert!(matches!(s.next().unwrap(), SourceEvent::Element(_)));
+/// assert_eq!(s.next().unwrap(), SourceEvent::End);
+/// ```
+pub struct BatchQueueSource<T> {
+    queue: crate::queue::Consumer<Vec<StreamElement<T>>>,
+    current: std::vec::IntoIter<StreamElement<T>>,
+    taken: u64,
+}
+
+impl<T> BatchQueueSource<T> {
+    /// Wraps the consumer end of a queue of batches.
+    pub fn new(queue: crate::queue::Consumer<Vec<StreamElement<T>>>) -> Self {
+        BatchQueueSource {
+            queue,
+            current: Vec::new().into_iter(),
+            taken: 0,
+        }
+    }
+}
+
+impl<T: 'static> Source for BatchQueueSource<T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
+        loop {
+            if let Some(e) = self.current.next() {
+                self.taken += 1;
+                return Ok(SourceEvent::Element(e));
+            }
+            match self.queue.pop() {
+                crate::queue::Pop::Item(batch) => self.current = batch.into_iter(),
+                crate::queue::Pop::Empty => return Ok(SourceEvent::Idle),
+                crate::queue::Pop::Closed => return Ok(SourceEvent::End),
+            }
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.taken
+    }
+}
+
 /// A source that ends as soon as a shared flag is set: how a job stops intake at once (a
 /// failed record under a fail-fast policy, or a signal) while every record already taken is
 /// still completed, emitted and checkpointed as usual. The flag costs one relaxed load per

@@ -61,7 +61,7 @@ pub(crate) struct ReaderSettings {
 pub(crate) fn spawn_reader(
     input: Input,
     settings: Arc<ReaderSettings>,
-    queues: Vec<Producer<StreamElement<Line>>>,
+    queues: Vec<Producer<Vec<StreamElement<Line>>>>,
 ) -> JoinHandle<Result<u64, EnrichError>> {
     std::thread::Builder::new()
         .name("ringwait-reader".into())
@@ -72,7 +72,7 @@ pub(crate) fn spawn_reader(
 fn read(
     input: Input,
     s: &ReaderSettings,
-    queues: &[Producer<StreamElement<Line>>],
+    queues: &[Producer<Vec<StreamElement<Line>>>],
 ) -> Result<u64, EnrichError> {
     match input {
         Input::Generated(n) => read_generated(n, s, queues),
@@ -111,17 +111,17 @@ fn read(
 fn read_generated(
     n: u64,
     s: &ReaderSettings,
-    queues: &[Producer<StreamElement<Line>>],
+    queues: &[Producer<Vec<StreamElement<Line>>>],
 ) -> Result<u64, EnrichError> {
     let mut chunk = ChunkBuilder::default();
     let mut text = Vec::with_capacity(128);
-    let mut dealt = 0u64;
+    let mut dealer = Dealer::new(s, queues);
     for i in 0..n {
         generated_text(i, s, &mut text);
         chunk.push(&text, i + 1, i, &s.fields)?;
         let full = chunk.len() == GENERATED_PER_CHUNK || i + 1 == n;
-        if full && !chunk.finish(|line| deal(line, s, queues, &mut dealt)) {
-            return Ok(dealt);
+        if full && !(chunk.finish(|line| dealer.deal(line)) && dealer.send_all()) {
+            return Ok(dealer.dealt);
         }
     }
     s.intake.reached_end(None, n);
@@ -175,13 +175,14 @@ fn read_lines(
     file: std::fs::File,
     name: &str,
     s: &ReaderSettings,
-    queues: &[Producer<StreamElement<Line>>],
+    queues: &[Producer<Vec<StreamElement<Line>>>],
 ) -> Result<u64, EnrichError> {
     let mut input = StopAwareRead::new(file, s.intake.clone());
     let mut buf = vec![0u8; READ_SIZE];
     let mut filled = 0usize;
     let mut chunk = ChunkBuilder::default();
-    let (mut number, mut dealt) = (0u64, 0u64);
+    let mut dealer = Dealer::new(s, queues);
+    let mut number = 0u64;
     loop {
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
@@ -190,7 +191,7 @@ fn read_lines(
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // Intake stopped while the reader waited: a part of a line is dropped unread.
-            Err(e) if is_stopped(&e) => return Ok(dealt),
+            Err(e) if is_stopped(&e) => return Ok(dealer.dealt),
             Err(cause) => {
                 return Err(EnrichError::Io {
                     what: "read the input",
@@ -221,8 +222,8 @@ fn read_lines(
             number += 1;
         }
         // The lines before a refused one are dealt (as they were before it was read).
-        if !chunk.finish(|line| deal(line, s, queues, &mut dealt)) {
-            return Ok(dealt);
+        if !(chunk.finish(|line| dealer.deal(line)) && dealer.send_all()) {
+            return Ok(dealer.dealt);
         }
         if let Some(e) = refused {
             return Err(e.into());
@@ -236,24 +237,57 @@ fn read_lines(
     }
 }
 
-/// Hands a line to its partition and counts it; false when the pipeline is gone or
-/// stopping.
-fn deal(
-    line: Line,
-    s: &ReaderSettings,
-    queues: &[Producer<StreamElement<Line>>],
-    dealt: &mut u64,
-) -> bool {
-    if s.intake.stopping() {
-        return false;
-    }
-    let p = s.routing.partition_of(&line);
-    match queues[p].push_blocking(StreamElement::record(line)) {
-        Ok(()) => {
-            *dealt += 1;
-            true
+/// Records per batch from the reader to a partition.
+pub(crate) const INPUT_BATCH: usize = 1024;
+
+/// Deals lines to the partitions' queues a batch per partition at a time.
+struct Dealer<'a> {
+    s: &'a ReaderSettings,
+    queues: &'a [Producer<Vec<StreamElement<Line>>>],
+    batches: Vec<Vec<StreamElement<Line>>>,
+    /// Records handed to the partitions.
+    dealt: u64,
+}
+
+impl<'a> Dealer<'a> {
+    fn new(s: &'a ReaderSettings, queues: &'a [Producer<Vec<StreamElement<Line>>>]) -> Self {
+        Dealer {
+            s,
+            queues,
+            batches: queues.iter().map(|_| Vec::new()).collect(),
+            dealt: 0,
         }
-        Err(PushError::Disconnected(_)) | Err(PushError::Full(_)) => false,
+    }
+
+    /// Puts a line in its partition's batch; a full batch leaves. False when the pipeline
+    /// is gone or intake stops.
+    fn deal(&mut self, line: Line) -> bool {
+        let p = self.s.routing.partition_of(&line);
+        self.batches[p].push(StreamElement::record(line));
+        self.batches[p].len() < INPUT_BATCH || self.send(p)
+    }
+
+    /// Sends every partition's batch (at the end of a chunk). False as [`deal`](Self::deal).
+    fn send_all(&mut self) -> bool {
+        (0..self.batches.len()).all(|p| self.send(p))
+    }
+
+    fn send(&mut self, p: usize) -> bool {
+        if self.batches[p].is_empty() {
+            return true;
+        }
+        if self.s.intake.stopping() {
+            return false;
+        }
+        let batch = std::mem::replace(&mut self.batches[p], Vec::with_capacity(INPUT_BATCH));
+        let n = batch.len() as u64;
+        match self.queues[p].push_blocking(batch) {
+            Ok(()) => {
+                self.dealt += n;
+                true
+            }
+            Err(PushError::Disconnected(_)) | Err(PushError::Full(_)) => false,
+        }
     }
 }
 

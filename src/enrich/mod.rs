@@ -55,7 +55,7 @@ use crate::runtime::checkpoint::Checkpointing;
 use crate::runtime::{Pipeline, PipelineError};
 use crate::server::GeneratedData;
 use crate::snapshot::SnapshotError;
-use crate::source::{QueueSource, StopSource};
+use crate::source::{BatchQueueSource, StopSource};
 use crate::StreamElement;
 use files::JobFiles;
 use input::{LineSource, ReaderSettings, Routing};
@@ -446,13 +446,18 @@ impl Store {
     }
 }
 
-/// The queues between the reader, the partitions and the writer.
+/// The queues between the reader, the partitions and the writer; records cross them in
+/// batches.
 struct Queues {
-    to_partitions: Vec<queue::Producer<StreamElement<Line>>>,
-    partition_inputs: Vec<Option<queue::Consumer<StreamElement<Line>>>>,
-    partition_outputs: Vec<Option<queue::Producer<output::Marked>>>,
-    to_writer: Vec<queue::Consumer<output::Marked>>,
+    to_partitions: Vec<queue::Producer<Vec<StreamElement<Line>>>>,
+    partition_inputs: Vec<Option<queue::Consumer<Vec<StreamElement<Line>>>>>,
+    partition_outputs: Vec<Option<queue::Producer<Vec<output::Marked>>>>,
+    to_writer: Vec<output::Inbox>,
 }
+
+/// Batches in a queue from the reader to a partition (each up to
+/// [`input::INPUT_BATCH`] records).
+const INPUT_BATCHES: usize = 4;
 
 impl Queues {
     fn new(partitions: usize, capacity: usize) -> Queues {
@@ -462,13 +467,15 @@ impl Queues {
             partition_outputs: vec![],
             to_writer: vec![],
         };
+        // About as many outputs may wait for the writer as records fit in the operator.
+        let output_batches = (capacity / output::OUTPUT_BATCH).clamp(4, 32);
         for _ in 0..partitions {
-            let (tx, rx) = queue::bounded(capacity.clamp(256, 8192));
+            let (tx, rx) = queue::bounded(INPUT_BATCHES);
             q.to_partitions.push(tx);
             q.partition_inputs.push(Some(rx));
-            let (tx, rx) = queue::bounded(capacity.clamp(256, 8192));
+            let (tx, rx) = queue::bounded(output_batches);
             q.partition_outputs.push(Some(tx));
-            q.to_writer.push(rx);
+            q.to_writer.push(output::Inbox::new(rx));
         }
         q
     }
@@ -585,9 +592,9 @@ fn writer_settings(
 /// What the partitions read from and write to.
 struct Partitioned {
     /// Each partition's queue from the reader (runs without checkpoints).
-    inputs: Vec<Option<queue::Consumer<StreamElement<Line>>>>,
+    inputs: Vec<Option<queue::Consumer<Vec<StreamElement<Line>>>>>,
     /// Each partition's queue to the writer.
-    outputs: Vec<Option<queue::Producer<output::Marked>>>,
+    outputs: Vec<Option<queue::Producer<Vec<output::Marked>>>>,
     /// Checkpointed runs: how each partition reads the input itself.
     settings: Option<Arc<ReaderSettings>>,
     halt: Arc<AtomicBool>,
@@ -626,7 +633,7 @@ fn run_partitions(
         let tx = sinks.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        Ok(MarkedSink::new(tx))
+        Ok(MarkedSink::new(tx, output::OUTPUT_BATCH))
     };
     let key: Option<crate::runtime::SharedKeyFn<Line>> = (config.mode == OrderMode::KeyOrdered)
         .then(|| {
@@ -648,7 +655,7 @@ fn run_partitions(
         let rx = sources.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        Ok(StopSource::new(QueueSource::new(rx), halt.clone()))
+        Ok(StopSource::new(BatchQueueSource::new(rx), halt.clone()))
     };
     match key {
         Some(key) => pipeline.run_keyed(source_of, function_of, sink_of, key),

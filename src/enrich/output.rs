@@ -68,8 +68,41 @@ impl crate::sink::QueueItem<Enriched, Line> for Marked {
     }
 }
 
-/// The partitions' sink: a queue to the writer; barriers travel in it as markers.
-pub(crate) type MarkedSink = crate::sink::QueueSink<Enriched, Line, Marked>;
+/// The partitions' sink: a queue of batches to the writer; barriers travel in it as markers.
+pub(crate) type MarkedSink = crate::sink::BatchQueueSink<Enriched, Line, Marked>;
+
+/// Outputs per batch from a partition to the writer.
+pub(crate) const OUTPUT_BATCH: usize = 256;
+
+/// One partition's queue to the writer, taken from an item at a time.
+pub(crate) struct Inbox {
+    queue: Consumer<Vec<Marked>>,
+    current: std::vec::IntoIter<Marked>,
+}
+
+impl Inbox {
+    pub fn new(queue: Consumer<Vec<Marked>>) -> Inbox {
+        Inbox {
+            queue,
+            current: Vec::new().into_iter(),
+        }
+    }
+
+    /// The next item: from the batch at hand, else from the next batch in the queue.
+    #[inline]
+    fn pop(&mut self) -> Pop<Marked> {
+        loop {
+            if let Some(item) = self.current.next() {
+                return Pop::Item(item);
+            }
+            match self.queue.pop() {
+                Pop::Item(batch) => self.current = batch.into_iter(),
+                Pop::Empty => return Pop::Empty,
+                Pop::Closed => return Pop::Closed,
+            }
+        }
+    }
+}
 
 /// The partition number of the writer's commit record in the checkpoint directory.
 pub(crate) const WRITER_PARTITION: u32 = u32::MAX;
@@ -131,7 +164,7 @@ impl Commit {
 }
 
 pub(crate) fn spawn_writer(
-    queues: Vec<Consumer<Marked>>,
+    queues: Vec<Inbox>,
     out: Box<dyn Write + Send>,
     side: Option<Box<dyn Write + Send>>,
     settings: WriterSettings,
@@ -154,10 +187,11 @@ pub(crate) fn spawn_writer(
                 pending: Vec::with_capacity(SPILL + (4 << 10)),
                 ready_to_commit: None,
             };
+            let mut queues = queues;
             let result = if w.settings.mode == OrderMode::Ordered {
-                w.merge_in_order(&queues)
+                w.merge_in_order(&mut queues)
             } else {
-                w.merge_as_ready(&queues)
+                w.merge_as_ready(&mut queues)
             };
             let flushed = w.flush();
             if result.is_err() {
@@ -212,7 +246,7 @@ impl Writer {
     /// marker for epoch N is taken, everything emitted before the barriers is written, and the
     /// commit record says: output length L, next record `next`. After a restore the partitions
     /// re-emit some records below `next`; they are dropped here.
-    fn merge_in_order(&mut self, queues: &[Consumer<Marked>]) -> Result<(), EnrichError> {
+    fn merge_in_order(&mut self, queues: &mut [Inbox]) -> Result<(), EnrichError> {
         let p = queues.len() as u64;
         let mut aside: Vec<Option<Item>> = (0..p).map(|_| None).collect();
         let mut idle = 0u32;
@@ -277,7 +311,7 @@ impl Writer {
     /// partition's barrier the writer takes nothing more from it until every partition's
     /// barrier arrived, so the output at the commit holds exactly what was emitted before the
     /// barriers.
-    fn merge_as_ready(&mut self, queues: &[Consumer<Marked>]) -> Result<(), EnrichError> {
+    fn merge_as_ready(&mut self, queues: &mut [Inbox]) -> Result<(), EnrichError> {
         let mut open: Vec<bool> = vec![true; queues.len()];
         let mut blocked: Vec<bool> = vec![false; queues.len()];
         let mut idle = 0u32;

@@ -88,6 +88,7 @@ where
         if (express || d.op.has_output()) && d.emit(express) {
             progressed = true;
         }
+        d.sink.flush();
         if d.source_done && d.op.is_empty() && d.may_stop() {
             d.publish(d.clock.now());
             return Ok(d.times);

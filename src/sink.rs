@@ -282,6 +282,8 @@ impl<Out: Send + 'static, In: Send + 'static> Sink<Out, In> for CollectSink<Out,
 /// ```
 pub struct BatchQueueSink<Out, In, M = Emitted<Out, In>> {
     queue: crate::queue::Producer<Vec<M>>,
+    /// Emptied batches the consumer hands back, reused instead of allocating.
+    returns: Option<crate::queue::Consumer<Vec<M>>>,
     batch: Vec<M>,
     limit: usize,
     /// Items accepted after the consumer had gone.
@@ -295,6 +297,7 @@ impl<Out, In, M> BatchQueueSink<Out, In, M> {
         let limit = limit.max(1);
         BatchQueueSink {
             queue,
+            returns: None,
             batch: Vec::with_capacity(limit),
             limit,
             lost: 0,
@@ -302,13 +305,31 @@ impl<Out, In, M> BatchQueueSink<Out, In, M> {
         }
     }
 
+    /// Reuses the emptied batches the consumer sends back on `returns`: in steady state
+    /// no batch is allocated.
+    pub fn recycling(mut self, returns: crate::queue::Consumer<Vec<M>>) -> Self {
+        self.returns = Some(returns);
+        self
+    }
+
+    /// An empty batch: a returned one, or a new one.
+    fn fresh(&self) -> Vec<M> {
+        if let Some(returns) = &self.returns {
+            if let crate::queue::Pop::Item(batch) = returns.pop() {
+                return batch;
+            }
+        }
+        Vec::with_capacity(self.limit)
+    }
+
     /// Sends the batch if the queue takes it now (it stays, to go later, if the queue is
     /// full; it is counted lost if the consumer is gone).
     fn send(&mut self) {
-        if self.batch.is_empty() {
-            return;
+        if self.batch.is_empty() || (self.queue.is_full() && !self.queue.is_disconnected()) {
+            return; // nothing to send, or no room: the batch waits for the next round
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.limit));
+        let fresh = self.fresh();
+        let batch = std::mem::replace(&mut self.batch, fresh);
         match self.queue.try_push(batch) {
             Ok(()) => {}
             Err(crate::queue::PushError::Full(batch)) => self.batch = batch,

@@ -200,7 +200,9 @@ impl<T: 'static> Source for QueueSource<T> {
 /// ```
 pub struct BatchQueueSource<T> {
     queue: crate::queue::Consumer<Vec<StreamElement<T>>>,
-    current: std::vec::IntoIter<StreamElement<T>>,
+    current: std::collections::VecDeque<StreamElement<T>>,
+    /// Where emptied batches go back to the producer, to be reused.
+    returns: Option<crate::queue::Producer<Vec<StreamElement<T>>>>,
     taken: u64,
 }
 
@@ -209,9 +211,16 @@ impl<T> BatchQueueSource<T> {
     pub fn new(queue: crate::queue::Consumer<Vec<StreamElement<T>>>) -> Self {
         BatchQueueSource {
             queue,
-            current: Vec::new().into_iter(),
+            current: std::collections::VecDeque::new(),
+            returns: None,
             taken: 0,
         }
+    }
+
+    /// Hands emptied batches back to the producer on `returns` (dropped when it is full).
+    pub fn recycling(mut self, returns: crate::queue::Producer<Vec<StreamElement<T>>>) -> Self {
+        self.returns = Some(returns);
+        self
     }
 }
 
@@ -221,12 +230,17 @@ impl<T: 'static> Source for BatchQueueSource<T> {
     #[inline]
     fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
         loop {
-            if let Some(e) = self.current.next() {
+            if let Some(e) = self.current.pop_front() {
                 self.taken += 1;
                 return Ok(SourceEvent::Element(e));
             }
             match self.queue.pop() {
-                crate::queue::Pop::Item(batch) => self.current = batch.into_iter(),
+                crate::queue::Pop::Item(batch) => {
+                    let done = std::mem::replace(&mut self.current, batch.into());
+                    if let Some(returns) = &self.returns {
+                        let _ = returns.try_push(Vec::from(done));
+                    }
+                }
                 crate::queue::Pop::Empty => return Ok(SourceEvent::Idle),
                 crate::queue::Pop::Closed => return Ok(SourceEvent::End),
             }

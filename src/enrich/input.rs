@@ -13,7 +13,7 @@ use super::record::{parse_line, utf8, ChunkBuilder, Line, LineFields};
 use super::EnrichError;
 use crate::dataset::key_of;
 use crate::element::StreamElement;
-use crate::queue::{Producer, PushError};
+use crate::queue::{Consumer, Pop, Producer, PushError};
 
 /// Where the records come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,18 +62,15 @@ pub(crate) fn spawn_reader(
     input: Input,
     settings: Arc<ReaderSettings>,
     queues: Vec<Producer<Vec<StreamElement<Line>>>>,
+    returns: Vec<Consumer<Vec<StreamElement<Line>>>>,
 ) -> JoinHandle<Result<u64, EnrichError>> {
     std::thread::Builder::new()
         .name("ringwait-reader".into())
-        .spawn(move || read(input, &settings, &queues))
+        .spawn(move || read(input, &settings, &Outlets { queues, returns }))
         .expect("spawning the reader thread")
 }
 
-fn read(
-    input: Input,
-    s: &ReaderSettings,
-    queues: &[Producer<Vec<StreamElement<Line>>>],
-) -> Result<u64, EnrichError> {
+fn read(input: Input, s: &ReaderSettings, queues: &Outlets) -> Result<u64, EnrichError> {
     match input {
         Input::Generated(n) => read_generated(n, s, queues),
         Input::File(path) => {
@@ -108,11 +105,7 @@ fn read(
 }
 
 /// Generated records, made and dealt a chunk at a time.
-fn read_generated(
-    n: u64,
-    s: &ReaderSettings,
-    queues: &[Producer<Vec<StreamElement<Line>>>],
-) -> Result<u64, EnrichError> {
+fn read_generated(n: u64, s: &ReaderSettings, queues: &Outlets) -> Result<u64, EnrichError> {
     let mut chunk = ChunkBuilder::default();
     let mut text = Vec::with_capacity(128);
     let mut dealer = Dealer::new(s, queues);
@@ -120,7 +113,7 @@ fn read_generated(
         generated_text(i, s, &mut text);
         chunk.push(&text, i + 1, i, &s.fields)?;
         let full = chunk.len() == GENERATED_PER_CHUNK || i + 1 == n;
-        if full && !(chunk.finish(|line| dealer.deal(line)) && dealer.send_all()) {
+        if full && !dealer.deal_chunk(&mut chunk) {
             return Ok(dealer.dealt);
         }
     }
@@ -175,7 +168,7 @@ fn read_lines(
     file: std::fs::File,
     name: &str,
     s: &ReaderSettings,
-    queues: &[Producer<Vec<StreamElement<Line>>>],
+    queues: &Outlets,
 ) -> Result<u64, EnrichError> {
     let mut input = StopAwareRead::new(file, s.intake.clone());
     let mut buf = vec![0u8; READ_SIZE];
@@ -222,7 +215,7 @@ fn read_lines(
             number += 1;
         }
         // The lines before a refused one are dealt (as they were before it was read).
-        if !(chunk.finish(|line| dealer.deal(line)) && dealer.send_all()) {
+        if !dealer.deal_chunk(&mut chunk) {
             return Ok(dealer.dealt);
         }
         if let Some(e) = refused {
@@ -240,27 +233,33 @@ fn read_lines(
 /// Records per batch from the reader to a partition.
 pub(crate) const INPUT_BATCH: usize = 1024;
 
+/// The partitions' input queues, and the emptied batches they hand back.
+pub(crate) struct Outlets {
+    queues: Vec<Producer<Vec<StreamElement<Line>>>>,
+    returns: Vec<Consumer<Vec<StreamElement<Line>>>>,
+}
+
 /// Deals lines to the partitions' queues a batch per partition at a time.
 struct Dealer<'a> {
     s: &'a ReaderSettings,
-    queues: &'a [Producer<Vec<StreamElement<Line>>>],
+    queues: &'a Outlets,
     batches: Vec<Vec<StreamElement<Line>>>,
     /// Records handed to the partitions.
     dealt: u64,
 }
 
 impl<'a> Dealer<'a> {
-    fn new(s: &'a ReaderSettings, queues: &'a [Producer<Vec<StreamElement<Line>>>]) -> Self {
+    fn new(s: &'a ReaderSettings, queues: &'a Outlets) -> Self {
         Dealer {
             s,
             queues,
-            batches: queues.iter().map(|_| Vec::new()).collect(),
+            batches: queues.queues.iter().map(|_| Vec::new()).collect(),
             dealt: 0,
         }
     }
 
     /// Puts a line in its partition's batch; a full batch leaves. False when the pipeline
-    /// is gone or intake stops.
+    /// is gone.
     fn deal(&mut self, line: Line) -> bool {
         let p = self.s.routing.partition_of(&line);
         self.batches[p].push(StreamElement::record(line));
@@ -272,16 +271,29 @@ impl<'a> Dealer<'a> {
         (0..self.batches.len()).all(|p| self.send(p))
     }
 
+    /// Deals the chunk's lines, all of them, unless intake is stopping (then none). False
+    /// when intake stopped or the pipeline is gone.
+    fn deal_chunk(&mut self, chunk: &mut ChunkBuilder) -> bool {
+        if self.s.intake.stopping() {
+            return false;
+        }
+        chunk.finish(|line| self.deal(line)) && self.send_all()
+    }
+
+    /// Sends partition `p`'s batch. Stops are not looked at here but between chunks (see
+    /// [`Dealer::deal_chunk`]): a chunk is dealt whole or not at all, so what the partitions
+    /// got is always a prefix of the input, with no gap an ordered output could show.
     fn send(&mut self, p: usize) -> bool {
         if self.batches[p].is_empty() {
             return true;
         }
-        if self.s.intake.stopping() {
-            return false;
-        }
-        let batch = std::mem::replace(&mut self.batches[p], Vec::with_capacity(INPUT_BATCH));
+        let fresh = match self.queues.returns[p].pop() {
+            Pop::Item(batch) => batch,
+            _ => Vec::with_capacity(INPUT_BATCH),
+        };
+        let batch = std::mem::replace(&mut self.batches[p], fresh);
         let n = batch.len() as u64;
-        match self.queues[p].push_blocking(batch) {
+        match self.queues.queues[p].push_blocking(batch) {
             Ok(()) => {
                 self.dealt += n;
                 true

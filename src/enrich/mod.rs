@@ -450,10 +450,24 @@ impl Store {
 /// batches.
 struct Queues {
     to_partitions: Vec<queue::Producer<Vec<StreamElement<Line>>>>,
-    partition_inputs: Vec<Option<queue::Consumer<Vec<StreamElement<Line>>>>>,
-    partition_outputs: Vec<Option<queue::Producer<Vec<output::Marked>>>>,
+    /// Emptied input batches, back from each partition to the reader.
+    input_returns: Vec<queue::Consumer<Vec<StreamElement<Line>>>>,
+    partition_inputs: Vec<Option<PartitionInput>>,
+    partition_outputs: Vec<Option<PartitionOutput>>,
     to_writer: Vec<output::Inbox>,
 }
+
+/// A partition's input queue, and where it hands emptied batches back.
+type PartitionInput = (
+    queue::Consumer<Vec<StreamElement<Line>>>,
+    queue::Producer<Vec<StreamElement<Line>>>,
+);
+
+/// A partition's output queue, and where the writer hands emptied batches back.
+type PartitionOutput = (
+    queue::Producer<Vec<output::Marked>>,
+    queue::Consumer<Vec<output::Marked>>,
+);
 
 /// Batches in a queue from the reader to a partition (each up to
 /// [`input::INPUT_BATCH`] records).
@@ -463,6 +477,7 @@ impl Queues {
     fn new(partitions: usize, capacity: usize) -> Queues {
         let mut q = Queues {
             to_partitions: vec![],
+            input_returns: vec![],
             partition_inputs: vec![],
             partition_outputs: vec![],
             to_writer: vec![],
@@ -471,11 +486,14 @@ impl Queues {
         let output_batches = (capacity / output::OUTPUT_BATCH).clamp(4, 32);
         for _ in 0..partitions {
             let (tx, rx) = queue::bounded(INPUT_BATCHES);
+            let (back, returned) = queue::bounded(INPUT_BATCHES + 2);
             q.to_partitions.push(tx);
-            q.partition_inputs.push(Some(rx));
+            q.input_returns.push(returned);
+            q.partition_inputs.push(Some((rx, back)));
             let (tx, rx) = queue::bounded(output_batches);
-            q.partition_outputs.push(Some(tx));
-            q.to_writer.push(output::Inbox::new(rx));
+            let (back, returned) = queue::bounded(output_batches + 2);
+            q.partition_outputs.push(Some((tx, returned)));
+            q.to_writer.push(output::Inbox::new(rx, back));
         }
         q
     }
@@ -521,7 +539,12 @@ fn run_pipeline(
     let (reader, settings) = match checkpointing {
         Some(_) => (None, Some(settings)),
         None => {
-            let reader = input::spawn_reader(config.input.clone(), settings, queues.to_partitions);
+            let reader = input::spawn_reader(
+                config.input.clone(),
+                settings,
+                queues.to_partitions,
+                queues.input_returns,
+            );
             (Some(reader), None)
         }
     };
@@ -592,9 +615,9 @@ fn writer_settings(
 /// What the partitions read from and write to.
 struct Partitioned {
     /// Each partition's queue from the reader (runs without checkpoints).
-    inputs: Vec<Option<queue::Consumer<Vec<StreamElement<Line>>>>>,
+    inputs: Vec<Option<PartitionInput>>,
     /// Each partition's queue to the writer.
-    outputs: Vec<Option<queue::Producer<Vec<output::Marked>>>>,
+    outputs: Vec<Option<PartitionOutput>>,
     /// Checkpointed runs: how each partition reads the input itself.
     settings: Option<Arc<ReaderSettings>>,
     halt: Arc<AtomicBool>,
@@ -630,10 +653,10 @@ fn run_partitions(
     };
     let sinks = Mutex::new(partitioned.outputs);
     let sink_of = move |p: &crate::runtime::PartitionContext| {
-        let tx = sinks.lock().expect("queue list")[p.index]
+        let (tx, returned) = sinks.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        Ok(MarkedSink::new(tx, output::OUTPUT_BATCH))
+        Ok(MarkedSink::new(tx, output::OUTPUT_BATCH).recycling(returned))
     };
     let key: Option<crate::runtime::SharedKeyFn<Line>> = (config.mode == OrderMode::KeyOrdered)
         .then(|| {
@@ -652,10 +675,11 @@ fn run_partitions(
     let sources = Mutex::new(partitioned.inputs);
     let halt = partitioned.halt;
     let source_of = move |p: &crate::runtime::PartitionContext| {
-        let rx = sources.lock().expect("queue list")[p.index]
+        let (rx, back) = sources.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        Ok(StopSource::new(BatchQueueSource::new(rx), halt.clone()))
+        let source = BatchQueueSource::new(rx).recycling(back);
+        Ok(StopSource::new(source, halt.clone()))
     };
     match key {
         Some(key) => pipeline.run_keyed(source_of, function_of, sink_of, key),

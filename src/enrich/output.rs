@@ -77,14 +77,20 @@ pub(crate) const OUTPUT_BATCH: usize = 256;
 /// One partition's queue to the writer, taken from an item at a time.
 pub(crate) struct Inbox {
     queue: Consumer<Vec<Marked>>,
-    current: std::vec::IntoIter<Marked>,
+    current: std::collections::VecDeque<Marked>,
+    /// Emptied batches go back to the partition's sink, to be reused.
+    returns: crate::queue::Producer<Vec<Marked>>,
 }
 
 impl Inbox {
-    pub fn new(queue: Consumer<Vec<Marked>>) -> Inbox {
+    pub fn new(
+        queue: Consumer<Vec<Marked>>,
+        returns: crate::queue::Producer<Vec<Marked>>,
+    ) -> Inbox {
         Inbox {
             queue,
-            current: Vec::new().into_iter(),
+            current: std::collections::VecDeque::new(),
+            returns,
         }
     }
 
@@ -92,11 +98,15 @@ impl Inbox {
     #[inline]
     fn pop(&mut self) -> Pop<Marked> {
         loop {
-            if let Some(item) = self.current.next() {
+            if let Some(item) = self.current.pop_front() {
                 return Pop::Item(item);
             }
             match self.queue.pop() {
-                Pop::Item(batch) => self.current = batch.into_iter(),
+                Pop::Item(batch) => {
+                    let done = std::mem::replace(&mut self.current, batch.into());
+                    // A full return queue drops the batch: the sink then allocates one.
+                    let _ = self.returns.try_push(Vec::from(done));
+                }
                 Pop::Empty => return Pop::Empty,
                 Pop::Closed => return Pop::Closed,
             }

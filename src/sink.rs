@@ -264,73 +264,50 @@ impl<Out: Send + 'static, In: Send + 'static> Sink<Out, In> for CollectSink<Out,
     }
 }
 
-/// A sink that moves its outputs to another thread a batch at a time, through a queue of
-/// `Vec`s: one queue operation (and one cache-line hand-off) per batch instead of per
-/// record. A batch leaves when it holds `limit` items, and at every
-/// [`flush`](Sink::flush) (each round of the partition's loop), so an output waits at most
-/// one round. Barriers travel in the batch behind the outputs before them.
+/// A sink that moves its outputs to another thread a batch at a time, through a
+/// [`batched`](crate::queue::batched) queue: one queue operation (and one cache-line hand-off)
+/// per batch instead of per record, and batches recycled. A batch leaves when it holds the
+/// queue's batch length, and at every [`flush`](Sink::flush) (each round of the partition's
+/// loop), so an output waits at most one round. Barriers travel in the batch behind the
+/// outputs before them.
 ///
 /// ```
 /// use ringwait::sink::{BatchQueueSink, Sink};
 /// use ringwait::{Emitted, queue};
-/// let (tx, rx) = queue::bounded::<Vec<Emitted<u32, u32>>>(4);
-/// let mut sink: BatchQueueSink<u32, u32, Emitted<u32, u32>> = BatchQueueSink::new(tx, 2);
+/// let (tx, mut rx) = queue::batched::<Emitted<u32, u32>>(4, 2);
+/// let mut sink: BatchQueueSink<u32, u32, Emitted<u32, u32>> = BatchQueueSink::new(tx);
 /// sink.accept(Emitted::Watermark(1));
-/// assert!(rx.is_empty());
+/// assert!(matches!(rx.pop(), queue::Pop::Empty));
 /// sink.flush();
-/// assert!(matches!(rx.pop(), queue::Pop::Item(b) if b.len() == 1));
+/// assert!(matches!(rx.pop(), queue::Pop::Item(Emitted::Watermark(1))));
 /// ```
 pub struct BatchQueueSink<Out, In, M = Emitted<Out, In>> {
-    queue: crate::queue::Producer<Vec<M>>,
-    /// Emptied batches the consumer hands back, reused instead of allocating.
-    returns: Option<crate::queue::Consumer<Vec<M>>>,
+    queue: crate::queue::BatchSender<M>,
     batch: Vec<M>,
-    limit: usize,
     /// Items accepted after the consumer had gone.
     lost: u64,
     _types: std::marker::PhantomData<fn(Out, In)>,
 }
 
 impl<Out, In, M> BatchQueueSink<Out, In, M> {
-    /// Wraps the producer end of a queue of batches of at most `limit` items.
-    pub fn new(queue: crate::queue::Producer<Vec<M>>, limit: usize) -> Self {
-        let limit = limit.max(1);
+    /// Sends to `queue`, in batches of its batch length.
+    pub fn new(queue: crate::queue::BatchSender<M>) -> Self {
         BatchQueueSink {
+            batch: queue.empty_batch(),
             queue,
-            returns: None,
-            batch: Vec::with_capacity(limit),
-            limit,
             lost: 0,
             _types: std::marker::PhantomData,
         }
     }
 
-    /// Reuses the emptied batches the consumer sends back on `returns`: in steady state
-    /// no batch is allocated.
-    pub fn recycling(mut self, returns: crate::queue::Consumer<Vec<M>>) -> Self {
-        self.returns = Some(returns);
-        self
-    }
-
-    /// An empty batch: a returned one, or a new one.
-    fn fresh(&self) -> Vec<M> {
-        if let Some(returns) = &self.returns {
-            if let crate::queue::Pop::Item(batch) = returns.pop() {
-                return batch;
-            }
-        }
-        Vec::with_capacity(self.limit)
-    }
-
-    /// Sends the batch if the queue takes it now (it stays, to go later, if the queue is
-    /// full; it is counted lost if the consumer is gone).
+    /// Sends the batch if the queue has room (else it waits for the next round; it is
+    /// counted lost if the consumer is gone).
     fn send(&mut self) {
         if self.batch.is_empty() || (self.queue.is_full() && !self.queue.is_disconnected()) {
-            return; // nothing to send, or no room: the batch waits for the next round
+            return;
         }
-        let fresh = self.fresh();
-        let batch = std::mem::replace(&mut self.batch, fresh);
-        match self.queue.try_push(batch) {
+        let batch = std::mem::replace(&mut self.batch, self.queue.empty_batch());
+        match self.queue.try_send(batch) {
             Ok(()) => {}
             Err(crate::queue::PushError::Full(batch)) => self.batch = batch,
             Err(crate::queue::PushError::Disconnected(batch)) => {
@@ -348,13 +325,15 @@ impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In>
     #[inline]
     fn accept(&mut self, item: Emitted<Out, In>) {
         self.batch.push(M::output(item));
-        if self.batch.len() >= self.limit {
+        if self.batch.len() >= self.queue.batch_len() {
             self.send();
         }
     }
 
     fn has_room(&self) -> bool {
-        self.batch.len() + 1 < self.limit || !self.queue.is_full() || self.queue.is_disconnected()
+        self.batch.len() + 1 < self.queue.batch_len()
+            || !self.queue.is_full()
+            || self.queue.is_disconnected()
     }
 
     fn flush(&mut self) {
@@ -365,20 +344,13 @@ impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In>
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             if let Err(crate::queue::PushError::Disconnected(batch)) =
-                self.queue.push_blocking(batch)
+                self.queue.send_blocking(batch)
             {
                 self.lost += batch.len() as u64;
             }
         }
         self.queue.close();
-        if self.lost > 0 {
-            return Err(format!(
-                "the consumer of the output queue went away; {} output(s) were not delivered",
-                self.lost
-            )
-            .into());
-        }
-        Ok(())
+        undelivered(self.lost)
     }
 
     fn barrier(&mut self, epoch: u64) -> Result<(), BoxError> {
@@ -387,10 +359,22 @@ impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In>
             self.send();
         }
         if self.lost > 0 {
-            return Err("the consumer of the output queue went away".into());
+            return Err(CONSUMER_GONE.into());
         }
         Ok(())
     }
+}
+
+/// A queue sink's consumer went away.
+const CONSUMER_GONE: &str = "the consumer of the output queue went away";
+
+/// At the end: a consumer that took everything and then left is fine; one that left early
+/// lost `lost` outputs.
+fn undelivered(lost: u64) -> Result<(), BoxError> {
+    if lost > 0 {
+        return Err(format!("{CONSUMER_GONE}; {lost} output(s) were not delivered").into());
+    }
+    Ok(())
 }
 
 /// What a [`QueueSink`] puts into its queue: its outputs and, for item types that carry them,
@@ -465,16 +449,7 @@ impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In> for QueueSi
 
     fn finish(&mut self) -> Result<(), BoxError> {
         self.queue.close();
-        // A consumer that took everything and then left is fine; one that left early lost
-        // outputs.
-        if self.lost > 0 {
-            return Err(format!(
-                "the consumer of the output queue went away; {} output(s) were not delivered",
-                self.lost
-            )
-            .into());
-        }
-        Ok(())
+        undelivered(self.lost)
     }
 
     fn barrier(&mut self, epoch: u64) -> Result<(), BoxError> {
@@ -482,7 +457,7 @@ impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In> for QueueSi
             Some(marker) => self
                 .queue
                 .try_push(marker)
-                .map_err(|_| "the consumer of the output queue went away".into()),
+                .map_err(|_| CONSUMER_GONE.into()),
             None => Ok(()),
         }
     }

@@ -184,14 +184,15 @@ impl<T: 'static> Source for QueueSource<T> {
     }
 }
 
-/// A source fed from another thread a batch at a time, through a queue of `Vec`s: one
-/// queue operation per batch instead of per record.
+/// A source fed from another thread a batch at a time, through a
+/// [`batched`](crate::queue::batched) queue: one queue operation per batch instead of per
+/// record, and the emptied batches go back to be reused.
 ///
 /// ```
 /// use ringwait::source::{BatchQueueSource, Source, SourceEvent};
 /// use ringwait::{queue, StreamElement};
-/// let (tx, rx) = queue::bounded(2);
-/// tx.try_push(vec![StreamElement::record(1u32), StreamElement::record(2)]).unwrap();
+/// let (tx, rx) = queue::batched(2, 8);
+/// tx.try_send(vec![StreamElement::record(1u32), StreamElement::record(2)]).unwrap();
 /// tx.close();
 /// let mut s = BatchQueueSource::new(rx);
 /// assert!(matches!(s.next().unwrap(), SourceEvent::Element(_)));
@@ -199,28 +200,14 @@ impl<T: 'static> Source for QueueSource<T> {
 /// assert_eq!(s.next().unwrap(), SourceEvent::End);
 /// ```
 pub struct BatchQueueSource<T> {
-    queue: crate::queue::Consumer<Vec<StreamElement<T>>>,
-    current: std::collections::VecDeque<StreamElement<T>>,
-    /// Where emptied batches go back to the producer, to be reused.
-    returns: Option<crate::queue::Producer<Vec<StreamElement<T>>>>,
+    queue: crate::queue::BatchReceiver<StreamElement<T>>,
     taken: u64,
 }
 
 impl<T> BatchQueueSource<T> {
-    /// Wraps the consumer end of a queue of batches.
-    pub fn new(queue: crate::queue::Consumer<Vec<StreamElement<T>>>) -> Self {
-        BatchQueueSource {
-            queue,
-            current: std::collections::VecDeque::new(),
-            returns: None,
-            taken: 0,
-        }
-    }
-
-    /// Hands emptied batches back to the producer on `returns` (dropped when it is full).
-    pub fn recycling(mut self, returns: crate::queue::Producer<Vec<StreamElement<T>>>) -> Self {
-        self.returns = Some(returns);
-        self
+    /// Takes from the receiving end of a batched queue.
+    pub fn new(queue: crate::queue::BatchReceiver<StreamElement<T>>) -> Self {
+        BatchQueueSource { queue, taken: 0 }
     }
 }
 
@@ -229,22 +216,14 @@ impl<T: 'static> Source for BatchQueueSource<T> {
 
     #[inline]
     fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
-        loop {
-            if let Some(e) = self.current.pop_front() {
+        Ok(match self.queue.pop() {
+            crate::queue::Pop::Item(e) => {
                 self.taken += 1;
-                return Ok(SourceEvent::Element(e));
+                SourceEvent::Element(e)
             }
-            match self.queue.pop() {
-                crate::queue::Pop::Item(batch) => {
-                    let done = std::mem::replace(&mut self.current, batch.into());
-                    if let Some(returns) = &self.returns {
-                        let _ = returns.try_push(Vec::from(done));
-                    }
-                }
-                crate::queue::Pop::Empty => return Ok(SourceEvent::Idle),
-                crate::queue::Pop::Closed => return Ok(SourceEvent::End),
-            }
-        }
+            crate::queue::Pop::Empty => SourceEvent::Idle,
+            crate::queue::Pop::Closed => SourceEvent::End,
+        })
     }
 
     fn position(&self) -> u64 {

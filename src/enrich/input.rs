@@ -13,7 +13,7 @@ use super::record::{parse_line, utf8, ChunkBuilder, Line, LineFields};
 use super::EnrichError;
 use crate::dataset::key_of;
 use crate::element::StreamElement;
-use crate::queue::{Consumer, Pop, Producer, PushError};
+use crate::queue::{BatchSender, PushError};
 
 /// Where the records come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,16 +61,19 @@ pub(crate) struct ReaderSettings {
 pub(crate) fn spawn_reader(
     input: Input,
     settings: Arc<ReaderSettings>,
-    queues: Vec<Producer<Vec<StreamElement<Line>>>>,
-    returns: Vec<Consumer<Vec<StreamElement<Line>>>>,
+    queues: Vec<BatchSender<StreamElement<Line>>>,
 ) -> JoinHandle<Result<u64, EnrichError>> {
     std::thread::Builder::new()
         .name("ringwait-reader".into())
-        .spawn(move || read(input, &settings, &Outlets { queues, returns }))
+        .spawn(move || read(input, &settings, &queues))
         .expect("spawning the reader thread")
 }
 
-fn read(input: Input, s: &ReaderSettings, queues: &Outlets) -> Result<u64, EnrichError> {
+fn read(
+    input: Input,
+    s: &ReaderSettings,
+    queues: &[BatchSender<StreamElement<Line>>],
+) -> Result<u64, EnrichError> {
     match input {
         Input::Generated(n) => read_generated(n, s, queues),
         Input::File(path) => {
@@ -105,7 +108,11 @@ fn read(input: Input, s: &ReaderSettings, queues: &Outlets) -> Result<u64, Enric
 }
 
 /// Generated records, made and dealt a chunk at a time.
-fn read_generated(n: u64, s: &ReaderSettings, queues: &Outlets) -> Result<u64, EnrichError> {
+fn read_generated(
+    n: u64,
+    s: &ReaderSettings,
+    queues: &[BatchSender<StreamElement<Line>>],
+) -> Result<u64, EnrichError> {
     let mut chunk = ChunkBuilder::default();
     let mut text = Vec::with_capacity(128);
     let mut dealer = Dealer::new(s, queues);
@@ -148,9 +155,7 @@ fn generated(i: u64, s: &ReaderSettings) -> Result<Line, EnrichError> {
 fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     buf.clear();
     let n = reader.read_until(b'\n', buf)?;
-    while matches!(buf.last(), Some(b'\n' | b'\r')) {
-        buf.pop();
-    }
+    buf.truncate(without_break(buf).len());
     Ok(n)
 }
 
@@ -168,7 +173,7 @@ fn read_lines(
     file: std::fs::File,
     name: &str,
     s: &ReaderSettings,
-    queues: &Outlets,
+    queues: &[BatchSender<StreamElement<Line>>],
 ) -> Result<u64, EnrichError> {
     let mut input = StopAwareRead::new(file, s.intake.clone());
     let mut buf = vec![0u8; READ_SIZE];
@@ -233,27 +238,21 @@ fn read_lines(
 /// Records per batch from the reader to a partition.
 pub(crate) const INPUT_BATCH: usize = 1024;
 
-/// The partitions' input queues, and the emptied batches they hand back.
-pub(crate) struct Outlets {
-    queues: Vec<Producer<Vec<StreamElement<Line>>>>,
-    returns: Vec<Consumer<Vec<StreamElement<Line>>>>,
-}
-
 /// Deals lines to the partitions' queues a batch per partition at a time.
 struct Dealer<'a> {
     s: &'a ReaderSettings,
-    queues: &'a Outlets,
+    queues: &'a [BatchSender<StreamElement<Line>>],
     batches: Vec<Vec<StreamElement<Line>>>,
     /// Records handed to the partitions.
     dealt: u64,
 }
 
 impl<'a> Dealer<'a> {
-    fn new(s: &'a ReaderSettings, queues: &'a Outlets) -> Self {
+    fn new(s: &'a ReaderSettings, queues: &'a [BatchSender<StreamElement<Line>>]) -> Self {
         Dealer {
             s,
             queues,
-            batches: queues.queues.iter().map(|_| Vec::new()).collect(),
+            batches: queues.iter().map(BatchSender::empty_batch).collect(),
             dealt: 0,
         }
     }
@@ -287,13 +286,9 @@ impl<'a> Dealer<'a> {
         if self.batches[p].is_empty() {
             return true;
         }
-        let fresh = match self.queues.returns[p].pop() {
-            Pop::Item(batch) => batch,
-            _ => Vec::with_capacity(INPUT_BATCH),
-        };
-        let batch = std::mem::replace(&mut self.batches[p], fresh);
+        let batch = std::mem::replace(&mut self.batches[p], self.queues[p].empty_batch());
         let n = batch.len() as u64;
-        match self.queues.queues[p].push_blocking(batch) {
+        match self.queues[p].send_blocking(batch) {
             Ok(()) => {
                 self.dealt += n;
                 true

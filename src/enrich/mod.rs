@@ -449,25 +449,11 @@ impl Store {
 /// The queues between the reader, the partitions and the writer; records cross them in
 /// batches.
 struct Queues {
-    to_partitions: Vec<queue::Producer<Vec<StreamElement<Line>>>>,
-    /// Emptied input batches, back from each partition to the reader.
-    input_returns: Vec<queue::Consumer<Vec<StreamElement<Line>>>>,
-    partition_inputs: Vec<Option<PartitionInput>>,
-    partition_outputs: Vec<Option<PartitionOutput>>,
+    to_partitions: Vec<queue::BatchSender<StreamElement<Line>>>,
+    partition_inputs: Vec<Option<queue::BatchReceiver<StreamElement<Line>>>>,
+    partition_outputs: Vec<Option<queue::BatchSender<output::Marked>>>,
     to_writer: Vec<output::Inbox>,
 }
-
-/// A partition's input queue, and where it hands emptied batches back.
-type PartitionInput = (
-    queue::Consumer<Vec<StreamElement<Line>>>,
-    queue::Producer<Vec<StreamElement<Line>>>,
-);
-
-/// A partition's output queue, and where the writer hands emptied batches back.
-type PartitionOutput = (
-    queue::Producer<Vec<output::Marked>>,
-    queue::Consumer<Vec<output::Marked>>,
-);
 
 /// Batches in a queue from the reader to a partition (each up to
 /// [`input::INPUT_BATCH`] records).
@@ -477,7 +463,6 @@ impl Queues {
     fn new(partitions: usize, capacity: usize) -> Queues {
         let mut q = Queues {
             to_partitions: vec![],
-            input_returns: vec![],
             partition_inputs: vec![],
             partition_outputs: vec![],
             to_writer: vec![],
@@ -485,15 +470,12 @@ impl Queues {
         // About as many outputs may wait for the writer as records fit in the operator.
         let output_batches = (capacity / output::OUTPUT_BATCH).clamp(4, 32);
         for _ in 0..partitions {
-            let (tx, rx) = queue::bounded(INPUT_BATCHES);
-            let (back, returned) = queue::bounded(INPUT_BATCHES + 2);
+            let (tx, rx) = queue::batched(INPUT_BATCHES, input::INPUT_BATCH);
             q.to_partitions.push(tx);
-            q.input_returns.push(returned);
-            q.partition_inputs.push(Some((rx, back)));
-            let (tx, rx) = queue::bounded(output_batches);
-            let (back, returned) = queue::bounded(output_batches + 2);
-            q.partition_outputs.push(Some((tx, returned)));
-            q.to_writer.push(output::Inbox::new(rx, back));
+            q.partition_inputs.push(Some(rx));
+            let (tx, rx) = queue::batched(output_batches, output::OUTPUT_BATCH);
+            q.partition_outputs.push(Some(tx));
+            q.to_writer.push(rx);
         }
         q
     }
@@ -539,12 +521,7 @@ fn run_pipeline(
     let (reader, settings) = match checkpointing {
         Some(_) => (None, Some(settings)),
         None => {
-            let reader = input::spawn_reader(
-                config.input.clone(),
-                settings,
-                queues.to_partitions,
-                queues.input_returns,
-            );
+            let reader = input::spawn_reader(config.input.clone(), settings, queues.to_partitions);
             (Some(reader), None)
         }
     };
@@ -615,9 +592,9 @@ fn writer_settings(
 /// What the partitions read from and write to.
 struct Partitioned {
     /// Each partition's queue from the reader (runs without checkpoints).
-    inputs: Vec<Option<PartitionInput>>,
+    inputs: Vec<Option<queue::BatchReceiver<StreamElement<Line>>>>,
     /// Each partition's queue to the writer.
-    outputs: Vec<Option<PartitionOutput>>,
+    outputs: Vec<Option<queue::BatchSender<output::Marked>>>,
     /// Checkpointed runs: how each partition reads the input itself.
     settings: Option<Arc<ReaderSettings>>,
     halt: Arc<AtomicBool>,
@@ -653,10 +630,10 @@ fn run_partitions(
     };
     let sinks = Mutex::new(partitioned.outputs);
     let sink_of = move |p: &crate::runtime::PartitionContext| {
-        let (tx, returned) = sinks.lock().expect("queue list")[p.index]
+        let tx = sinks.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        Ok(MarkedSink::new(tx, output::OUTPUT_BATCH).recycling(returned))
+        Ok(MarkedSink::new(tx))
     };
     let key: Option<crate::runtime::SharedKeyFn<Line>> = (config.mode == OrderMode::KeyOrdered)
         .then(|| {
@@ -675,11 +652,10 @@ fn run_partitions(
     let sources = Mutex::new(partitioned.inputs);
     let halt = partitioned.halt;
     let source_of = move |p: &crate::runtime::PartitionContext| {
-        let (rx, back) = sources.lock().expect("queue list")[p.index]
+        let rx = sources.lock().expect("queue list")[p.index]
             .take()
             .expect("each partition takes its queue once");
-        let source = BatchQueueSource::new(rx).recycling(back);
-        Ok(StopSource::new(source, halt.clone()))
+        Ok(StopSource::new(BatchQueueSource::new(rx), halt.clone()))
     };
     match key {
         Some(key) => pipeline.run_keyed(source_of, function_of, sink_of, key),

@@ -15,7 +15,7 @@ use super::record::Line;
 use super::{EnrichError, OnError};
 use crate::element::Emitted;
 use crate::operator::RecordError;
-use crate::queue::{Consumer, Pop};
+use crate::queue::Pop;
 use crate::OrderMode;
 
 /// What the writer wrote.
@@ -74,45 +74,8 @@ pub(crate) type MarkedSink = crate::sink::BatchQueueSink<Enriched, Line, Marked>
 /// Outputs per batch from a partition to the writer.
 pub(crate) const OUTPUT_BATCH: usize = 256;
 
-/// One partition's queue to the writer, taken from an item at a time.
-pub(crate) struct Inbox {
-    queue: Consumer<Vec<Marked>>,
-    current: std::collections::VecDeque<Marked>,
-    /// Emptied batches go back to the partition's sink, to be reused.
-    returns: crate::queue::Producer<Vec<Marked>>,
-}
-
-impl Inbox {
-    pub fn new(
-        queue: Consumer<Vec<Marked>>,
-        returns: crate::queue::Producer<Vec<Marked>>,
-    ) -> Inbox {
-        Inbox {
-            queue,
-            current: std::collections::VecDeque::new(),
-            returns,
-        }
-    }
-
-    /// The next item: from the batch at hand, else from the next batch in the queue.
-    #[inline]
-    fn pop(&mut self) -> Pop<Marked> {
-        loop {
-            if let Some(item) = self.current.pop_front() {
-                return Pop::Item(item);
-            }
-            match self.queue.pop() {
-                Pop::Item(batch) => {
-                    let done = std::mem::replace(&mut self.current, batch.into());
-                    // A full return queue drops the batch: the sink then allocates one.
-                    let _ = self.returns.try_push(Vec::from(done));
-                }
-                Pop::Empty => return Pop::Empty,
-                Pop::Closed => return Pop::Closed,
-            }
-        }
-    }
-}
+/// One partition's queue to the writer.
+pub(crate) type Inbox = crate::queue::BatchReceiver<Marked>;
 
 /// The partition number of the writer's commit record in the checkpoint directory.
 pub(crate) const WRITER_PARTITION: u32 = u32::MAX;

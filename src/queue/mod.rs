@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use crate::sync::{Arc, AtomicBool, Ordering};
 
+mod batch;
+
+pub use batch::{batched, BatchReceiver, BatchSender};
+
 #[cfg(not(loom))]
 type Inner<T> = crossbeam::queue::ArrayQueue<T>;
 

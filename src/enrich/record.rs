@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::scan::{scan_object, unescape, ScanError};
+use crate::snapshot::{encode_bytes, take_prefixed, SnapshotCodec};
 
 /// One input line, checked: its bytes as read, the lookup key, and where the field `--into`
 /// goes.
@@ -64,25 +65,36 @@ impl PartialEq for Line {
 
 impl Eq for Line {}
 
-/// What checking a line found, with positions relative to where its text and key were put.
+/// What checking a line found: the length of its key (the key itself is appended to a keys
+/// buffer) and where the field `--into` goes in its text.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Scanned {
-    /// Length of the key appended to the keys buffer.
-    pub key_len: u32,
-    pub into: Option<(u32, u32)>,
-    pub close: u32,
-    pub empty: bool,
+struct Shape {
+    key_len: u32,
+    into: Option<(u32, u32)>,
+    close: u32,
+    empty: bool,
 }
 
-/// Builds chunks: lines are checked one by one (their keys appended after the text), then
-/// frozen into one shared allocation. Its buffers are reused from chunk to chunk.
+/// A line added to a [`ChunkBuilder`], waiting for its chunk.
+#[derive(Debug, Clone, Copy)]
+struct Staged {
+    /// Byte range of the text in the builder's `bytes`.
+    text: (u32, u32),
+    /// Where the key starts in the builder's `keys`.
+    key_start: u32,
+    shape: Shape,
+    number: u64,
+    index: u64,
+}
+
+/// Builds chunks: lines are checked one by one (their text gathered in one buffer, their
+/// keys in another), then frozen, text then keys, into one shared allocation. Its buffers
+/// are reused from chunk to chunk.
 #[derive(Default)]
 pub(crate) struct ChunkBuilder {
-    /// The lines' text, then (after [`seal_text`](Self::seal_text)) their keys.
     bytes: Vec<u8>,
-    /// Per line: text range and key range (relative to the keys' start), and what was found.
-    lines: Vec<(u32, u32, u32, Scanned, u64, u64)>,
     keys: Vec<u8>,
+    lines: Vec<Staged>,
 }
 
 impl ChunkBuilder {
@@ -95,12 +107,22 @@ impl ChunkBuilder {
         fields: &LineFields,
     ) -> Result<(), LineError> {
         let key_start = self.keys.len() as u32;
-        let scanned = scan_line(text, number, fields, &mut self.keys)?;
+        let shape = scan_line(text, number, fields, &mut self.keys)?;
+        self.stage(text, key_start, shape, number, index);
+        Ok(())
+    }
+
+    /// Adds a line whose key (already in `keys` from `key_start`) and shape are known.
+    fn stage(&mut self, text: &[u8], key_start: u32, shape: Shape, number: u64, index: u64) {
         let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(text);
-        self.lines
-            .push((start, text.len() as u32, key_start, scanned, number, index));
-        Ok(())
+        self.lines.push(Staged {
+            text: (start, self.bytes.len() as u32),
+            key_start,
+            shape,
+            number,
+            index,
+        });
     }
 
     /// Lines added since the last [`finish`](Self::finish).
@@ -120,23 +142,33 @@ impl ChunkBuilder {
         self.bytes.clear();
         self.keys.clear();
         let mut going = true;
-        for (start, len, key_start, found, number, index) in self.lines.drain(..) {
+        for staged in self.lines.drain(..) {
             if !going {
                 continue;
             }
-            let key = keys_at + key_start;
+            let key = keys_at + staged.key_start;
             going = each(Line {
                 chunk: chunk.clone(),
-                text: (start, start + len),
-                key: (key, key + found.key_len),
-                number,
-                index,
-                into: found.into,
-                close: found.close,
-                empty: found.empty,
+                text: staged.text,
+                key: (key, key + staged.shape.key_len),
+                number: staged.number,
+                index: staged.index,
+                into: staged.shape.into,
+                close: staged.shape.close,
+                empty: staged.shape.empty,
             });
         }
         going
+    }
+
+    /// The one line added, in a chunk of its own.
+    fn only_line(mut self) -> Line {
+        let mut line = None;
+        self.finish(|l| {
+            line = Some(l);
+            true
+        });
+        line.expect("one line was added")
     }
 }
 
@@ -219,21 +251,16 @@ pub fn parse_line(
 ) -> Result<Line, LineError> {
     let mut chunk = ChunkBuilder::default();
     chunk.push(text.as_bytes(), number, index, fields)?;
-    let mut line = None;
-    chunk.finish(|l| {
-        line = Some(l);
-        true
-    });
-    Ok(line.expect("one line was added"))
+    Ok(chunk.only_line())
 }
 
 /// Checks one line (already known to be UTF-8) and appends its lookup key to `keys`.
-pub(crate) fn scan_line(
+fn scan_line(
     b: &[u8],
     number: u64,
     fields: &LineFields,
     keys: &mut Vec<u8>,
-) -> Result<Scanned, LineError> {
+) -> Result<Shape, LineError> {
     let scanned = scan_object(b, fields.key.as_bytes(), fields.into.as_bytes())
         .map_err(|e| scan_error(number, e))?;
     let Some((start, end)) = scanned.key else {
@@ -252,7 +279,7 @@ pub(crate) fn scan_line(
             found,
         }
     })?;
-    Ok(Scanned {
+    Ok(Shape {
         key_len: (keys.len() - before) as u32,
         into: scanned.into.map(|(s, e)| (s as u32, e as u32)),
         close: scanned.close as u32,
@@ -304,7 +331,8 @@ fn key_bytes(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
             if n < i128::from(i64::MIN) || n > i128::from(u64::MAX) {
                 return Err("a number");
             }
-            out.extend_from_slice(n.to_string().as_bytes());
+            use std::io::Write;
+            write!(out, "{n}").expect("writing to a Vec");
             Ok(())
         }
         Some(b'n') => Err("null"),
@@ -316,14 +344,14 @@ fn key_bytes(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
 
 /// Lines in snapshots (checkpointed `enrich`): number, index, key, the line's bytes, and the
 /// positions the writer uses.
-impl crate::snapshot::SnapshotCodec for Line {
+impl SnapshotCodec for Line {
     const MIN_ENCODED_LEN: usize = 48;
 
     fn encode(&self, out: &mut Vec<u8>) {
         self.number.encode(out);
         self.index.encode(out);
-        self.key().to_vec().encode(out);
-        self.text().to_vec().encode(out);
+        encode_bytes(self.key(), out);
+        encode_bytes(self.text(), out);
         let into = self
             .into
             .map_or(u64::MAX, |(s, e)| (u64::from(s) << 32) | u64::from(e));
@@ -338,9 +366,9 @@ impl crate::snapshot::SnapshotCodec for Line {
         };
         let number = u64::decode(input)?;
         let index = u64::decode(input)?;
-        let key = Vec::<u8>::decode(input)?;
-        let text = Vec::<u8>::decode(input)?;
-        if std::str::from_utf8(&text).is_err() {
+        let key = take_prefixed(input)?;
+        let text = take_prefixed(input)?;
+        if std::str::from_utf8(text).is_err() {
             return Err(invalid("the line is not UTF-8"));
         }
         let into = u64::decode(input)?;
@@ -351,19 +379,16 @@ impl crate::snapshot::SnapshotCodec for Line {
         if !in_line(close) || into.is_some_and(|(s, e)| s > e || !in_line(e)) {
             return Err(invalid("positions outside the line"));
         }
-        let (text_len, key_len) = (text.len() as u32, key.len() as u32);
-        let mut bytes = text;
-        bytes.extend_from_slice(&key);
-        Ok(Line {
-            chunk: Arc::from(bytes),
-            text: (0, text_len),
-            key: (text_len, text_len + key_len),
-            number,
-            index,
+        let shape = Shape {
+            key_len: key.len() as u32,
             into,
             close,
             empty: close_empty >> 32 != 0,
-        })
+        };
+        let mut chunk = ChunkBuilder::default();
+        chunk.keys.extend_from_slice(key);
+        chunk.stage(text, 0, shape, number, index);
+        Ok(chunk.only_line())
     }
 }
 
@@ -408,7 +433,6 @@ mod tests {
 
     #[test]
     fn a_line_survives_a_snapshot() {
-        use crate::snapshot::SnapshotCodec;
         let l = parse_line(r#"{"key":"k:1", "value":"old" }"#, 3, 2, &fields()).unwrap();
         let mut buf = Vec::new();
         l.encode(&mut buf);

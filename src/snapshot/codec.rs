@@ -47,8 +47,15 @@ fn take_array<const N: usize>(input: &mut &[u8]) -> Result<[u8; N], DecodeError>
     Ok(a)
 }
 
-/// Reads a `u64` length prefix and the bytes it announces, refusing lengths past the input.
-fn take_prefixed<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+/// Encodes `bytes` as a [`Vec<u8>`] would be, without making one.
+pub(crate) fn encode_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    (bytes.len() as u64).encode(out);
+    out.extend_from_slice(bytes);
+}
+
+/// Reads a `u64` length prefix and the bytes it announces (what [`encode_bytes`] wrote),
+/// borrowed from the input, refusing lengths past the input.
+pub(crate) fn take_prefixed<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     let len = u64::decode(input)?;
     match usize::try_from(len) {
         Ok(n) if n <= input.len() => take(input, n),
@@ -87,8 +94,7 @@ impl SnapshotCodec for Vec<u8> {
     const MIN_ENCODED_LEN: usize = 8;
 
     fn encode(&self, out: &mut Vec<u8>) {
-        (self.len() as u64).encode(out);
-        out.extend_from_slice(self);
+        encode_bytes(self, out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
@@ -100,8 +106,7 @@ impl SnapshotCodec for String {
     const MIN_ENCODED_LEN: usize = 8;
 
     fn encode(&self, out: &mut Vec<u8>) {
-        (self.len() as u64).encode(out);
-        out.extend_from_slice(self.as_bytes());
+        encode_bytes(self.as_bytes(), out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {

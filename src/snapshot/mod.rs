@@ -43,6 +43,7 @@ mod store;
 mod sys;
 
 pub use codec::{decode_records, encode_records, SnapshotCodec};
+pub(crate) use codec::{encode_bytes, take_prefixed};
 pub use error::{
     DecodeError, FlushStage, HeaderProblem, HeaderStatus, LockHolder, Slot, SnapshotError,
 };

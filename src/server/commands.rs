@@ -9,8 +9,7 @@ use crate::resp::{self, ArrayView, Frame};
 /// Generated data plus the overrides written by `SET`.
 #[derive(Debug)]
 pub(crate) struct Store {
-    keys: u64,
-    hashes: bool,
+    data: GeneratedData,
     overrides: RefCell<HashMap<Vec<u8>, Vec<u8>>>,
 }
 
@@ -21,7 +20,7 @@ pub(crate) enum After {
     Close,
 }
 
-const WRONGTYPE: &[u8] = b"WRONGTYPE Operation against a key holding the wrong kind of value";
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 /// The generated data set the built-in server holds (without `SET`'s overrides): `k:i` for
 /// `i < keys` holds [`value_of(i)`](crate::dataset::value_of), and `h:i` is a hash when
@@ -36,7 +35,7 @@ pub struct GeneratedData {
 
 /// A `GET` on a key that holds a hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("WRONGTYPE Operation against a key holding the wrong kind of value")]
+#[error("{}", WRONGTYPE)]
 pub struct WrongType;
 
 impl GeneratedData {
@@ -51,31 +50,38 @@ impl GeneratedData {
     /// ```
     #[inline]
     pub fn get(&self, key: &[u8]) -> Result<Option<[u8; VALUE_LEN]>, WrongType> {
-        if let Some(i) = key_index(key, b"k:", self.keys) {
+        if let Some(i) = self.value_index(key) {
             Ok(Some(value_of(i)))
-        } else if self.hashes && key_index(key, b"h:", self.keys).is_some() {
+        } else if self.hash_index(key).is_some() {
             Err(WrongType)
         } else {
             Ok(None)
         }
+    }
+
+    /// `i` of a key `k:i` the data holds.
+    fn value_index(&self, key: &[u8]) -> Option<u64> {
+        key_index(key, b"k:", self.keys)
+    }
+
+    /// `i` of a hash `h:i` the data holds.
+    fn hash_index(&self, key: &[u8]) -> Option<u64> {
+        self.hashes
+            .then(|| key_index(key, b"h:", self.keys))
+            .flatten()
     }
 }
 
 impl Store {
     pub fn new(keys: u64, hashes: bool) -> Self {
         Store {
-            keys,
-            hashes,
+            data: GeneratedData { keys, hashes },
             overrides: RefCell::new(HashMap::new()),
         }
     }
 
     fn hash_index(&self, key: &[u8]) -> Option<u64> {
-        if self.hashes {
-            key_index(key, b"h:", self.keys)
-        } else {
-            None
-        }
+        self.data.hash_index(key)
     }
 
     /// Appends the reply to `GET key` (or one `MGET` element when `in_mget`).
@@ -83,20 +89,16 @@ impl Store {
         if let Some(v) = self.overrides.borrow().get(key) {
             return resp::write_bulk(out, v);
         }
-        let data = GeneratedData {
-            keys: self.keys,
-            hashes: self.hashes,
-        };
-        match data.get(key) {
+        match self.data.get(key) {
             Ok(Some(value)) => resp::write_bulk(out, &value),
-            Err(WrongType) if !in_mget => resp::write_error(out, WRONGTYPE),
+            Err(WrongType) if !in_mget => resp::write_error(out, WRONGTYPE.as_bytes()),
             Ok(None) | Err(WrongType) => resp::write_nil(out),
         }
     }
 
     fn exists(&self, key: &[u8]) -> bool {
         self.overrides.borrow().contains_key(key)
-            || key_index(key, b"k:", self.keys).is_some()
+            || self.data.value_index(key).is_some()
             || self.hash_index(key).is_some()
     }
 
@@ -106,7 +108,7 @@ impl Store {
             .filter(|_| !self.overrides.borrow().contains_key(key))
         else {
             return if self.exists(key) {
-                resp::write_error(out, WRONGTYPE)
+                resp::write_error(out, WRONGTYPE.as_bytes())
             } else {
                 resp::write_nil(out)
             };
@@ -124,7 +126,7 @@ impl Store {
             .filter(|_| !self.overrides.borrow().contains_key(key))
         else {
             return if self.exists(key) {
-                resp::write_error(out, WRONGTYPE)
+                resp::write_error(out, WRONGTYPE.as_bytes())
             } else {
                 resp::write_array_header(out, 0)
             };
@@ -137,16 +139,13 @@ impl Store {
     }
 
     fn dbsize(&self) -> i64 {
-        let generated = if self.hashes {
-            2 * self.keys
-        } else {
-            self.keys
-        };
+        let GeneratedData { keys, hashes } = self.data;
+        let generated = if hashes { 2 * keys } else { keys };
         let extra = self
             .overrides
             .borrow()
             .keys()
-            .filter(|k| key_index(k, b"k:", self.keys).is_none() && self.hash_index(k).is_none())
+            .filter(|k| self.data.value_index(k).is_none() && self.hash_index(k).is_none())
             .count() as u64;
         generated.saturating_add(extra).min(i64::MAX as u64) as i64
     }

@@ -7,10 +7,12 @@
 //! setup and teardown are the same in both, so the difference is what N more records cost.
 //! A per-record allocation makes it grow by N.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod counting_alloc;
 
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+
+use counting_alloc::{Counting, ALLOCATIONS};
 use ringwait::bench::redis::{RedisGet, RedisOptions, VerifySink};
 use ringwait::function::{from_fn, ResultFuture};
 use ringwait::runtime::PartitionContext;
@@ -19,45 +21,17 @@ use ringwait::sink::CountingSink;
 use ringwait::source::{BoxError, GeneratorSource};
 use ringwait::{OperatorConfig, OrderMode, Pipeline};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
     static COUNTED: Cell<bool> = const { Cell::new(false) };
 }
 
-fn count() {
-    if COUNTED.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
+/// Only the partition's executor thread counts (the source factory marks it).
+fn on_marked_thread() -> bool {
+    COUNTED.try_with(Cell::get).unwrap_or(false)
 }
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::new(on_marked_thread);
 
 fn pipeline(mode: OrderMode) -> Pipeline {
     Pipeline::builder()

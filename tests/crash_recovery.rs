@@ -240,17 +240,13 @@ fn crash_loop(mode: &str, kills_wanted: u64) {
             }
             if kills >= kills_wanted && exited.is_none() {
                 // Enough kills: let this run finish (20000 lines take a few seconds).
-                let limit = Instant::now() + Duration::from_secs(60);
-                while exited.is_none() {
-                    exited = child.try_wait().unwrap();
-                    if Instant::now() > limit {
-                        let _ = child.kill();
-                        panic!(
-                            "{context}: the run did not finish within 60 s; log:\n{}",
-                            std::fs::read_to_string(&job.log).unwrap_or_default()
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
+                exited = wait_for(&mut child, Duration::from_secs(60), || false);
+                if exited.is_none() {
+                    let _ = child.kill();
+                    panic!(
+                        "{context}: the run did not finish within 60 s; log:\n{}",
+                        std::fs::read_to_string(&job.log).unwrap_or_default()
+                    );
                 }
             }
             match exited {

@@ -280,7 +280,7 @@ pub(crate) struct PartitionCheckpoint<F: AsyncFunction> {
     pub committed: u64,
     pub finished: bool,
     /// How long each snapshot took on the core (ns).
-    pub snapshot_times: hdrhistogram::Histogram<u64>,
+    pub snapshot_times: crate::metrics::LatencyRecorder,
 }
 
 impl<F: AsyncFunction> PartitionCheckpoint<F> {
@@ -341,7 +341,7 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
             epoch: base,
             committed: base,
             finished: false,
-            snapshot_times: crate::metrics::latency_histogram(),
+            snapshot_times: crate::metrics::LatencyRecorder::new(),
         })
     }
 
@@ -409,7 +409,7 @@ impl<F: AsyncFunction> PartitionCheckpoint<F> {
         sink.barrier(epoch)
             .map_err(|cause| PipelineError::Sink { partition, cause })?;
         self.snapshot_times
-            .saturating_record(started.elapsed().as_nanos().max(1) as u64);
+            .record(started.elapsed().as_nanos() as u64);
         let handle = std::thread::Builder::new()
             .name(format!("ringwait-flush-{partition}"))
             .spawn(move || {

@@ -11,7 +11,6 @@ use glommio::timer::Timer;
 use super::checkpoint::PartitionCheckpoint;
 use super::PipelineError;
 use crate::function::AsyncFunction;
-use crate::metrics::live::LatencyBuckets;
 use crate::operator::{AsyncWaitOperator, ProcessError};
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
@@ -149,8 +148,8 @@ where
         if let Some(live) = &self.settings.live {
             let mut sample = self.op.sample(now);
             self.op.function().publish(&mut sample);
-            if let Some(ck) = self.ckpt.as_deref() {
-                sample.snapshot = LatencyBuckets::of(&ck.snapshot_times);
+            if let Some(ck) = self.ckpt.as_deref_mut() {
+                sample.snapshot = ck.snapshot_times.buckets();
             }
             live.partition(self.settings.partition).store(&sample);
         }

@@ -105,9 +105,7 @@ impl Reader {
                 Ok(Some((frame, used))) => {
                     self.rb.start += used;
                     replies += 1;
-                    let seq = inner.pipe.borrow().front_seq();
-                    inner.round_trips.borrow_mut().answered(seq, arrived);
-                    if let Err(e) = dispatch(inner, frame, &mut self.command) {
+                    if let Err(e) = dispatch(inner, frame, arrived, &mut self.command) {
                         break Err(e);
                     }
                 }
@@ -125,14 +123,20 @@ impl Reader {
     }
 }
 
-/// Matches one reply to the oldest pending request.
+/// Matches one reply (`arrived` then) to the oldest pending request, and times its round
+/// trip.
 fn dispatch<H: ReplyHandler>(
     inner: &Inner<H>,
     frame: Frame<'_>,
+    arrived: std::time::Instant,
     command: &mut Vec<u8>,
 ) -> Result<(), LookupError> {
     let addr = inner.addr;
-    let popped = inner.pipe.borrow_mut().pop(command);
+    let (seq, popped) = {
+        let mut pipe = inner.pipe.borrow_mut();
+        (pipe.front_seq(), pipe.pop(command))
+    };
+    inner.round_trips.borrow_mut().answered(seq, arrived);
     match popped {
         None => Err(LookupError::Unsolicited { addr }),
         Some(Popped::Discard) => Ok(()),

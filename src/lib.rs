@@ -17,6 +17,7 @@ pub mod enrich;
 mod error;
 mod fifo;
 pub mod function;
+mod hash;
 pub mod lookup;
 pub mod metrics;
 pub mod metrics_http;

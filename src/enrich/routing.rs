@@ -21,12 +21,7 @@ pub const ROUTING_VERSION: &str = "fnv1a64-fmix64-v1";
 /// ```
 #[inline]
 pub fn key_hash(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    fmix64(h)
+    fmix64(crate::hash::fnv1a64(key.iter().copied()))
 }
 
 /// MurmurHash3's 64-bit finaliser.

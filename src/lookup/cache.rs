@@ -127,9 +127,7 @@ pub struct LookupCache {
 }
 
 fn hash_key(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::hash::fnv1a64(key.iter().copied())
 }
 
 impl LookupCache {

@@ -122,9 +122,7 @@ struct Coalescer {
 
 /// FNV-1a: keys come from the caller's data; a collision only costs a missed coalescing.
 fn hash_key(key: impl IntoIterator<Item = u8>) -> u64 {
-    key.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::hash::fnv1a64(key)
 }
 
 /// See the [module docs](self).

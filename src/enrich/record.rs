@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::scan::{scan_object, unescape, ScanError};
+use super::scan::{kind_of, scan_object, unescape, ScanError};
 use crate::snapshot::{encode_bytes, take_prefixed, SnapshotCodec};
 
 /// One input line, checked: its bytes as read, the lookup key, and where the field `--into`
@@ -335,10 +335,7 @@ fn key_bytes(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
             write!(out, "{n}").expect("writing to a Vec");
             Ok(())
         }
-        Some(b'n') => Err("null"),
-        Some(b't' | b'f') => Err("a boolean"),
-        Some(b'[') => Err("an array"),
-        _ => Err("an object"),
+        first => Err(kind_of(first.copied())),
     }
 }
 

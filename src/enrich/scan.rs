@@ -59,10 +59,11 @@ pub(crate) fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanne
         empty: true,
     };
     s.object(0, |name, span| {
-        if names_equal(name, key) {
+        let (is_key, is_into) = names_match(name, key, into);
+        if is_key {
             found.key = Some(span);
         }
-        if names_equal(name, into) {
+        if is_into {
             found.into = Some(span);
         }
         found.empty = false;
@@ -75,8 +76,10 @@ pub(crate) fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanne
     Ok(found)
 }
 
-fn kind_of(first: Option<u8>) -> &'static str {
+/// What a JSON value starting with `first` is, as error messages name it.
+pub(crate) fn kind_of(first: Option<u8>) -> &'static str {
     match first {
+        Some(b'{') => "an object",
         Some(b'[') => "an array",
         Some(b'"') => "a string",
         Some(b't' | b'f') => "a boolean",
@@ -85,65 +88,22 @@ fn kind_of(first: Option<u8>) -> &'static str {
     }
 }
 
-/// Whether the raw (still escaped) field name `raw` names `want`.
-fn names_equal(raw: &[u8], want: &[u8]) -> bool {
+/// Whether the raw (still escaped) field name `raw` names `key`, and whether it names
+/// `into`: the name is looked at (and unescaped, when it has escapes) once for both.
+fn names_match(raw: &[u8], key: &[u8], into: &[u8]) -> (bool, bool) {
     if !raw.contains(&b'\\') {
-        return raw == want;
+        return (raw == key, raw == into);
     }
-    unescape(raw).is_some_and(|u| u == want)
+    unescape(raw).map_or((false, false), |u| (u == key, u == into))
 }
 
-/// The bytes a JSON string's contents (between the quotes, already validated) stand for.
+/// The bytes a JSON string's contents (between the quotes, already validated) stand for,
+/// as serde_json reads them; `None` for what it refuses (a lone surrogate).
 pub(crate) fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' {
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let e = *raw.get(i + 1)?;
-        i += 2;
-        let ch = match e {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let hi = hex4(raw.get(i..i + 4)?)?;
-                i += 4;
-                let code = if (0xD800..0xDC00).contains(&hi) {
-                    if raw.get(i..i + 2)? != b"\\u" {
-                        return None;
-                    }
-                    let lo = hex4(raw.get(i + 2..i + 6)?)?;
-                    if !(0xDC00..0xE000).contains(&lo) {
-                        return None;
-                    }
-                    i += 6;
-                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                } else {
-                    hi
-                };
-                char::from_u32(code)?
-            }
-            _ => return None,
-        };
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-    }
-    Some(out)
-}
-
-fn hex4(h: &[u8]) -> Option<u32> {
-    let s = std::str::from_utf8(h).ok()?;
-    u32::from_str_radix(s, 16).ok()
+    let quoted = [&b"\""[..], raw, b"\""].concat();
+    serde_json::from_slice::<String>(&quoted)
+        .ok()
+        .map(String::into_bytes)
 }
 
 struct Scanner<'a> {
@@ -326,7 +286,8 @@ impl Scanner<'_> {
             return None;
         }
         self.i += 4;
-        hex4(h)
+        let digits = std::str::from_utf8(h).ok()?;
+        u32::from_str_radix(digits, 16).ok()
     }
 
     fn number(&mut self) -> Result<(), ScanError> {

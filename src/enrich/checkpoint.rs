@@ -168,10 +168,7 @@ pub(crate) fn prepare(
 }
 
 fn flag(reason: String) -> EnrichError {
-    EnrichError::Flag {
-        flag: "--checkpoint-dir",
-        reason,
-    }
+    EnrichError::flag("--checkpoint-dir", reason)
 }
 
 fn check_flags(config: &EnrichConfig) -> Result<(), EnrichError> {
@@ -186,10 +183,10 @@ fn check_flags(config: &EnrichConfig) -> Result<(), EnrichError> {
         ));
     }
     if config.checkpoint_interval.is_zero() {
-        return Err(EnrichError::Flag {
-            flag: "--checkpoint-interval-ms",
-            reason: "must be at least 1".into(),
-        });
+        return Err(EnrichError::flag(
+            "--checkpoint-interval-ms",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -240,7 +237,7 @@ fn parse_snapshot_name(name: &str) -> Option<(u64, u32)> {
 /// A fresh job must not take over a partial output it did not write: another job (with
 /// another checkpoint directory) may be resuming it.
 fn refuse_foreign_partials(files: &JobFiles) -> Result<(), EnrichError> {
-    for staged in [&files.output, &files.side].into_iter().flatten() {
+    for staged in files.staged() {
         if staged.write_path.exists() {
             return Err(flag(format!(
                 "{} exists, and this checkpoint directory did not write it: another job's \
@@ -254,12 +251,10 @@ fn refuse_foreign_partials(files: &JobFiles) -> Result<(), EnrichError> {
 
 /// A finished job whose last step (the rename of its outputs) may not have happened.
 fn publish_finished(files: &JobFiles) -> Result<(), EnrichError> {
-    for staged in [&files.output, &files.side].into_iter().flatten() {
-        if staged.is_staged() && staged.write_path.exists() {
-            staged.publish()?;
-        }
-    }
-    Ok(())
+    files
+        .staged()
+        .filter(|s| s.write_path.exists())
+        .try_for_each(Staged::publish)
 }
 
 /// Opens `staged`'s file for writing at `len`, dropping anything after it (creating it when
@@ -271,11 +266,7 @@ fn open_truncated(
 ) -> Result<(Box<dyn Write + Send>, std::fs::File), EnrichError> {
     use std::io::Seek;
     let path = &staged.write_path;
-    let io = |cause| EnrichError::Io {
-        what,
-        path: path.display().to_string(),
-        cause,
-    };
+    let io = |cause| EnrichError::io(what, path.display(), cause);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -80,7 +80,7 @@ pub(crate) struct JobFiles {
 }
 
 impl JobFiles {
-    fn staged(&self) -> impl Iterator<Item = &Staged> {
+    pub fn staged(&self) -> impl Iterator<Item = &Staged> {
         [&self.output, &self.side].into_iter().flatten()
     }
 
@@ -89,10 +89,8 @@ impl JobFiles {
         for s in self.staged().filter(|s| s.is_staged()) {
             std::fs::File::open(&s.write_path)
                 .and_then(|f| f.sync_all())
-                .map_err(|cause| EnrichError::Io {
-                    what: "sync the finished output",
-                    path: s.write_path.display().to_string(),
-                    cause,
+                .map_err(|cause| {
+                    EnrichError::io("sync the finished output", s.write_path.display(), cause)
                 })?;
         }
         Ok(())
@@ -114,16 +112,14 @@ impl JobFiles {
     /// `error` of a run that had begun writing, with where its output so far is (nothing to
     /// add for standard output or a device, which are written in place).
     pub fn incomplete(&self, error: EnrichError, resumable: bool) -> EnrichError {
-        match (&error, &self.output) {
+        match (&error, self.partial_of(&self.output)) {
             (EnrichError::Flag { .. } | EnrichError::Incomplete { .. }, _) => error,
-            (_, Some(out)) if out.is_staged() && out.write_path.exists() => {
-                EnrichError::Incomplete {
-                    error: Box::new(error),
-                    partial: out.write_path.clone(),
-                    side_partial: self.partial_of(&self.side),
-                    resumable,
-                }
-            }
+            (_, Some(partial)) => EnrichError::Incomplete {
+                error: Box::new(error),
+                partial,
+                side_partial: self.partial_of(&self.side),
+                resumable,
+            },
             _ => error,
         }
     }
@@ -177,28 +173,19 @@ fn open_staged(s: &mut Staged, what: &'static str) -> Result<Box<dyn Write + Sen
                 return Ok(Box::new(std::io::BufWriter::with_capacity(1 << 16, f)));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(cause) => {
-                return Err(EnrichError::Io {
-                    what,
-                    path: PathBuf::from(name).display().to_string(),
-                    cause,
-                })
-            }
+            Err(cause) => return Err(EnrichError::io(what, PathBuf::from(name).display(), cause)),
         }
     }
-    Err(EnrichError::Io {
+    Err(EnrichError::io(
         what,
-        path: s.write_path.display().to_string(),
-        cause: std::io::Error::other("999 partial files of earlier runs are in the way"),
-    })
+        s.write_path.display(),
+        std::io::Error::other("999 partial files of earlier runs are in the way"),
+    ))
 }
 
 fn create(path: &Path, what: &'static str) -> Result<Box<dyn Write + Send>, EnrichError> {
-    let f = std::fs::File::create(path).map_err(|cause| EnrichError::Io {
-        what,
-        path: path.display().to_string(),
-        cause,
-    })?;
+    let f = std::fs::File::create(path)
+        .map_err(|cause| EnrichError::io(what, path.display(), cause))?;
     Ok(Box::new(std::io::BufWriter::with_capacity(1 << 16, f)))
 }
 
@@ -226,10 +213,6 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
         }
         Err(e) => Err(e),
     }
-}
-
-fn flag_error(flag: &'static str, reason: String) -> EnrichError {
-    EnrichError::Flag { flag, reason }
 }
 
 /// Checks every file of `config` (see the module docs); opens nothing for writing.
@@ -268,7 +251,7 @@ pub(crate) fn check(config: &EnrichConfig) -> Result<JobFiles, EnrichError> {
     }
     if let Some(report) = &config.report {
         if report.as_os_str().is_empty() || report.is_dir() {
-            return Err(flag_error(
+            return Err(EnrichError::flag(
                 "--report",
                 format!("{:?} is not a file name", report.display().to_string()),
             ));
@@ -287,7 +270,8 @@ pub(crate) fn check(config: &EnrichConfig) -> Result<JobFiles, EnrichError> {
 }
 
 fn check_input(path: &Path, checkpointed: bool) -> Result<(), EnrichError> {
-    let refuse = |reason: String| flag_error("--input", format!("{}: {reason}", path.display()));
+    let refuse =
+        |reason: String| EnrichError::flag("--input", format!("{}: {reason}", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
     if meta.is_dir() {
         return Err(refuse("is a directory".into()));
@@ -323,9 +307,9 @@ fn access(path: &Path, mode: libc::c_int) -> std::io::Result<()> {
 /// Where an output named `path` is written; refuses a directory, a dangling symlink, a
 /// missing parent directory, or (with checkpoints) anything but a regular file.
 fn plan_output(flag: &'static str, path: &Path, checkpointed: bool) -> Result<Staged, EnrichError> {
-    let refuse = |reason: String| flag_error(flag, format!("{}: {reason}", path.display()));
+    let refuse = |reason: String| EnrichError::flag(flag, format!("{}: {reason}", path.display()));
     if path.as_os_str().is_empty() {
-        return Err(flag_error(flag, "an empty path".into()));
+        return Err(EnrichError::flag(flag, "an empty path"));
     }
     let resolved = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
@@ -368,7 +352,7 @@ fn staged(final_path: PathBuf) -> Staged {
 fn check_parent(flag: &'static str, path: &Path) -> Result<(), EnrichError> {
     let parent = parent_of(path);
     let refuse = |reason: String| {
-        flag_error(
+        EnrichError::flag(
             flag,
             format!(
                 "{}: its directory {} {reason}",
@@ -395,13 +379,14 @@ fn std_is_a_file(path: &str) -> bool {
 fn refuse_same_files(named: &[(&'static str, PathBuf)]) -> Result<(), EnrichError> {
     let mut ids = Vec::with_capacity(named.len());
     for (flag, path) in named {
-        let id = file_id(path).map_err(|e| flag_error(flag, format!("{}: {e}", path.display())))?;
+        let id = file_id(path)
+            .map_err(|e| EnrichError::flag(flag, format!("{}: {e}", path.display())))?;
         ids.push(id);
     }
     for (i, (flag_a, path_a)) in named.iter().enumerate() {
         for (j, (flag_b, path_b)) in named.iter().enumerate().skip(i + 1) {
             if flag_a != flag_b && ids[i] == ids[j] {
-                return Err(flag_error(
+                return Err(EnrichError::flag(
                     flag_b,
                     format!(
                         "{} is the same file as {flag_a} {}: refusing to overwrite it",
@@ -422,7 +407,7 @@ fn refuse_inside(dir: &Path, named: &[(&'static str, PathBuf)]) -> Result<(), En
         return Ok(()); // nothing is inside a directory that does not exist yet
     };
     if !meta.is_dir() {
-        return Err(flag_error(
+        return Err(EnrichError::flag(
             "--checkpoint-dir",
             format!("{} exists and is not a directory", dir.display()),
         ));
@@ -438,7 +423,7 @@ fn refuse_inside(dir: &Path, named: &[(&'static str, PathBuf)]) -> Result<(), En
         for ancestor in full.ancestors() {
             if let Ok(m) = std::fs::metadata(ancestor) {
                 if (m.dev(), m.ino()) == dir_id {
-                    return Err(flag_error(
+                    return Err(EnrichError::flag(
                         flag,
                         format!(
                             "{} is inside --checkpoint-dir {}: keep the job's files outside it",

@@ -13,7 +13,7 @@ use super::record::{parse_line, utf8, ChunkBuilder, Line, LineFields};
 use super::EnrichError;
 use crate::dataset::key_of;
 use crate::element::StreamElement;
-use crate::queue::{BatchSender, PushError};
+use crate::queue::BatchSender;
 
 /// Where the records come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,13 +56,12 @@ pub(crate) struct ReaderSettings {
     pub generated_key_json: String,
 }
 
-/// Starts the reader; it returns the number of records it dealt, and tells
-/// [`Intake::reached_end`] when it read the whole input.
+/// Starts the reader; it tells [`Intake::reached_end`] when it read the whole input.
 pub(crate) fn spawn_reader(
     input: Input,
     settings: Arc<ReaderSettings>,
     queues: Vec<BatchSender<StreamElement<Line>>>,
-) -> JoinHandle<Result<u64, EnrichError>> {
+) -> JoinHandle<Result<(), EnrichError>> {
     std::thread::Builder::new()
         .name("ringwait-reader".into())
         .spawn(move || read(input, &settings, &queues))
@@ -73,7 +72,7 @@ fn read(
     input: Input,
     s: &ReaderSettings,
     queues: &[BatchSender<StreamElement<Line>>],
-) -> Result<u64, EnrichError> {
+) -> Result<(), EnrichError> {
     match input {
         Input::Generated(n) => read_generated(n, s, queues),
         Input::File(path) => {
@@ -84,11 +83,7 @@ fn read(
                 .read(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(&path)
-                .map_err(|cause| EnrichError::Io {
-                    what: "open the input",
-                    path: name.clone(),
-                    cause,
-                })?;
+                .map_err(|cause| EnrichError::io("open the input", &name, cause))?;
             read_lines(file, &name, s, queues)
         }
         Input::Stdin => {
@@ -97,11 +92,7 @@ fn read(
             let fd = std::io::stdin()
                 .as_fd()
                 .try_clone_to_owned()
-                .map_err(|cause| EnrichError::Io {
-                    what: "read the input",
-                    path: "standard input".into(),
-                    cause,
-                })?;
+                .map_err(|cause| EnrichError::io("read the input", "standard input", cause))?;
             read_lines(std::fs::File::from(fd), "standard input", s, queues)
         }
     }
@@ -112,7 +103,7 @@ fn read_generated(
     n: u64,
     s: &ReaderSettings,
     queues: &[BatchSender<StreamElement<Line>>],
-) -> Result<u64, EnrichError> {
+) -> Result<(), EnrichError> {
     let mut chunk = ChunkBuilder::default();
     let mut text = Vec::with_capacity(128);
     let mut dealer = Dealer::new(s, queues);
@@ -121,11 +112,11 @@ fn read_generated(
         chunk.push(&text, i + 1, i, &s.fields)?;
         let full = chunk.len() == GENERATED_PER_CHUNK || i + 1 == n;
         if full && !dealer.deal_chunk(&mut chunk) {
-            return Ok(dealer.dealt);
+            return Ok(());
         }
     }
     s.intake.reached_end(None, n);
-    Ok(n)
+    Ok(())
 }
 
 /// Records generated per chunk.
@@ -174,7 +165,7 @@ fn read_lines(
     name: &str,
     s: &ReaderSettings,
     queues: &[BatchSender<StreamElement<Line>>],
-) -> Result<u64, EnrichError> {
+) -> Result<(), EnrichError> {
     let mut input = StopAwareRead::new(file, s.intake.clone());
     let mut buf = vec![0u8; READ_SIZE];
     let mut filled = 0usize;
@@ -189,14 +180,8 @@ fn read_lines(
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // Intake stopped while the reader waited: a part of a line is dropped unread.
-            Err(e) if is_stopped(&e) => return Ok(dealer.dealt),
-            Err(cause) => {
-                return Err(EnrichError::Io {
-                    what: "read the input",
-                    path: name.to_string(),
-                    cause,
-                })
-            }
+            Err(e) if is_stopped(&e) => return Ok(()),
+            Err(cause) => return Err(EnrichError::io("read the input", name, cause)),
         };
         filled += n;
         let at_end = n == 0;
@@ -221,14 +206,14 @@ fn read_lines(
         }
         // The lines before a refused one are dealt (as they were before it was read).
         if !dealer.deal_chunk(&mut chunk) {
-            return Ok(dealer.dealt);
+            return Ok(());
         }
         if let Some(e) = refused {
             return Err(e.into());
         }
         if at_end {
             s.intake.reached_end(None, number);
-            return Ok(number);
+            return Ok(());
         }
         buf.copy_within(taken..filled, 0);
         filled -= taken;
@@ -243,8 +228,6 @@ struct Dealer<'a> {
     s: &'a ReaderSettings,
     queues: &'a [BatchSender<StreamElement<Line>>],
     batches: Vec<Vec<StreamElement<Line>>>,
-    /// Records handed to the partitions.
-    dealt: u64,
 }
 
 impl<'a> Dealer<'a> {
@@ -253,7 +236,6 @@ impl<'a> Dealer<'a> {
             s,
             queues,
             batches: queues.iter().map(BatchSender::empty_batch).collect(),
-            dealt: 0,
         }
     }
 
@@ -287,14 +269,7 @@ impl<'a> Dealer<'a> {
             return true;
         }
         let batch = std::mem::replace(&mut self.batches[p], self.queues[p].empty_batch());
-        let n = batch.len() as u64;
-        match self.queues[p].send_blocking(batch) {
-            Ok(()) => {
-                self.dealt += n;
-                true
-            }
-            Err(PushError::Disconnected(_)) | Err(PushError::Full(_)) => false,
-        }
+        self.queues[p].send_blocking(batch).is_ok()
     }
 }
 
@@ -336,11 +311,8 @@ impl LineSource {
                 total: *total,
             },
             Input::File(path) => {
-                let file = std::fs::File::open(path).map_err(|cause| EnrichError::Io {
-                    what: "open the input",
-                    path: path.display().to_string(),
-                    cause,
-                })?;
+                let file = std::fs::File::open(path)
+                    .map_err(|cause| EnrichError::io("open the input", path.display(), cause))?;
                 Kind::File {
                     reader: std::io::BufReader::with_capacity(1 << 16, file),
                     path: path.display().to_string(),
@@ -350,10 +322,10 @@ impl LineSource {
                 }
             }
             Input::Stdin => {
-                return Err(EnrichError::Flag {
-                    flag: "--checkpoint-dir",
-                    reason: "standard input cannot be replayed: use --input PATH".into(),
-                })
+                return Err(EnrichError::flag(
+                    "--checkpoint-dir",
+                    "standard input cannot be replayed: use --input PATH",
+                ))
             }
         };
         Ok(LineSource {
@@ -423,11 +395,8 @@ impl crate::source::Source for LineSource {
                     index,
                     bytes,
                 } => {
-                    let n = next_line(reader, bytes).map_err(|cause| EnrichError::Io {
-                        what: "read the input",
-                        path: path.clone(),
-                        cause,
-                    })?;
+                    let n = next_line(reader, bytes)
+                        .map_err(|cause| EnrichError::io("read the input", path, cause))?;
                     if n == 0 {
                         let end = *index;
                         return Ok(self.at_end(end));
@@ -478,11 +447,7 @@ impl crate::source::Source for LineSource {
                 use std::io::Seek;
                 reader
                     .seek(std::io::SeekFrom::Start(position))
-                    .map_err(|cause| EnrichError::Io {
-                        what: "seek in the input",
-                        path: path.clone(),
-                        cause,
-                    })?;
+                    .map_err(|cause| EnrichError::io("seek in the input", path, cause))?;
                 *offset = position;
                 *index = next_index;
             }

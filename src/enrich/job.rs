@@ -126,15 +126,23 @@ impl JobRecord {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(cause) => return Err(io("read the checkpoint's job record", &path, cause)),
+            Err(cause) => {
+                return Err(EnrichError::io(
+                    "read the checkpoint's job record",
+                    path.display(),
+                    cause,
+                ))
+            }
         };
-        let corrupt = || EnrichError::Flag {
-            flag: "--checkpoint-dir",
-            reason: format!(
-                "{} is not a ringwait job record: remove {} to start over",
-                path.display(),
-                dir.display()
-            ),
+        let corrupt = || {
+            EnrichError::flag(
+                "--checkpoint-dir",
+                format!(
+                    "{} is not a ringwait job record: remove {} to start over",
+                    path.display(),
+                    dir.display()
+                ),
+            )
         };
         let mut lines = text.lines();
         if lines.next() != Some(HEADER) {
@@ -167,7 +175,9 @@ impl JobRecord {
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(dir)?.sync_all()
         };
-        write().map_err(|cause| io("write the checkpoint's job record", &path, cause))
+        write().map_err(|cause| {
+            EnrichError::io("write the checkpoint's job record", path.display(), cause)
+        })
     }
 
     /// Marks the job finished with `records` records, and saves it.
@@ -177,21 +187,13 @@ impl JobRecord {
     }
 }
 
-fn io(what: &'static str, path: &Path, cause: std::io::Error) -> EnrichError {
-    EnrichError::Io {
-        what,
-        path: path.display().to_string(),
-        cause,
-    }
-}
-
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The input's identity: path, size, modification time, and a hash of each end.
 fn input_identity(path: &Path) -> Result<Vec<(&'static str, String)>, EnrichError> {
-    let err = |cause| io("read the input", path, cause);
+    let err = |cause| EnrichError::io("read the input", path.display(), cause);
     let mut file = std::fs::File::open(path).map_err(err)?;
     let meta = file.metadata().map_err(err)?;
     let size = meta.len();

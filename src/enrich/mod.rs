@@ -270,10 +270,30 @@ impl EnrichConfig {
             // Failures reach the writer in their place; it applies --on-error.
             .on_error(ErrorPolicy::SideOutput)
             .build()
-            .map_err(|e| EnrichError::Flag {
-                flag: flag_of(&e),
-                reason: e.to_string(),
-            })
+            .map_err(|e| EnrichError::flag(flag_of(&e), e.to_string()))
+    }
+}
+
+impl EnrichError {
+    /// An I/O error doing `what` on `path`.
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl std::fmt::Display,
+        cause: std::io::Error,
+    ) -> EnrichError {
+        EnrichError::Io {
+            what,
+            path: path.to_string(),
+            cause,
+        }
+    }
+
+    /// A flag that cannot be used, and why.
+    pub(crate) fn flag(flag: &'static str, reason: impl Into<String>) -> EnrichError {
+        EnrichError::Flag {
+            flag,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -301,7 +321,7 @@ pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// its name (`<output>.ringwait-partial`) and renamed over it only when the run is complete.
 pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let partitions = config.partitions.unwrap_or_else(default_partitions);
-    let (pipeline, live) = build_pipeline(&config, partitions)?;
+    let pipeline = build_pipeline(&config, partitions)?;
     let mut files = files::check(&config)?;
     let job = match &config.checkpoint_dir {
         Some(dir) => {
@@ -316,7 +336,7 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
         None => None,
     };
     let store = Store::start(&config.lookup)?;
-    let _metrics_server = start_metrics(config.metrics, live)?;
+    let _metrics_server = start_metrics(config.metrics, pipeline.live_metrics().cloned())?;
     // Everything is checked: from here on the job writes.
     let result = match job {
         Some((dir, job)) => run_checkpointed(&config, &pipeline, store, &files, dir, job),
@@ -328,11 +348,8 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     result.map_err(|e| files.incomplete(e, config.checkpoint_dir.is_some()))
 }
 
-/// The pipeline of `partitions` partitions, and its live metrics when `--metrics` is on.
-fn build_pipeline(
-    config: &EnrichConfig,
-    partitions: usize,
-) -> Result<(Pipeline, Option<Arc<crate::metrics::live::LiveMetrics>>), EnrichError> {
+/// The pipeline of `partitions` partitions, with live metrics when `--metrics` is on.
+fn build_pipeline(config: &EnrichConfig, partitions: usize) -> Result<Pipeline, EnrichError> {
     let operator = config.operator_config()?;
     let live = config
         .metrics
@@ -342,14 +359,12 @@ fn build_pipeline(
         .operator(operator)
         .pin(config.pin)
         .partitions(partitions);
-    if let Some(live) = &live {
-        builder = builder.live_metrics(live.clone());
+    if let Some(live) = live {
+        builder = builder.live_metrics(live);
     }
-    let pipeline = builder.build().map_err(|e| EnrichError::Flag {
-        flag: "--partitions",
-        reason: e.to_string(),
-    })?;
-    Ok((pipeline, live))
+    builder
+        .build()
+        .map_err(|e| EnrichError::flag("--partitions", e.to_string()))
 }
 
 fn start_metrics(
@@ -361,10 +376,7 @@ fn start_metrics(
     };
     crate::metrics_http::MetricsServer::start(addr, live)
         .map(Some)
-        .map_err(|e| EnrichError::Flag {
-            flag: "--metrics",
-            reason: format!("cannot listen on {addr}: {e}"),
-        })
+        .map_err(|e| EnrichError::flag("--metrics", format!("cannot listen on {addr}: {e}")))
 }
 
 /// A checkpointed run: take the directory, resume (or start) the job, and finish it.
@@ -542,7 +554,7 @@ fn run_pipeline(
     }
     // The reader stops within 50 ms of a halt or a stop request, even when it waits on a
     // pipe (see `intake`).
-    let read = reader.map_or(Ok(0), |r| r.join().expect("reader thread"));
+    let read = reader.map_or(Ok(()), |r| r.join().expect("reader thread"));
     let written = writer.join().expect("writer thread");
     done.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
@@ -709,9 +721,6 @@ fn write_report(path: &PathBuf, summary: &EnrichSummary) -> Result<(), EnrichErr
         }],
         &notes,
     );
-    std::fs::write(path, svg).map_err(|cause| EnrichError::Io {
-        what: "write the report",
-        path: path.display().to_string(),
-        cause,
-    })
+    std::fs::write(path, svg)
+        .map_err(|cause| EnrichError::io("write the report", path.display(), cause))
 }

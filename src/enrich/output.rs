@@ -379,7 +379,7 @@ impl Writer {
             .map_err(|cause| io_error("sync the output", &self.settings.out_path, cause))?;
         if let Some(f) = &ck.side_file {
             f.sync_data().map_err(|cause| {
-                io_error("sync the side output", &side_path(&self.settings), cause)
+                io_error("sync the side output", &self.settings.side_path, cause)
             })?;
         }
         let meta = SnapshotMeta {
@@ -524,7 +524,7 @@ impl Writer {
             .map_err(|cause| io_error("write the output", &self.settings.out_path, cause))?;
         if let Some(side) = self.side.as_mut() {
             side.flush().map_err(|cause| {
-                io_error("write the side output", &side_path(&self.settings), cause)
+                io_error("write the side output", &self.settings.side_path, cause)
             })?;
         }
         Ok(())
@@ -566,10 +566,6 @@ fn io_error(
         ),
         cause,
     }
-}
-
-fn side_path(settings: &WriterSettings) -> Option<std::path::PathBuf> {
-    settings.side_path.clone()
 }
 
 fn record_index(item: &Item) -> Option<u64> {

@@ -78,7 +78,7 @@ impl EnrichSummary {
             mode,
             elapsed: Duration::ZERO,
             records_per_s: 0.0,
-            latency: Histogram::new(3).expect("a histogram with 3 significant digits"),
+            latency: crate::metrics::latency_histogram(),
             timeouts: 0,
             retries: 0,
             errors: 0,

@@ -103,27 +103,13 @@ impl Job {
             .expect("start ringwait")
     }
 
-    /// The epoch of the job's latest commit (the writer's snapshot file), 0 before the first.
+    /// The epoch of the job's latest commit (the writer's snapshot file: operator 0, the
+    /// writer's partition `u32::MAX`), 0 before the first.
     fn committed_epoch(&self) -> u64 {
-        let ckpt = self.dir.join("ckpt");
-        let Ok(entries) = std::fs::read_dir(&ckpt) else {
-            return 0;
-        };
-        let writer = format!("-p{}.snap", u32::MAX);
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(op) = name
-                .strip_prefix("op-")
-                .and_then(|rest| rest.strip_suffix(&writer))
-                .and_then(|op| op.parse().ok())
-            else {
-                continue;
-            };
-            if let Ok(Some(found)) = SnapshotStore::recover(&ckpt, op, u32::MAX) {
-                return found.meta.epoch;
-            }
-        }
-        0
+        SnapshotStore::recover(self.dir.join("ckpt"), 0, u32::MAX)
+            .ok()
+            .flatten()
+            .map_or(0, |found| found.meta.epoch)
     }
 
     /// The independent checker: the output against the input, with the order `mode` promises.

@@ -1,40 +1,19 @@
 //! `ringwait enrich --checkpoint-dir`: the flags' rules (what is refused, and why), one process
 //! per directory, and a finished job that is run again changes nothing.
 
+mod job_support;
+
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
+
+use job_support::{bin, ids, ringwait, stderr};
 use std::time::{Duration, Instant};
-
-fn ringwait(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ringwait"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ringwait")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rw-enrich-ckpt-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// The `id` of every output line, in output order.
-fn output_ids(path: &std::path::Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
 }
 
 fn s(p: &std::path::Path) -> &str {
@@ -123,21 +102,22 @@ fn a_finished_job_run_again_gives_the_same_output_and_other_partitions_are_refus
 fn a_second_process_on_the_same_checkpoint_dir_is_refused() {
     let d = dir("lock");
     let ck = d.join("ck");
-    let mut first = Command::new(env!("CARGO_BIN_EXE_ringwait"))
-        .args([
-            "enrich",
-            "--records",
-            "100000000",
-            "--output",
-            s(&d.join("a.jsonl")),
-            "--checkpoint-dir",
-            s(&ck),
-            "--partitions",
-            "1",
-            "--no-pin",
-            "--quiet",
-        ])
-        .stdin(Stdio::null())
+    let out = d.join("a.jsonl");
+    let args = [
+        "enrich",
+        "--records",
+        "100000000",
+        "--output",
+        s(&out),
+        "--checkpoint-dir",
+        s(&ck),
+        "--partitions",
+        "1",
+        "--no-pin",
+        "--quiet",
+    ];
+    let mut first = bin()
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -152,19 +132,7 @@ fn a_second_process_on_the_same_checkpoint_dir_is_refused() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The same command again: the same job, so only the lock stands in its way.
-    let o = ringwait(&[
-        "enrich",
-        "--records",
-        "100000000",
-        "--output",
-        s(&d.join("a.jsonl")),
-        "--checkpoint-dir",
-        s(&ck),
-        "--partitions",
-        "1",
-        "--no-pin",
-        "--quiet",
-    ]);
+    let o = ringwait(&args);
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(!o.status.success());
@@ -197,7 +165,7 @@ fn key_ordered_and_unordered_jobs_with_checkpoints_write_every_record_once() {
             "--quiet",
         ]);
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
-        let mut ids = output_ids(&out);
+        let mut ids = ids(s(&out));
         ids.sort();
         assert_eq!(ids, (0..4000).collect::<Vec<_>>(), "{mode}");
         std::fs::remove_dir_all(&d).unwrap();
@@ -250,7 +218,7 @@ fn a_failed_record_stops_a_checkpointed_job_and_a_rerun_resumes() {
     assert!(stderr(&o).contains("line 1501"), "{}", stderr(&o));
     let o = run("skip");
     assert!(o.status.success(), "{}", stderr(&o));
-    let ids = output_ids(&out);
+    let ids = ids(s(&out));
     let want: Vec<u64> = (0..3000).filter(|i| *i != 1500).collect();
     assert_eq!(ids, want);
     std::fs::remove_dir_all(&d).unwrap();

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use super::chunk::ChunkBuilder;
 use super::intake::{is_stopped, Intake, StopAt, StopAwareRead};
-use super::record::{parse_line, utf8, ChunkBuilder, Line, LineFields};
+use super::record::{parse_line, utf8, Line, LineError, LineFields};
 use super::EnrichError;
 use crate::dataset::key_of;
 use crate::element::StreamElement;
@@ -111,7 +112,8 @@ fn read_generated(
         generated_text(i, s, &mut text);
         chunk.push(&text, i + 1, i, &s.fields)?;
         let full = chunk.len() == GENERATED_PER_CHUNK || i + 1 == n;
-        if full && !dealer.deal_chunk(&mut chunk) {
+        let all = chunk.bytes().len();
+        if full && !dealer.deal_chunk(&mut chunk, all) {
             return Ok(());
         }
     }
@@ -158,8 +160,9 @@ fn without_break(mut line: &[u8]) -> &[u8] {
     line
 }
 
-/// Reads the input 64 KiB at a time; the complete lines of each read are checked, frozen
-/// into one chunk, and dealt. A line longer than the buffer grows it.
+/// Reads the input 64 KiB at a time, straight into a chunk's buffer; the complete lines of
+/// each read are checked where they lie and dealt as one chunk. A line longer than the
+/// buffer grows it.
 fn read_lines(
     file: std::fs::File,
     name: &str,
@@ -167,45 +170,23 @@ fn read_lines(
     queues: &[BatchSender<StreamElement<Line>>],
 ) -> Result<(), EnrichError> {
     let mut input = StopAwareRead::new(file, s.intake.clone());
-    let mut buf = vec![0u8; READ_SIZE];
-    let mut filled = 0usize;
     let mut chunk = ChunkBuilder::default();
     let mut dealer = Dealer::new(s, queues);
     let mut number = 0u64;
     loop {
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = match input.read(&mut buf[filled..]) {
+        let scanned = chunk.bytes().len();
+        let n = match input.read(chunk.spare(READ_SIZE / 2)) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // Intake stopped while the reader waited: a part of a line is dropped unread.
             Err(e) if is_stopped(&e) => return Ok(()),
             Err(cause) => return Err(EnrichError::io("read the input", name, cause)),
         };
-        filled += n;
+        chunk.filled(n);
         let at_end = n == 0;
-        let mut taken = 0;
-        let mut refused = None;
-        while taken < filled {
-            let rest = &buf[taken..filled];
-            let len = match memchr::memchr(b'\n', rest) {
-                Some(at) => at + 1,
-                None if at_end => rest.len(), // a last line without a line break
-                None => break,
-            };
-            let text = without_break(&rest[..len]);
-            if let Err(e) =
-                utf8(text, number + 1).and_then(|_| chunk.push(text, number + 1, number, &s.fields))
-            {
-                refused = Some(e);
-                break;
-            }
-            taken += len;
-            number += 1;
-        }
+        let (taken, refused) = check_lines(&mut chunk, scanned, at_end, &mut number, s);
         // The lines before a refused one are dealt (as they were before it was read).
-        if !dealer.deal_chunk(&mut chunk) {
+        if !dealer.deal_chunk(&mut chunk, taken) {
             return Ok(());
         }
         if let Some(e) = refused {
@@ -215,9 +196,41 @@ fn read_lines(
             s.intake.reached_end(None, number);
             return Ok(());
         }
-        buf.copy_within(taken..filled, 0);
-        filled -= taken;
     }
+}
+
+/// Checks the complete lines in the chunk's bytes (the first starts at 0; no line break
+/// lies before `scanned`) and stages them; at the end of the input, a last line without a
+/// line break too. Returns where the unchecked bytes start, and the error of a refused line.
+fn check_lines(
+    chunk: &mut ChunkBuilder,
+    scanned: usize,
+    at_end: bool,
+    number: &mut u64,
+    s: &ReaderSettings,
+) -> (usize, Option<LineError>) {
+    let filled = chunk.bytes().len();
+    let mut taken = 0;
+    let mut search_from = scanned;
+    while taken < filled {
+        let len = match memchr::memchr(b'\n', &chunk.bytes()[search_from..]) {
+            Some(at) => search_from + at + 1 - taken,
+            None if at_end => filled - taken, // a last line without a line break
+            None => break,
+        };
+        let text_len = without_break(&chunk.bytes()[taken..taken + len]).len();
+        let end = taken + text_len;
+        let checked = utf8(&chunk.bytes()[taken..end], *number + 1)
+            .map(drop)
+            .and_then(|()| chunk.check(taken, end, *number + 1, *number, &s.fields));
+        if let Err(e) = checked {
+            return (taken, Some(e));
+        }
+        taken += len;
+        search_from = taken;
+        *number += 1;
+    }
+    (taken, None)
 }
 
 /// Records per batch from the reader to a partition.
@@ -254,11 +267,12 @@ impl<'a> Dealer<'a> {
 
     /// Deals the chunk's lines, all of them, unless intake is stopping (then none). False
     /// when intake stopped or the pipeline is gone.
-    fn deal_chunk(&mut self, chunk: &mut ChunkBuilder) -> bool {
+    /// The chunk's bytes from `keep_from` on are not lines yet and stay in the builder.
+    fn deal_chunk(&mut self, chunk: &mut ChunkBuilder, keep_from: usize) -> bool {
         if self.s.intake.stopping() {
             return false;
         }
-        chunk.finish(|line| self.deal(line)) && self.send_all()
+        chunk.finish(keep_from, |line| self.deal(line)) && self.send_all()
     }
 
     /// Sends partition `p`'s batch. Stops are not looked at here but between chunks (see

@@ -23,6 +23,7 @@
 //! ```
 
 mod checkpoint;
+mod chunk;
 mod files;
 mod input;
 mod intake;
@@ -31,7 +32,7 @@ mod lookup;
 mod output;
 mod record;
 mod routing;
-mod scan;
+pub mod scan;
 mod summary;
 
 use std::io::IsTerminal;

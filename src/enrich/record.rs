@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::chunk::ChunkBuilder;
 use super::scan::{kind_of, scan_object, unescape, ScanError};
 use crate::snapshot::{encode_bytes, take_prefixed, SnapshotCodec};
 
@@ -16,7 +17,7 @@ use crate::snapshot::{encode_bytes, take_prefixed, SnapshotCodec};
 #[derive(Debug, Clone)]
 pub struct Line {
     /// The lines and keys this line was read with.
-    chunk: Arc<[u8]>,
+    chunk: Arc<Vec<u8>>,
     /// Byte range of the line's text in `chunk`.
     text: (u32, u32),
     /// Byte range of the lookup key in `chunk`.
@@ -46,6 +47,27 @@ impl Line {
     pub fn key(&self) -> &[u8] {
         &self.chunk[self.key.0 as usize..self.key.1 as usize]
     }
+
+    /// A line whose text and key are the given ranges of `chunk`.
+    pub(crate) fn in_chunk(
+        chunk: Arc<Vec<u8>>,
+        text: (u32, u32),
+        key: (u32, u32),
+        number: u64,
+        index: u64,
+        shape: Shape,
+    ) -> Line {
+        Line {
+            chunk,
+            text,
+            key,
+            number,
+            index,
+            into: shape.into,
+            close: shape.close,
+            empty: shape.empty,
+        }
+    }
 }
 
 impl PartialEq for Line {
@@ -65,111 +87,21 @@ impl PartialEq for Line {
 
 impl Eq for Line {}
 
-/// What checking a line found: the length of its key (the key itself is appended to a keys
-/// buffer) and where the field `--into` goes in its text.
+/// What checking a line found: where the field `--into` goes in its text.
 #[derive(Debug, Clone, Copy)]
-struct Shape {
-    key_len: u32,
-    into: Option<(u32, u32)>,
-    close: u32,
-    empty: bool,
+pub(crate) struct Shape {
+    pub into: Option<(u32, u32)>,
+    pub close: u32,
+    pub empty: bool,
 }
 
-/// A line added to a [`ChunkBuilder`], waiting for its chunk.
+/// Where a checked line's lookup key is.
 #[derive(Debug, Clone, Copy)]
-struct Staged {
-    /// Byte range of the text in the builder's `bytes`.
-    text: (u32, u32),
-    /// Where the key starts in the builder's `keys`.
-    key_start: u32,
-    shape: Shape,
-    number: u64,
-    index: u64,
-}
-
-/// Builds chunks: lines are checked one by one (their text gathered in one buffer, their
-/// keys in another), then frozen, text then keys, into one shared allocation. Its buffers
-/// are reused from chunk to chunk.
-#[derive(Default)]
-pub(crate) struct ChunkBuilder {
-    bytes: Vec<u8>,
-    keys: Vec<u8>,
-    lines: Vec<Staged>,
-}
-
-impl ChunkBuilder {
-    /// Checks `text` (line `number`, record `index`) and adds it to the chunk.
-    pub fn push(
-        &mut self,
-        text: &[u8],
-        number: u64,
-        index: u64,
-        fields: &LineFields,
-    ) -> Result<(), LineError> {
-        let key_start = self.keys.len() as u32;
-        let shape = scan_line(text, number, fields, &mut self.keys)?;
-        self.stage(text, key_start, shape, number, index);
-        Ok(())
-    }
-
-    /// Adds a line whose key (already in `keys` from `key_start`) and shape are known.
-    fn stage(&mut self, text: &[u8], key_start: u32, shape: Shape, number: u64, index: u64) {
-        let start = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(text);
-        self.lines.push(Staged {
-            text: (start, self.bytes.len() as u32),
-            key_start,
-            shape,
-            number,
-            index,
-        });
-    }
-
-    /// Lines added since the last [`finish`](Self::finish).
-    pub fn len(&self) -> usize {
-        self.lines.len()
-    }
-
-    /// Freezes the lines added into one chunk and hands each to `each`, in order; the
-    /// builder is empty again afterwards. `each` returns false to stop early.
-    pub fn finish(&mut self, mut each: impl FnMut(Line) -> bool) -> bool {
-        if self.lines.is_empty() {
-            return true;
-        }
-        let keys_at = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(&self.keys);
-        let chunk: Arc<[u8]> = Arc::from(&self.bytes[..]);
-        self.bytes.clear();
-        self.keys.clear();
-        let mut going = true;
-        for staged in self.lines.drain(..) {
-            if !going {
-                continue;
-            }
-            let key = keys_at + staged.key_start;
-            going = each(Line {
-                chunk: chunk.clone(),
-                text: staged.text,
-                key: (key, key + staged.shape.key_len),
-                number: staged.number,
-                index: staged.index,
-                into: staged.shape.into,
-                close: staged.shape.close,
-                empty: staged.shape.empty,
-            });
-        }
-        going
-    }
-
-    /// The one line added, in a chunk of its own.
-    fn only_line(mut self) -> Line {
-        let mut line = None;
-        self.finish(|l| {
-            line = Some(l);
-            true
-        });
-        line.expect("one line was added")
-    }
+pub(crate) enum KeyAt {
+    /// A byte range of the line's text: a string key without escapes or prefix.
+    Text(u32, u32),
+    /// A byte range of the keys buffer it was written to (escaped, prefixed, or a number).
+    Keys(u32, u32),
 }
 
 /// Why an input line was refused.
@@ -249,18 +181,19 @@ pub fn parse_line(
     index: u64,
     fields: &LineFields,
 ) -> Result<Line, LineError> {
-    let mut chunk = ChunkBuilder::default();
+    let mut chunk = ChunkBuilder::with_capacity(text.len());
     chunk.push(text.as_bytes(), number, index, fields)?;
     Ok(chunk.only_line())
 }
 
-/// Checks one line (already known to be UTF-8) and appends its lookup key to `keys`.
-fn scan_line(
+/// Checks one line (already known to be UTF-8) and finds its lookup key: in the line itself
+/// when it is a plain string and there is no prefix, otherwise written to the end of `keys`.
+pub(crate) fn scan_line(
     b: &[u8],
     number: u64,
     fields: &LineFields,
     keys: &mut Vec<u8>,
-) -> Result<Shape, LineError> {
+) -> Result<(KeyAt, Shape), LineError> {
     let scanned = scan_object(b, fields.key.as_bytes(), fields.into.as_bytes())
         .map_err(|e| scan_error(number, e))?;
     let Some((start, end)) = scanned.key else {
@@ -269,6 +202,15 @@ fn scan_line(
             field: fields.key.clone(),
         });
     };
+    let shape = Shape {
+        into: scanned.into.map(|(s, e)| (s as u32, e as u32)),
+        close: scanned.close as u32,
+        empty: scanned.empty,
+    };
+    let raw = &b[start..end];
+    if fields.key_prefix.is_empty() && raw[0] == b'"' && !raw.contains(&b'\\') {
+        return Ok((KeyAt::Text(start as u32 + 1, end as u32 - 1), shape));
+    }
     let before = keys.len();
     keys.extend_from_slice(fields.key_prefix.as_bytes());
     key_bytes(&b[start..end], keys).map_err(|found| {
@@ -279,12 +221,7 @@ fn scan_line(
             found,
         }
     })?;
-    Ok(Shape {
-        key_len: (keys.len() - before) as u32,
-        into: scanned.into.map(|(s, e)| (s as u32, e as u32)),
-        close: scanned.close as u32,
-        empty: scanned.empty,
-    })
+    Ok((KeyAt::Keys(before as u32, keys.len() as u32), shape))
 }
 
 /// Checks that `bytes` is UTF-8, naming the line otherwise.
@@ -377,14 +314,12 @@ impl SnapshotCodec for Line {
             return Err(invalid("positions outside the line"));
         }
         let shape = Shape {
-            key_len: key.len() as u32,
             into,
             close,
             empty: close_empty >> 32 != 0,
         };
-        let mut chunk = ChunkBuilder::default();
-        chunk.keys.extend_from_slice(key);
-        chunk.stage(text, 0, shape, number, index);
+        let mut chunk = ChunkBuilder::with_capacity(text.len() + key.len());
+        chunk.stage_checked(text, key, shape, number, index);
         Ok(chunk.only_line())
     }
 }

@@ -32,6 +32,16 @@ pub trait Sink<Out, In>: 'static {
     /// may pass them on now. Called once per round of the partition's loop, not per record.
     fn flush(&mut self) {}
 
+    /// While [`has_room`](Self::has_room) is false: blocks the calling thread until room
+    /// may have been made, at most `timeout` (it may return early). Returns false, at once,
+    /// when the sink cannot be waited on this way; the partition then sleeps on its
+    /// executor's timer. Only called when nothing else on the partition's executor needs to
+    /// run (see [`crate::function::AsyncFunction::completes_inline`]).
+    fn wait_for_room(&mut self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        false
+    }
+
     /// Committing sinks: the position after everything accepted so far (e.g. bytes written);
     /// saved with every snapshot and handed back to [`restore`](Self::restore).
     fn position(&self) -> u64 {
@@ -338,6 +348,11 @@ impl<Out: 'static, In: 'static, M: QueueItem<Out, In>> Sink<Out, In>
 
     fn flush(&mut self) {
         self.send();
+    }
+
+    fn wait_for_room(&mut self, timeout: std::time::Duration) -> bool {
+        self.queue.wait_for_room(timeout);
+        true
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {

@@ -57,6 +57,16 @@ pub trait Source: 'static {
         let _ = index;
         Err(format!("this source cannot replay from position {position}").into())
     }
+
+    /// After [`SourceEvent::Idle`]: blocks the calling thread until input may have arrived,
+    /// at most `timeout` (it may return early). Returns false, at once, when the source
+    /// cannot be waited on this way; the partition then sleeps on its executor's timer and
+    /// asks again. Only called when nothing else on the partition's executor needs to run
+    /// (see [`crate::function::AsyncFunction::completes_inline`]).
+    fn wait_for_input(&mut self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        false
+    }
 }
 
 /// A source over an iterator of elements.
@@ -229,6 +239,11 @@ impl<T: 'static> Source for BatchQueueSource<T> {
     fn position(&self) -> u64 {
         self.taken
     }
+
+    fn wait_for_input(&mut self, timeout: std::time::Duration) -> bool {
+        self.queue.wait(timeout);
+        true
+    }
 }
 
 /// A source that ends as soon as a shared flag is set: how a job stops intake at once (a
@@ -280,5 +295,9 @@ impl<S: Source> Source for StopSource<S> {
 
     fn seek(&mut self, position: u64, index: u64) -> Result<(), BoxError> {
         self.inner.seek(position, index)
+    }
+
+    fn wait_for_input(&mut self, timeout: std::time::Duration) -> bool {
+        self.inner.wait_for_input(timeout)
     }
 }

@@ -86,6 +86,10 @@ impl AsyncFunction for EmbeddedLookup {
             Err(wrong_type) => result.fail(AsyncError::new(wrong_type)),
         };
     }
+
+    fn completes_inline(&self) -> bool {
+        true
+    }
 }
 
 /// The function a partition of `enrich` runs: over the network, or in-process.
@@ -111,6 +115,13 @@ impl AsyncFunction for JobLookup {
     fn publish(&self, sample: &mut crate::metrics::live::PartitionSample) {
         if let JobLookup::Redis(f) = self {
             f.publish(sample);
+        }
+    }
+
+    fn completes_inline(&self) -> bool {
+        match self {
+            JobLookup::Redis(f) => f.completes_inline(),
+            JobLookup::Embedded(f) => f.completes_inline(),
         }
     }
 }

@@ -197,17 +197,15 @@ struct Writer {
     ready_to_commit: Option<u64>,
 }
 
-/// Spins through `yield` for a while, then sleeps 50 µs at a time.
-const YIELDS_BEFORE_SLEEP: u32 = 64;
+/// An idle writer yields this many times before it flushes and sleeps.
+const YIELDS_BEFORE_SLEEP: u32 = 2;
 
-fn idle_wait(idle: &mut u32) {
-    *idle += 1;
-    if *idle > YIELDS_BEFORE_SLEEP {
-        std::thread::sleep(Duration::from_micros(50));
-    } else {
-        std::thread::yield_now();
-    }
-}
+/// Longest sleep of an idle writer: the queues wake it with their next batch; this bounds a
+/// wait for a partition's snapshot flush (which comes with no batch).
+const IDLE_SLEEP: Duration = Duration::from_millis(1);
+
+/// Same, while an epoch waits to be committed.
+const COMMIT_POLL: Duration = Duration::from_micros(50);
 
 impl Writer {
     /// Record `i` went to partition `i % P`, and each partition emits in its input order, so
@@ -256,7 +254,7 @@ impl Writer {
                                 }
                             }
                         }
-                        self.wait(&mut idle)?;
+                        self.wait(&mut idle, &[&queues[q]])?;
                         continue;
                     }
                     // That partition ended: at the end of input, or it failed.
@@ -323,7 +321,11 @@ impl Writer {
             if got {
                 idle = 0;
             } else {
-                self.wait(&mut idle)?;
+                let waited: Vec<&Inbox> = (0..queues.len())
+                    .filter(|&r| open[r] && !blocked[r])
+                    .map(|r| &queues[r])
+                    .collect();
+                self.wait(&mut idle, &waited)?;
             }
         }
         Ok(())
@@ -331,11 +333,21 @@ impl Writer {
 
     /// Nothing to write: waits a little. When the partitions have gone quiet, what is
     /// gathered goes out, so a slow input's lines do not wait for the next 64 KiB.
-    fn wait(&mut self, idle: &mut u32) -> Result<(), EnrichError> {
-        if *idle == YIELDS_BEFORE_SLEEP {
+    fn wait(&mut self, idle: &mut u32, queues: &[&Inbox]) -> Result<(), EnrichError> {
+        *idle += 1;
+        if *idle <= YIELDS_BEFORE_SLEEP {
+            std::thread::yield_now();
+            return Ok(());
+        }
+        if *idle == YIELDS_BEFORE_SLEEP + 1 {
             self.flush()?;
         }
-        idle_wait(idle);
+        let timeout = if self.ready_to_commit.is_some() {
+            COMMIT_POLL
+        } else {
+            IDLE_SLEEP
+        };
+        crate::queue::wait_any(queues, timeout);
         Ok(())
     }
 

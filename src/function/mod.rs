@@ -90,6 +90,16 @@ pub trait AsyncFunction: 'static {
     fn publish(&self, sample: &mut PartitionSample) {
         let _ = sample;
     }
+
+    /// Whether [`invoke`](Self::invoke) always completes its record before returning and
+    /// the function runs no task of its own (no connection, no timer). Then a partition
+    /// with nothing in flight and nothing to do blocks its thread on its queues
+    /// ([`crate::source::Source::wait_for_input`], [`crate::sink::Sink::wait_for_room`]),
+    /// woken by the other end's next batch, instead of parking its executor on a timer
+    /// (glommio pays a `membarrier` IPI on every park). Default: false.
+    fn completes_inline(&self) -> bool {
+        false
+    }
 }
 
 /// An [`AsyncFunction`] from a closure `Fn(&In, ResultFuture<Out>)`.

@@ -4,8 +4,23 @@
 //! no batch is allocated.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
 
+use super::wake::{sleep_on, Sleeper};
 use super::{bounded, Consumer, Pop, Producer, PushError};
+
+/// Longest a blocked sender sleeps before it looks at the queue again on its own.
+const SEND_SLEEP: Duration = Duration::from_millis(1);
+
+/// Where each end of a batched queue sleeps.
+#[derive(Default)]
+struct Wakers {
+    /// The receiver, waiting for a batch.
+    data: Sleeper,
+    /// The sender, waiting for room.
+    room: Sleeper,
+}
 
 /// A queue of up to `batches` batches of (usually) up to `batch_len` elements, with the way
 /// back for emptied batches.
@@ -25,16 +40,19 @@ pub fn batched<T>(batches: usize, batch_len: usize) -> (BatchSender<T>, BatchRec
     let (tx, rx) = bounded(batches);
     // Room for every batch that can be in flight, plus the two at the ends.
     let (back, returned) = bounded(batches + 2);
+    let wakers = Arc::new(Wakers::default());
     (
         BatchSender {
             queue: tx,
             returns: returned,
             batch_len: batch_len.max(1),
+            wakers: wakers.clone(),
         },
         BatchReceiver {
             queue: rx,
             current: VecDeque::new(),
             returns: back,
+            wakers,
         },
     )
 }
@@ -44,6 +62,7 @@ pub struct BatchSender<T> {
     queue: Producer<Vec<T>>,
     returns: Consumer<Vec<T>>,
     batch_len: usize,
+    wakers: Arc<Wakers>,
 }
 
 impl<T> BatchSender<T> {
@@ -60,15 +79,32 @@ impl<T> BatchSender<T> {
         }
     }
 
-    /// Sends without waiting (see [`Producer::try_push`]).
+    /// Sends without waiting (see [`Producer::try_push`]), and wakes the receiver if it
+    /// sleeps.
     #[inline]
     pub fn try_send(&self, batch: Vec<T>) -> Result<(), PushError<Vec<T>>> {
-        self.queue.try_push(batch)
+        self.queue.try_push(batch)?;
+        self.wakers.data.wake();
+        Ok(())
     }
 
-    /// Sends, waiting while the queue is full (see [`Producer::push_blocking`]).
-    pub fn send_blocking(&self, batch: Vec<T>) -> Result<(), PushError<Vec<T>>> {
-        self.queue.push_blocking(batch)
+    /// Sends, sleeping while the queue is full until the receiver takes a batch.
+    pub fn send_blocking(&self, mut batch: Vec<T>) -> Result<(), PushError<Vec<T>>> {
+        loop {
+            match self.try_send(batch) {
+                Err(PushError::Full(b)) => batch = b,
+                done => return done,
+            }
+            self.wait_for_room(SEND_SLEEP);
+        }
+    }
+
+    /// Sleeps until the queue has room for a batch (or the receiver is gone), at most
+    /// `timeout`; it may return early.
+    pub fn wait_for_room(&self, timeout: Duration) {
+        sleep_on(&[&self.wakers.room], timeout, || {
+            !self.is_full() || self.is_disconnected()
+        });
     }
 
     /// Whether the queue holds as many batches as it can.
@@ -84,6 +120,13 @@ impl<T> BatchSender<T> {
     /// Marks the end of input; batches sent before are still delivered.
     pub fn close(&self) {
         self.queue.close();
+        self.wakers.data.wake();
+    }
+}
+
+impl<T> Drop for BatchSender<T> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -92,6 +135,7 @@ pub struct BatchReceiver<T> {
     queue: Consumer<Vec<T>>,
     current: VecDeque<T>,
     returns: Producer<Vec<T>>,
+    wakers: Arc<Wakers>,
 }
 
 impl<T> BatchReceiver<T> {
@@ -104,6 +148,7 @@ impl<T> BatchReceiver<T> {
             }
             match self.queue.pop() {
                 Pop::Item(batch) => {
+                    self.wakers.room.wake();
                     let done = std::mem::replace(&mut self.current, batch.into());
                     // A full way back drops the batch: the sender then makes a new one.
                     let _ = self.returns.try_push(Vec::from(done));
@@ -112,5 +157,33 @@ impl<T> BatchReceiver<T> {
                 Pop::Closed => return Pop::Closed,
             }
         }
+    }
+
+    /// Whether [`pop`](Self::pop) would return at once with an element or the end.
+    pub fn is_ready(&self) -> bool {
+        !self.current.is_empty() || !self.queue.is_empty() || self.queue.is_closed()
+    }
+
+    /// Sleeps until a batch arrives or the sender closes, at most `timeout`; it may return
+    /// early.
+    pub fn wait(&self, timeout: Duration) {
+        wait_any(&[self], timeout);
+    }
+}
+
+/// Sleeps until any of `receivers` has a batch or is closed, at most `timeout`; it may
+/// return early.
+pub fn wait_any<T>(receivers: &[&BatchReceiver<T>], timeout: Duration) {
+    let sleepers: smallvec::SmallVec<[&Sleeper; 8]> =
+        receivers.iter().map(|r| &r.wakers.data).collect();
+    sleep_on(&sleepers, timeout, || {
+        receivers.iter().any(|r| r.is_ready())
+    });
+}
+
+impl<T> Drop for BatchReceiver<T> {
+    fn drop(&mut self) {
+        self.queue.disconnect();
+        self.wakers.room.wake();
     }
 }

@@ -12,8 +12,10 @@ use std::time::Duration;
 use crate::sync::{Arc, AtomicBool, Ordering};
 
 mod batch;
+mod wake;
 
-pub use batch::{batched, BatchReceiver, BatchSender};
+pub use batch::{batched, wait_any, BatchReceiver, BatchSender};
+pub use wake::{sleep_on, Sleeper};
 
 #[cfg(not(loom))]
 type Inner<T> = crossbeam::queue::ArrayQueue<T>;
@@ -206,6 +208,16 @@ impl<T> Consumer<T> {
     /// Whether no element is queued now.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether the producer closed the queue (elements may still be queued).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Tells the producer no element will be taken any more (as dropping does).
+    pub fn disconnect(&self) {
+        self.shared.consumer_gone.store(true, Ordering::Release);
     }
 }
 

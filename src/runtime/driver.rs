@@ -102,6 +102,11 @@ where
             }
             continue;
         }
+        if d.block_on_queues(now) {
+            // Other tasks (timers) run now, without parking the executor.
+            futures_lite::future::yield_now().await;
+            continue;
+        }
         let Some(wait) = d.wait_time(now) else {
             continue; // the sink made room meanwhile: emit now rather than sleep
         };
@@ -285,6 +290,38 @@ where
             ck.coordinator.partition_finished();
         }
         ck.coordinator.is_done()
+    }
+
+    /// Nothing progressed, nothing is in flight, and the function completes records inside
+    /// their call: sleeps on the queue the partition waits for (a full sink's, else the
+    /// source's) until the other end's next batch, at most until the next deadline. True
+    /// when it slept that way; false when the source or sink cannot, and the executor's
+    /// timer is to be used.
+    fn block_on_queues(&mut self, now: Nanos) -> bool {
+        if self.op.in_flight() > 0 || !self.op.function().completes_inline() {
+            return false;
+        }
+        let sink_full = self.op.has_output() && !self.sink.has_room();
+        let wants_input = !self.source_done && self.op.has_capacity();
+        if !sink_full && !wants_input {
+            return false;
+        }
+        // A notification ends the wait, so no idle pause is needed on top of it.
+        let pause = self.source_idle_until.take();
+        let Some(timeout) = self.wait_time(now) else {
+            return true; // room appeared meanwhile
+        };
+        // A checkpoint request or an abort comes with no batch: look at least this often.
+        let timeout = timeout.min(MAX_IDLE_POLL);
+        let waited = if sink_full {
+            self.sink.wait_for_room(timeout)
+        } else {
+            self.source.wait_for_input(timeout)
+        };
+        if !waited {
+            self.source_idle_until = pause;
+        }
+        waited
     }
 
     /// How long to sleep when nothing progressed: until the next deadline, the end of an

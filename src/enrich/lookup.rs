@@ -106,6 +106,10 @@ impl AsyncFunction for JobLookup {
 
     #[inline]
     fn invoke(&self, line: &Line, result: ResultFuture<Enriched>) {
+        if line.blank {
+            let _ = result.complete_one((line.clone(), None)); // nothing to look up
+            return;
+        }
         match self {
             JobLookup::Redis(f) => f.invoke(line, result),
             JobLookup::Embedded(f) => f.invoke(line, result),

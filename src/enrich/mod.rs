@@ -684,7 +684,7 @@ fn summarise(
     report: &crate::runtime::RunReport<()>,
 ) -> EnrichSummary {
     EnrichSummary {
-        records: written.lines + written.skipped + written.side_output,
+        records: written.accounted(),
         written,
         resumed: None,
         ending,

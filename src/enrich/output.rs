@@ -29,6 +29,15 @@ pub struct WriterStats {
     pub skipped: u64,
     /// Failed records written to the side output.
     pub side_output: u64,
+    /// Blank input lines passed over (not written).
+    pub blank: u64,
+}
+
+impl WriterStats {
+    /// Input lines accounted for: written, skipped, side-output or blank.
+    pub fn accounted(&self) -> u64 {
+        self.lines + self.skipped + self.side_output + self.blank
+    }
 }
 
 pub(crate) struct WriterSettings {
@@ -408,7 +417,7 @@ impl Writer {
             side_len: ck.side_written,
             next_index: next,
             partitions: ck.partitions,
-            records: ck.records + stats.lines + stats.skipped + stats.side_output,
+            records: ck.records + stats.accounted(),
         };
         ck.store
             .write(meta, &commit.encode_payload())
@@ -423,6 +432,11 @@ impl Writer {
                 value: (line, found),
                 ..
             } => {
+                if line.blank {
+                    self.stats.blank += 1;
+                    self.settings.progress.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 if found.is_none() {
                     self.stats.misses += 1;
                     if let Some(live) = &self.settings.live {

@@ -33,6 +33,9 @@ pub struct Line {
     pub close: u32,
     /// The object has no field (no comma before an added field).
     pub empty: bool,
+    /// A blank line (nothing but spaces and tabs): it keeps its place in the order but is
+    /// not looked up and not written; the writer counts it.
+    pub blank: bool,
 }
 
 impl Line {
@@ -66,21 +69,28 @@ impl Line {
             into: shape.into,
             close: shape.close,
             empty: shape.empty,
+            blank: shape.blank,
         }
     }
 }
 
 impl PartialEq for Line {
     fn eq(&self, other: &Line) -> bool {
-        (self.number, self.index, self.into, self.close, self.empty)
-            == (
-                other.number,
-                other.index,
-                other.into,
-                other.close,
-                other.empty,
-            )
-            && self.text() == other.text()
+        (
+            self.number,
+            self.index,
+            self.into,
+            self.close,
+            self.empty,
+            self.blank,
+        ) == (
+            other.number,
+            other.index,
+            other.into,
+            other.close,
+            other.empty,
+            other.blank,
+        ) && self.text() == other.text()
             && self.key() == other.key()
     }
 }
@@ -93,6 +103,17 @@ pub(crate) struct Shape {
     pub into: Option<(u32, u32)>,
     pub close: u32,
     pub empty: bool,
+    pub blank: bool,
+}
+
+impl Shape {
+    /// A blank line's.
+    const BLANK: Shape = Shape {
+        into: None,
+        close: 0,
+        empty: true,
+        blank: true,
+    };
 }
 
 /// Where a checked line's lookup key is.
@@ -194,6 +215,9 @@ pub(crate) fn scan_line(
     fields: &LineFields,
     keys: &mut Vec<u8>,
 ) -> Result<(KeyAt, Shape), LineError> {
+    if b.iter().all(|c| matches!(c, b' ' | b'\t')) {
+        return Ok((KeyAt::Text(0, 0), Shape::BLANK));
+    }
     let scanned = scan_object(b, fields.key.as_bytes(), fields.into.as_bytes())
         .map_err(|e| scan_error(number, e))?;
     let Some((start, end)) = scanned.key else {
@@ -206,6 +230,7 @@ pub(crate) fn scan_line(
         into: scanned.into.map(|(s, e)| (s as u32, e as u32)),
         close: scanned.close as u32,
         empty: scanned.empty,
+        blank: false,
     };
     let raw = &b[start..end];
     if fields.key_prefix.is_empty() && raw[0] == b'"' && !raw.contains(&b'\\') {
@@ -290,7 +315,8 @@ impl SnapshotCodec for Line {
             .into
             .map_or(u64::MAX, |(s, e)| (u64::from(s) << 32) | u64::from(e));
         into.encode(out);
-        (u64::from(self.close) | (u64::from(self.empty) << 32)).encode(out);
+        (u64::from(self.close) | (u64::from(self.empty) << 32) | (u64::from(self.blank) << 33))
+            .encode(out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self, crate::snapshot::DecodeError> {
@@ -309,14 +335,16 @@ impl SnapshotCodec for Line {
         let close_empty = u64::decode(input)?;
         let close = close_empty as u32;
         let into = (into != u64::MAX).then_some(((into >> 32) as u32, into as u32));
-        let in_line = |at: u32| (at as usize) < text.len();
+        let blank = close_empty & (1 << 33) != 0;
+        let in_line = |at: u32| (at as usize) < text.len() || blank;
         if !in_line(close) || into.is_some_and(|(s, e)| s > e || !in_line(e)) {
             return Err(invalid("positions outside the line"));
         }
         let shape = Shape {
             into,
             close,
-            empty: close_empty >> 32 != 0,
+            empty: close_empty & (1 << 32) != 0,
+            blank,
         };
         let mut chunk = ChunkBuilder::with_capacity(text.len() + key.len());
         chunk.stage_checked(text, key, shape, number, index);

@@ -33,7 +33,7 @@ pub enum Ending {
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct EnrichSummary {
-    /// Records this run accounted for: written, skipped or side-output (records resumed
+    /// Input lines this run accounted for: written, skipped, side-output or blank (those resumed
     /// from a checkpoint are in [`resumed`](Self::resumed), not here).
     pub records: u64,
     /// What the writer wrote in this run.
@@ -123,14 +123,15 @@ impl std::fmt::Display for EnrichSummary {
         )?;
         write!(
             f,
-            "  written {}, misses {}, timeouts {}, retries {}, errors {}, skipped {}, side-output {}",
+            "  written {}, misses {}, timeouts {}, retries {}, errors {}, skipped {}, side-output {}, blank {}",
             self.written.lines,
             self.written.misses,
             self.timeouts,
             self.retries,
             self.errors,
             self.written.skipped,
-            self.written.side_output
+            self.written.side_output,
+            self.written.blank
         )?;
         if let Ending::Stopped {
             partial,

@@ -57,7 +57,11 @@ struct EnrichArgs {
     /// Prepended to the key for the lookup.
     #[arg(long, default_value = "", value_name = "STR")]
     key_prefix: String,
-    /// builtin (an in-process RESP server with generated data) or redis://HOST:PORT[/DB].
+    /// builtin (the in-process store with generated data), or a Redis:
+    /// redis://[USER:PASSWORD@]HOST[:PORT][/DB] (AUTH with an ACL user, or a password
+    /// alone as redis://:PASSWORD@HOST). Without a password in the URL, REDIS_PASSWORD
+    /// from the environment is used when set. User and password may be percent-encoded;
+    /// the password is never printed.
     #[arg(long, default_value = "builtin", value_name = "URL")]
     lookup: String,
     /// Keys k:0 .. k:N-1 the built-in server holds.
@@ -212,8 +216,9 @@ fn enrich(a: EnrichArgs) -> Result<ExitCode> {
             keys: a.builtin_keys,
         },
         url => Lookup::Redis(
-            url.parse()
-                .map_err(|e| anyhow::anyhow!("--lookup {url}: {e}"))?,
+            url.parse::<ringwait::lookup::RedisUrl>()
+                .map_err(|e| anyhow::anyhow!("--lookup: {e}"))?
+                .with_env_password(),
         ),
     };
     let config = EnrichConfig {

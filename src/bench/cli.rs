@@ -1,7 +1,6 @@
 //! `ringwait bench` options of the workloads added by the perf harness (redis, latency,
 //! soak) and of the outputs shared by every workload; flattened into the `bench` command.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,13 +15,30 @@ use super::{BenchConfig, BenchResult, Workload};
 use crate::report::{percentile_chart, Series};
 use crate::source::BoxError;
 
+/// `--redis`: a store URL, or a bare `HOST:PORT` (as `redis://HOST:PORT`).
+fn parse_store(s: &str) -> Result<crate::lookup::RedisUrl, String> {
+    let url = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("redis://{s}")
+    };
+    let url: crate::lookup::RedisUrl = url.parse().map_err(|e| format!("{e}"))?;
+    if url.scheme != crate::lookup::Scheme::Redis {
+        return Err(format!(
+            "{url}: bench reaches a single server over redis:// only"
+        ));
+    }
+    Ok(url.with_env_password())
+}
+
 /// Options of `ringwait bench` beyond the operator's.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct PerfArgs {
-    /// redis/latency/soak: a Redis HOST:PORT loaded with k:0..k:999999 (`perf/baseline load`)
-    /// instead of the embedded built-in server.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub redis: Option<SocketAddr>,
+    /// redis/latency/soak: a Redis loaded with k:0..k:999999 (`perf/baseline load`) instead
+    /// of the embedded built-in server: redis://[USER:PASSWORD@]HOST[:PORT][/DB] as
+    /// `enrich --lookup` takes it (REDIS_PASSWORD fills a missing password), or HOST:PORT.
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    pub redis: Option<crate::lookup::RedisUrl>,
     /// redis: connections per partition (requests go round-robin over them).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
@@ -62,7 +78,7 @@ impl PerfArgs {
     /// The redis options.
     pub fn redis_options(&self) -> RedisOptions {
         RedisOptions {
-            redis: self.redis,
+            redis: self.redis.clone(),
             connections: self.connections.max(1),
             mget_batching: self.mget,
             max_batch: self.max_batch.max(1),

@@ -28,7 +28,7 @@ pub const REDIS_KEYS: u64 = 1_000_000;
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
     /// A Redis to use instead of the embedded built-in server.
-    pub redis: Option<SocketAddr>,
+    pub redis: Option<crate::lookup::RedisUrl>,
     /// Connections per partition (requests go round-robin over them). Default 1.
     pub connections: usize,
     /// Send the GETs of one tick as one `MGET`. Default false.
@@ -61,8 +61,11 @@ pub struct Target {
 impl Target {
     /// Starts the embedded server unless `opts.redis` names one.
     pub fn start(opts: &RedisOptions) -> Result<Target, BoxError> {
-        match opts.redis {
-            Some(addr) => Ok(Target { addr, server: None }),
+        match &opts.redis {
+            Some(url) => Ok(Target {
+                addr: url.addr,
+                server: None,
+            }),
             None => {
                 let server = BuiltinServer::start(ServerConfig {
                     keys: REDIS_KEYS,
@@ -178,6 +181,8 @@ pub async fn connect_all<H: ReplyHandler>(
     let config = ConnectionConfig {
         mget_batching: opts.mget_batching,
         max_batch: opts.max_batch,
+        db: opts.redis.as_ref().map_or(0, |u| u.db),
+        auth: opts.redis.as_ref().and_then(|u| u.auth.clone()),
         ..ConnectionConfig::default()
     };
     let mut conns = Vec::with_capacity(opts.connections.max(1));

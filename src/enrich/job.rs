@@ -86,7 +86,8 @@ impl JobRecord {
             "lookup",
             match &config.lookup {
                 Lookup::Builtin { keys } => format!("builtin with {keys} keys"),
-                Lookup::Redis(url) => format!("redis://{}/{}", url.addr, url.db),
+                // Never the password: the job record is a plain file.
+                Lookup::Redis(url) => url.without_credentials(),
             },
         );
         put("routing", super::ROUTING_VERSION.to_string());

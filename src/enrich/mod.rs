@@ -434,7 +434,7 @@ fn finish(
 }
 
 /// The lookup store of a run.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Store {
     /// The built-in store, answered in each partition's executor.
     Embedded(GeneratedData),
@@ -452,8 +452,17 @@ impl Store {
                 hashes: true,
             })),
             Lookup::Redis(url) => {
+                if url.scheme != crate::lookup::Scheme::Redis {
+                    // Never fall back to plain TCP for a TLS address.
+                    return Err(EnrichError::flag(
+                        "--lookup",
+                        format!(
+                            "{url}: this build's enrich reaches a single server over redis:// only"
+                        ),
+                    ));
+                }
                 crate::lookup::probe(url, STORE_PROBE_TIMEOUT).map_err(EnrichError::Store)?;
-                Ok(Store::Redis(*url))
+                Ok(Store::Redis(url.clone()))
             }
         }
     }
@@ -630,11 +639,16 @@ fn run_partitions(
     };
     let function_of = move |_p: &crate::runtime::PartitionContext| {
         let cfg = conn_config.clone();
+        let store = store.clone();
         async move {
             Ok(match store {
                 Store::Embedded(data) => JobLookup::Embedded(EmbeddedLookup::new(data)),
                 Store::Redis(url) => {
-                    let cfg = ConnectionConfig { db: url.db, ..cfg };
+                    let cfg = ConnectionConfig {
+                        db: url.db,
+                        auth: url.auth.clone(),
+                        ..cfg
+                    };
                     let conn = Connection::connect(url.addr, cfg).await?;
                     JobLookup::Redis(RedisLookup::new(conn))
                 }

@@ -1,4 +1,4 @@
-//! The task behind a [`Connection`](super::Connection): connect (and `SELECT`), run the
+//! The task behind a [`Connection`](super::Connection): connect (and `AUTH`, `SELECT`), run the
 //! writer, the reader and the response watchdog until one fails, fail what is pending, back
 //! off, reconnect; until the connection is closed.
 
@@ -50,7 +50,7 @@ pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
         };
         let connected = async {
             let mut stream = or(connect, closed).await?;
-            select_db(&inner, &mut stream).await?;
+            handshake(&inner, &mut stream).await?;
             Ok(stream)
         };
         let error = match connected.await {
@@ -92,27 +92,44 @@ pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
     );
 }
 
-/// Sends `SELECT db` on a fresh connection and waits for `+OK` (bounded by the response
-/// timeout), before the connection carries requests.
-async fn select_db<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), LookupError> {
+/// Sends `AUTH` (when credentials are configured) and `SELECT db` (when `db` is not 0) on a
+/// fresh connection and waits for `+OK` to each (bounded by the response timeout), before
+/// the connection carries requests. A refusal (`-WRONGPASS`, `-NOAUTH`, a bad database)
+/// is the connection's error.
+async fn handshake<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), LookupError> {
     use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    let db = inner.config.db;
-    if db == 0 {
+    let mut cmd = Vec::new();
+    let replies = handshake_commands(&inner.config, &mut cmd);
+    if replies == 0 {
         return Ok(());
     }
     let addr = inner.addr;
-    let handshake = async {
-        let mut cmd = Vec::with_capacity(32);
-        let mut enc = CommandEncoder::begin(&mut cmd, 2);
-        enc.arg(b"SELECT").arg_int(i64::from(db));
-        enc.finish();
+    let exchange = async {
         stream
             .write_all(&cmd)
             .await
             .map_err(|e| LookupError::from_io(addr, &e))?;
         let mut buf = [0u8; 512];
-        let mut len = 0;
-        loop {
+        let (mut len, mut used, mut answered) = (0, 0, 0);
+        while answered < replies {
+            match Parser::new(inner.config.limits).parse(&buf[used..len]) {
+                Ok(Some((Frame::Simple(_), n))) => {
+                    used += n;
+                    answered += 1;
+                    continue;
+                }
+                Ok(Some((frame @ Frame::Error(_), _))) => {
+                    return ReplyView::from_frame(frame, addr).map(|_| ())
+                }
+                Ok(None) if len < buf.len() => {}
+                Ok(_) => {
+                    return Err(LookupError::UnexpectedReply {
+                        addr,
+                        what: "AUTH and SELECT must answer +OK",
+                    })
+                }
+                Err(error) => return Err(LookupError::Malformed { addr, error }),
+            }
             let n = stream
                 .read(&mut buf[len..])
                 .await
@@ -121,32 +138,43 @@ async fn select_db<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), Lo
                 return Err(LookupError::Disconnected { addr });
             }
             len += n;
-            match Parser::new(inner.config.limits).parse(&buf[..len]) {
-                Ok(Some((Frame::Simple(_), _))) => return Ok(()),
-                Ok(Some((frame @ Frame::Error(_), _))) => {
-                    return ReplyView::from_frame(frame, addr).map(|_| ())
-                }
-                Ok(None) if len < buf.len() => continue,
-                Ok(_) => {
-                    return Err(LookupError::UnexpectedReply {
-                        addr,
-                        what: "SELECT must answer +OK",
-                    })
-                }
-                Err(error) => return Err(LookupError::Malformed { addr, error }),
-            }
         }
+        Ok(())
     };
     match inner.config.response_timeout {
-        None => handshake.await,
+        None => exchange.await,
         Some(after) => {
-            or(handshake, async {
+            or(exchange, async {
                 glommio::timer::sleep(after).await;
                 Err(LookupError::NoResponse { addr, after })
             })
             .await
         }
     }
+}
+
+/// Encodes what a fresh connection sends before any request (`AUTH`, `SELECT`) into
+/// `out`; returns how many replies to wait for.
+pub(crate) fn handshake_commands(config: &ConnectionConfig, out: &mut Vec<u8>) -> usize {
+    let mut replies = 0;
+    if let Some(auth) = &config.auth {
+        let args = 2 + usize::from(auth.user.is_some());
+        let mut enc = CommandEncoder::begin(out, args);
+        enc.arg(b"AUTH");
+        if let Some(user) = &auth.user {
+            enc.arg(user.as_bytes());
+        }
+        enc.arg(auth.password.as_bytes());
+        enc.finish();
+        replies += 1;
+    }
+    if config.db != 0 {
+        let mut enc = CommandEncoder::begin(out, 2);
+        enc.arg(b"SELECT").arg_int(i64::from(config.db));
+        enc.finish();
+        replies += 1;
+    }
+    replies
 }
 
 fn connect_error(addr: SocketAddr, timeout: Duration, e: std::io::Error) -> LookupError {

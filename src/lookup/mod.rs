@@ -112,4 +112,4 @@ pub use error::LookupError;
 pub use probe::{probe, ProbeError};
 pub use reply::{Rejected, ReplyHandler, ReplyView};
 pub use shared::{ConnectionConfig, ConnectionState, ConnectionStats};
-pub use url::{RedisUrl, UrlError};
+pub use url::{Auth, RedisUrl, Scheme, UrlError};

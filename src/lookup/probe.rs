@@ -17,10 +17,21 @@ pub struct ProbeError {
     pub addr: SocketAddr,
     /// What went wrong, as a phrase ("refused the connection (…)", "answered -NOAUTH …").
     pub reason: String,
+    /// The store answered with an error that waiting will not change (a wrong password, a
+    /// bad database): the probe gave up at once instead of trying again.
+    pub permanent: bool,
 }
 
-/// Connects to `url`, sends `PING` (and `SELECT db` when `db` is not 0), and checks that
-/// every reply is a status reply (`+PONG`, `+OK`). A failed attempt is tried again every
+/// Error replies that mean "not yet" (a store loading its data set, busy with a script,
+/// or a cluster moving a slot): worth trying again.
+fn transient(message: &str) -> bool {
+    ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"]
+        .iter()
+        .any(|p| message.starts_with(p))
+}
+
+/// Connects to `url`, sends `AUTH` (when it has credentials), `SELECT db` (when `db` is not
+/// 0) and `PING`, and checks that every reply is a status reply (`+OK`, `+PONG`). A failed attempt is tried again every
 /// 50 ms until `timeout` has passed (a store restarting, or flapping, passes once it
 /// answers); the error is the last attempt's.
 ///
@@ -38,7 +49,7 @@ pub fn probe(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match probe_once(url, left.max(Duration::from_millis(1))) {
             Ok(()) => return Ok(()),
-            Err(e) if left <= Duration::from_millis(50) => return Err(e),
+            Err(e) if e.permanent || left <= Duration::from_millis(50) => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -47,7 +58,11 @@ pub fn probe(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
 /// One attempt of [`probe`], each step bounded by `timeout`.
 fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
     let addr = url.addr;
-    let fail = |reason: String| ProbeError { addr, reason };
+    let fail = |reason: String| ProbeError {
+        addr,
+        reason,
+        permanent: false,
+    };
     let io = |what: &str, e: std::io::Error| fail(format!("{what} ({e})"));
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("could not be reached", e))?;
@@ -56,16 +71,16 @@ fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| io("could not be configured", e))?;
     let mut request = Vec::with_capacity(64);
+    let config = super::ConnectionConfig {
+        db: url.db,
+        auth: url.auth.clone(),
+        ..super::ConnectionConfig::default()
+    };
+    let mut replies = super::driver::handshake_commands(&config, &mut request);
     let mut enc = CommandEncoder::begin(&mut request, 1);
     enc.arg(b"PING");
     enc.finish();
-    let mut replies = 1;
-    if url.db != 0 {
-        let mut enc = CommandEncoder::begin(&mut request, 2);
-        enc.arg(b"SELECT").arg_int(i64::from(url.db));
-        enc.finish();
-        replies += 1;
-    }
+    replies += 1;
     stream
         .write_all(&request)
         .map_err(|e| io("did not take a request", e))?;
@@ -82,7 +97,10 @@ fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
             }
             Ok(Some((Frame::Error(message), _))) => {
                 let message = String::from_utf8_lossy(message);
-                return Err(fail(format!("answered -{message}")));
+                return Err(ProbeError {
+                    permanent: !transient(&message),
+                    ..fail(format!("answered -{message}"))
+                });
             }
             Ok(Some((other, _))) => return Err(fail(format!("answered {other:?}"))),
             Err(e) => return Err(fail(format!("answered something that is not RESP ({e})"))),

@@ -46,6 +46,9 @@ pub struct ConnectionConfig {
     /// Database selected with `SELECT` after each connect (before any request); 0 (the
     /// default) sends nothing.
     pub db: u32,
+    /// Credentials sent with `AUTH` after each connect, before `SELECT` and any request.
+    /// Default none.
+    pub auth: Option<super::Auth>,
 }
 
 impl Default for ConnectionConfig {
@@ -63,6 +66,7 @@ impl Default for ConnectionConfig {
             coalescing: false,
             limits: Limits::default(),
             db: 0,
+            auth: None,
         }
     }
 }

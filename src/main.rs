@@ -51,9 +51,19 @@ struct EnrichArgs {
     /// Field holding the lookup key (a string or an integer).
     #[arg(long = "key", default_value = "key", value_name = "FIELD")]
     key_field: String,
-    /// Field that receives the value, as a JSON string; null on a miss.
+    /// Field that receives the value (see --value-format); null on a miss.
     #[arg(long = "into", default_value = "value", value_name = "FIELD")]
     into_field: String,
+    /// What each key is looked up with: get | hget:FIELD | hgetall (the value is then an
+    /// object of the hash's fields). The built-in store holds hashes h:0 .. h:N-1 with the
+    /// fields id and v.
+    #[arg(long, default_value = "get", value_name = "COMMAND")]
+    command: ringwait::enrich::Command,
+    /// string: the value is written as a JSON string | json: the stored value is JSON and
+    /// is inserted as it is, after a check (a value that is not JSON fails its record, see
+    /// --on-error).
+    #[arg(long, default_value = "string", value_name = "FORMAT")]
+    value_format: ringwait::enrich::ValueFormat,
     /// Prepended to the key for the lookup.
     #[arg(long, default_value = "", value_name = "STR")]
     key_prefix: String,
@@ -64,6 +74,38 @@ struct EnrichArgs {
     /// the password is never printed.
     #[arg(long, default_value = "builtin", value_name = "URL")]
     lookup: String,
+    /// Redis connections per partition (records go round-robin over them).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    connections: usize,
+    /// GET batching: off (one GET per record, pipelined) | auto (the GETs of one executor
+    /// tick go as one MGET of up to 128 keys, so batches grow with the load) | N (the same,
+    /// up to N keys). Default auto, by measurement against a local redis-server (1M uniform
+    /// keys, 1 partition): 0.75-0.79 M records/s with auto, 0.64-0.75 M with off, the same
+    /// output.
+    #[arg(long, default_value = "auto", value_name = "off|auto|N")]
+    batch: ringwait::enrich::Batch,
+    /// How long an idle connection holds its first request so that more join its batch
+    /// (0: write at the end of the executor tick). Trades latency at light load for fewer,
+    /// bigger writes.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    batch_wait_us: u64,
+    /// Coalescing: a GET of a key already in flight on the connection waits for that
+    /// request's reply instead of going out again (on | off). Default off, by measurement:
+    /// on uniform keys it cost 0.2 CPU s per 1M records for no gain; on Zipf(0.99) keys it
+    /// spared the store 21-25% of its requests.
+    #[arg(long, default_value = "off", value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
+    coalesce: bool,
+    /// Per-partition lookup cache, in entries (0: no cache, every record asks the store).
+    /// A cached value may be up to --cache-ttl-ms old. Off by default, so that the output
+    /// holds the store's current values unless asked otherwise.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    cache_size: usize,
+    /// How long a cached value is used.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    cache_ttl_ms: u64,
+    /// Also cache misses (a key the store does not hold), for --cache-ttl-ms.
+    #[arg(long)]
+    cache_misses: bool,
     /// Keys k:0 .. k:N-1 the built-in server holds.
     #[arg(long, default_value_t = 1_000_000)]
     builtin_keys: u64,
@@ -208,6 +250,15 @@ impl StopSignals {
     }
 }
 
+/// `on` | `off`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
+}
+
 fn enrich(a: EnrichArgs) -> Result<ExitCode> {
     use ringwait::enrich::{Ending, EnrichConfig, Input, Lookup, Output};
     let signals = StopSignals::install()?;
@@ -235,6 +286,23 @@ fn enrich(a: EnrichArgs) -> Result<ExitCode> {
         into_field: a.into_field,
         key_prefix: a.key_prefix,
         lookup,
+        value: ringwait::enrich::ValueSpec {
+            command: a.command,
+            format: a.value_format,
+        },
+        client: ringwait::enrich::ClientOptions {
+            connections: a.connections,
+            batch: a.batch,
+            batch_wait: Duration::from_micros(a.batch_wait_us),
+            coalesce: a.coalesce,
+            cache: ringwait::lookup::CacheConfig {
+                capacity: a.cache_size,
+                ttl: Duration::from_millis(a.cache_ttl_ms),
+                miss_ttl: a
+                    .cache_misses
+                    .then(|| Duration::from_millis(a.cache_ttl_ms)),
+            },
+        },
         mode: a.mode,
         capacity: a.capacity,
         timeout: Duration::from_millis(a.timeout_ms),

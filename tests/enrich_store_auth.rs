@@ -57,6 +57,7 @@ fn every_credential_form_logs_in_and_bad_ones_are_refused_before_writing() {
             format!(">{APP_PW}").as_bytes(),
             b"~*",
             b"+get",
+            b"+mget",
             b"+ping",
             b"+select",
         ],

@@ -61,6 +61,11 @@ fn run_n(
         on_error: OnError::SideOutput(side.clone()),
         partitions: Some(2),
         progress: false,
+        // One GET per record: the fault switch below counts the server's commands.
+        client: enrich::ClientOptions {
+            batch: enrich::Batch::Off,
+            ..enrich::ClientOptions::default()
+        },
         ..EnrichConfig::default()
     };
     let summary = enrich::run(config).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -42,6 +42,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("mode", "--mode"),
     ("partitions", "--partitions"),
     ("lookup", "--lookup"),
+    ("value", "--command and --value-format"),
     ("routing", "the key routing hash"),
     ("record-format", "the format of records in snapshots"),
 ];
@@ -90,6 +91,14 @@ impl JobRecord {
                 Lookup::Redis(url) => url.without_credentials(),
             },
         );
+        if config.value != super::ValueSpec::default() {
+            // Written only when not the default, so that the records of jobs started before
+            // the flags existed still match.
+            put(
+                "value",
+                format!("{} as {:?}", config.value.command, config.value.format).to_lowercase(),
+            );
+        }
         put("routing", super::ROUTING_VERSION.to_string());
         put("record-format", RECORD_FORMAT.to_string());
         Ok(JobRecord { fields: f })

@@ -1,9 +1,23 @@
-//! The lookup function of `enrich`: one `GET` per record, either over the core's Redis
-//! connection or, for the built-in store, answered in the partition's own executor.
+//! The lookup function of `enrich`: one request per record (`GET`, `HGET` or `HGETALL`),
+//! either over the core's Redis connections (with the client's pipelining, `MGET` batching,
+//! coalescing and a per-core cache, as `--batch`, `--coalesce` and `--cache-size` choose) or,
+//! for the built-in store, answered in the partition's own executor.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 use super::record::Line;
+use super::value::{Command, NotJson, ValueSpec};
 use crate::function::{AsyncError, AsyncFunction, ResultFuture};
-use crate::lookup::{Connection, LookupError, ReplyHandler, ReplyView};
+use crate::lookup::{
+    CacheConfig, CacheLookup, CacheTicket, Connection, ConnectionConfig, LookupCache, LookupError,
+    ReplyHandler, ReplyView,
+};
 use crate::server::GeneratedData;
 
 /// A looked-up value: held inline up to 64 bytes (the built-in store's values), so that a
@@ -13,32 +27,307 @@ pub type Value = smallvec::SmallVec<[u8; 64]>;
 /// What a lookup yields: the line and the value found (`None` on a miss).
 pub type Enriched = (Line, Option<Value>);
 
-/// Completes a record's result handle with the reply of its `GET`.
+/// `--batch`: how `GET`s are grouped into `MGET`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// One `GET` per record (still pipelined: the requests of one executor tick leave in
+    /// one write).
+    Off,
+    /// The `GET`s of one executor tick become one `MGET` of up to 128 keys: batches grow
+    /// with the load and cost nothing when it is light.
+    Auto,
+    /// The same, with up to this many keys per `MGET`.
+    Max(usize),
+}
+
+impl std::str::FromStr for Batch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Batch::Off),
+            "auto" => Ok(Batch::Auto),
+            n => match n.parse::<usize>() {
+                Ok(0) | Err(_) => Err(format!("{s:?}: expected off, auto or a batch size ≥ 1")),
+                Ok(1) => Ok(Batch::Off),
+                Ok(n) => Ok(Batch::Max(n)),
+            },
+        }
+    }
+}
+
+/// Keys per `MGET` with `--batch auto`.
+const AUTO_BATCH: usize = 128;
+
+/// How each partition uses the lookup client (the `--connections`, `--batch`,
+/// `--batch-wait-us`, `--coalesce` and `--cache-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Connections per partition; records go round-robin over them.
+    pub connections: usize,
+    /// `GET` batching.
+    pub batch: Batch,
+    /// How long an idle connection holds its first request so that more join its write.
+    pub batch_wait: Duration,
+    /// A `GET` of a key already in flight on the connection shares its reply.
+    pub coalesce: bool,
+    /// The per-partition cache (`capacity` 0: no cache).
+    pub cache: CacheConfig,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connections: 1,
+            batch: Batch::Auto,
+            batch_wait: Duration::ZERO,
+            coalesce: false,
+            cache: CacheConfig {
+                capacity: 0,
+                ..CacheConfig::default()
+            },
+        }
+    }
+}
+
+impl ClientOptions {
+    /// `base` with these options' batching and coalescing.
+    pub fn connection_config(&self, base: ConnectionConfig) -> ConnectionConfig {
+        let (mget_batching, max_batch) = match self.batch {
+            Batch::Off => (false, base.max_batch),
+            Batch::Auto => (true, AUTO_BATCH),
+            Batch::Max(n) => (true, n),
+        };
+        ConnectionConfig {
+            mget_batching,
+            max_batch,
+            batch_wait: self.batch_wait,
+            coalescing: self.coalesce,
+            ..base
+        }
+    }
+}
+
+/// What the partitions' lookup clients did, added up as each partition ends.
+#[derive(Debug, Default)]
+pub struct LookupTotals {
+    requests: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    coalesced: AtomicU64,
+    mgets: AtomicU64,
+    mget_keys: AtomicU64,
+    round_trips: Mutex<Option<Histogram<u64>>>,
+}
+
+/// A plain copy of [`LookupTotals`], for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct LookupStats {
+    /// Requests sent to the store (a batched `MGET` counts each key; coalesced `GET`s are
+    /// not counted here).
+    pub requests: u64,
+    /// Lookups answered by the cache (values and remembered misses).
+    pub cache_hits: u64,
+    /// Lookups the cache could not answer.
+    pub cache_misses: u64,
+    /// `GET`s that shared the reply of an identical `GET` in flight.
+    pub coalesced: u64,
+    /// `MGET`s sent.
+    pub mgets: u64,
+    /// Keys those `MGET`s carried.
+    pub mget_keys: u64,
+    /// Round trips (ns), from the write of a request's batch to the read of its reply.
+    pub round_trips: Option<Histogram<u64>>,
+}
+
+impl LookupTotals {
+    /// What was added so far.
+    pub fn stats(&self) -> LookupStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LookupStats {
+            requests: get(&self.requests),
+            cache_hits: get(&self.cache_hits),
+            cache_misses: get(&self.cache_misses),
+            coalesced: get(&self.coalesced),
+            mgets: get(&self.mgets),
+            mget_keys: get(&self.mget_keys),
+            round_trips: self
+                .round_trips
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// A record's pending lookup: completes its result handle with the reply, shaped by the
+/// job's [`ValueSpec`], and fills the cache slot reserved for the key.
 pub struct CompleteRecord {
     result: ResultFuture<Enriched>,
     line: Line,
+    spec: Rc<ValueSpec>,
+    fill: Option<Fill>,
+}
+
+/// A cache slot waiting for a reply.
+struct Fill {
+    cache: Rc<RefCell<LookupCache>>,
+    ticket: CacheTicket,
+    at: Instant,
 }
 
 impl ReplyHandler for CompleteRecord {
     fn on_reply(self, reply: Result<ReplyView<'_>, LookupError>) {
-        let _ = match reply {
-            Ok(view) => self
-                .result
-                .complete_one((self.line, view.value().map(Value::from_slice))),
-            Err(e) => self.result.fail(AsyncError::new(e)),
+        let value = reply
+            .map_err(AsyncError::new)
+            .and_then(|view| shape(&self.spec, self.line.key(), view));
+        if let Some(f) = self.fill {
+            let mut cache = f.cache.borrow_mut();
+            match &value {
+                Ok(v) => cache.fill(f.ticket, v.as_deref(), f.at),
+                Err(_) => cache.cancel(f.ticket),
+            }
+        }
+        let _ = match value {
+            Ok(v) => self.result.complete_one((self.line, v)),
+            Err(e) => self.result.fail(e),
         };
     }
 }
 
-/// `GET <key>` for every record, pipelined on one connection per core.
+/// A reply the command cannot have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{command} of {key} answered {what}")]
+pub struct UnexpectedAnswer {
+    command: String,
+    key: String,
+    what: &'static str,
+}
+
+/// The field's value from a reply: `None` for a missing key.
+fn shape(spec: &ValueSpec, key: &[u8], view: ReplyView<'_>) -> Result<Option<Value>, AsyncError> {
+    let unexpected = |what| {
+        AsyncError::new(UnexpectedAnswer {
+            command: spec.command.to_string(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            what,
+        })
+    };
+    let json = |e: NotJson| AsyncError::new(e);
+    match (&spec.command, view) {
+        (_, ReplyView::Nil) => Ok(None),
+        (Command::Get | Command::Hget(_), ReplyView::Bulk(v) | ReplyView::Simple(v)) => {
+            spec.single(key, v).map(Some).map_err(json)
+        }
+        (Command::Hgetall, ReplyView::Array(a)) if a.is_empty() => Ok(None),
+        (Command::Hgetall, ReplyView::Array(a)) => {
+            let items: Vec<&[u8]> = a.iter().filter_map(|f| f.as_bytes()).collect();
+            if items.len() != a.len() || items.len() % 2 != 0 {
+                return Err(unexpected("an array that is not field/value pairs"));
+            }
+            let pairs = items.chunks_exact(2).map(|p| (p[0], p[1]));
+            spec.fields(key, pairs).map(Some).map_err(json)
+        }
+        (_, ReplyView::Integer(_)) => Err(unexpected("an integer")),
+        (_, ReplyView::Array(_)) => Err(unexpected("an array")),
+        (Command::Hgetall, _) => Err(unexpected("a string")),
+    }
+}
+
+/// Whether retrying cannot change the outcome: the store refused the request itself
+/// (`WRONGTYPE`, `NOAUTH`, `WRONGPASS`, `NOPERM`, an unknown command or bad arguments), the
+/// value is not the JSON `--value-format json` wants, or the reply has the wrong shape.
+/// Such a record goes straight to the error policy, with the reply's text.
+pub fn is_permanent(error: &AsyncError) -> bool {
+    if error.downcast_ref::<NotJson>().is_some()
+        || error.downcast_ref::<UnexpectedAnswer>().is_some()
+        || error.downcast_ref::<crate::server::WrongType>().is_some()
+    {
+        return true;
+    }
+    match error.downcast_ref::<LookupError>() {
+        Some(LookupError::ServerError { message, .. }) => [
+            "WRONGTYPE",
+            "NOAUTH",
+            "WRONGPASS",
+            "NOPERM",
+            "ERR unknown command",
+            "ERR wrong number of arguments",
+        ]
+        .iter()
+        .any(|p| message.starts_with(p)),
+        Some(LookupError::UnexpectedReply { .. }) => true,
+        _ => false,
+    }
+}
+
+/// Lookups over one partition's Redis connections, pipelined, with the client features
+/// [`ClientOptions`] turns on.
 pub struct RedisLookup {
-    conn: Connection<CompleteRecord>,
+    conns: Vec<Connection<CompleteRecord>>,
+    next: Cell<usize>,
+    cache: Option<Rc<RefCell<LookupCache>>>,
+    spec: Rc<ValueSpec>,
+    totals: Option<Arc<LookupTotals>>,
 }
 
 impl RedisLookup {
-    /// Looks records up on `conn`.
-    pub fn new(conn: Connection<CompleteRecord>) -> Self {
-        RedisLookup { conn }
+    /// Looks records up on `conns` (round robin), through a cache of `cache` (capacity 0:
+    /// none), shaping values as `spec` says; adds its figures to `totals` when dropped.
+    pub fn new(
+        conns: Vec<Connection<CompleteRecord>>,
+        cache: CacheConfig,
+        spec: ValueSpec,
+        totals: Option<Arc<LookupTotals>>,
+    ) -> Self {
+        assert!(!conns.is_empty(), "at least one connection");
+        RedisLookup {
+            conns,
+            next: Cell::new(0),
+            cache: (cache.capacity > 0).then(|| Rc::new(RefCell::new(LookupCache::new(cache)))),
+            spec: Rc::new(spec),
+            totals,
+        }
+    }
+
+    /// Answers from the cache when it can; otherwise reserves the key's slot.
+    fn answer_from_cache(
+        &self,
+        line: &Line,
+        result: &ResultFuture<Enriched>,
+    ) -> Result<(), Option<Fill>> {
+        let Some(cache) = &self.cache else {
+            return Err(None);
+        };
+        let at = Instant::now();
+        let found = cache.borrow_mut().get(line.key(), at);
+        match found {
+            CacheLookup::Hit(v) => {
+                let _ = result.complete_one((line.clone(), Some(Value::from_slice(&v))));
+                Ok(())
+            }
+            CacheLookup::HitMiss => {
+                let _ = result.complete_one((line.clone(), None));
+                Ok(())
+            }
+            CacheLookup::Miss => {
+                let ticket = cache.borrow_mut().reserve(line.key(), at);
+                Err(ticket.map(|ticket| Fill {
+                    cache: cache.clone(),
+                    ticket,
+                    at,
+                }))
+            }
+        }
+    }
+
+    fn connection(&self) -> &Connection<CompleteRecord> {
+        if self.conns.len() == 1 {
+            return &self.conns[0];
+        }
+        let n = self.next.get();
+        self.next.set((n + 1) % self.conns.len());
+        &self.conns[n]
     }
 }
 
@@ -47,31 +336,142 @@ impl AsyncFunction for RedisLookup {
     type Out = Enriched;
 
     fn invoke(&self, line: &Line, result: ResultFuture<Enriched>) {
+        let fill = match self.answer_from_cache(line, &result) {
+            Ok(()) => return,
+            Err(fill) => fill,
+        };
         let handler = CompleteRecord {
             result,
             line: line.clone(),
+            spec: self.spec.clone(),
+            fill,
         };
-        if let Err(rejected) = self.conn.get(line.key(), handler) {
+        let conn = self.connection();
+        let key = line.key();
+        let sent = match &self.spec.command {
+            Command::Get => conn.get(key, handler),
+            Command::Hget(field) => conn.hget(key, field.as_bytes(), handler),
+            Command::Hgetall => conn.hgetall(key, handler),
+        };
+        if let Err(rejected) = sent {
             rejected.fail();
         }
     }
 
+    fn retry_on_error(&self, error: &AsyncError) -> bool {
+        !is_permanent(error)
+    }
+
     fn publish(&self, sample: &mut crate::metrics::live::PartitionSample) {
-        sample.lookup_round_trip = self.conn.round_trips();
+        let mut rtt = self.conns[0].round_trips();
+        for c in &self.conns[1..] {
+            rtt.merge(&c.round_trips());
+        }
+        sample.lookup_round_trip = rtt;
+        let (mut coalesced, mut mgets, mut mget_keys) = (0, 0, 0);
+        for c in &self.conns {
+            let s = c.stats();
+            coalesced += s.coalesced;
+            mgets += s.mgets;
+            mget_keys += s.mget_keys;
+        }
+        sample.lookup_coalesced = coalesced;
+        sample.lookup_mgets = mgets;
+        sample.lookup_mget_keys = mget_keys;
+        if let Some(cache) = &self.cache {
+            let s = cache.borrow().stats();
+            sample.cache_hits = s.hits + s.miss_hits;
+            sample.cache_misses = s.misses;
+        }
     }
 }
 
-/// The built-in store in-process: each partition answers `GET` from the generated data set
-/// in its own executor, the same answers `ringwait serve` gives, with no socket, no thread
-/// and no core of its own. A record completes within its `invoke`.
+impl Drop for RedisLookup {
+    fn drop(&mut self) {
+        let Some(totals) = &self.totals else {
+            return;
+        };
+        let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
+        let mut merged: Option<Histogram<u64>> = None;
+        for c in &self.conns {
+            let s = c.stats();
+            add(&totals.requests, s.requests - s.coalesced);
+            add(&totals.coalesced, s.coalesced);
+            add(&totals.mgets, s.mgets);
+            add(&totals.mget_keys, s.mget_keys);
+            let h = c.round_trip_histogram();
+            match &mut merged {
+                Some(m) => {
+                    let _ = m.add(&h);
+                }
+                None => merged = Some(h),
+            }
+        }
+        if let Some(cache) = &self.cache {
+            let s = cache.borrow().stats();
+            add(&totals.cache_hits, s.hits + s.miss_hits);
+            add(&totals.cache_misses, s.misses);
+        }
+        if let Some(h) = merged {
+            let mut all = totals.round_trips.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *all {
+                Some(a) => {
+                    let _ = a.add(&h);
+                }
+                None => *all = Some(h),
+            }
+        }
+    }
+}
+
+/// The built-in store in-process: each partition answers from the generated data set in
+/// its own executor, the same answers `ringwait serve` gives (`GET k:i`, `HGET`/`HGETALL
+/// h:i` with the fields `id` and `v`, `WRONGTYPE` across the two), with no socket, no
+/// thread and no core of its own. A record completes within its `invoke`.
 pub struct EmbeddedLookup {
     data: GeneratedData,
+    spec: ValueSpec,
 }
 
 impl EmbeddedLookup {
-    /// Answers from `data`.
-    pub fn new(data: GeneratedData) -> Self {
-        EmbeddedLookup { data }
+    /// Answers from `data`, shaping values as `spec` says.
+    pub fn new(data: GeneratedData, spec: ValueSpec) -> Self {
+        EmbeddedLookup { data, spec }
+    }
+
+    fn answer(&self, key: &[u8]) -> Result<Option<Value>, AsyncError> {
+        let wrong = |e: crate::server::WrongType| AsyncError::new(e);
+        let json = |e: NotJson| AsyncError::new(e);
+        match &self.spec.command {
+            Command::Get => match self.data.get(key).map_err(wrong)? {
+                None => Ok(None),
+                Some(v) if self.spec.is_json() => self.spec.single(key, &v).map(Some).map_err(json),
+                Some(v) => Ok(Some(Value::from_buf(v))),
+            },
+            Command::Hget(field) => {
+                let Some(i) = self.data.hash(key).map_err(wrong)? else {
+                    return Ok(None);
+                };
+                match field.as_str() {
+                    "id" => self.spec.single(key, i.to_string().as_bytes()),
+                    "v" => self.spec.single(key, &crate::dataset::value_of(i)),
+                    _ => return Ok(None),
+                }
+                .map(Some)
+                .map_err(json)
+            }
+            Command::Hgetall => {
+                let Some(i) = self.data.hash(key).map_err(wrong)? else {
+                    return Ok(None);
+                };
+                let id = i.to_string();
+                let v = crate::dataset::value_of(i);
+                self.spec
+                    .fields(key, [(&b"id"[..], id.as_bytes()), (b"v", &v[..])])
+                    .map(Some)
+                    .map_err(json)
+            }
+        }
     }
 }
 
@@ -81,10 +481,14 @@ impl AsyncFunction for EmbeddedLookup {
 
     #[inline]
     fn invoke(&self, line: &Line, result: ResultFuture<Enriched>) {
-        let _ = match self.data.get(line.key()) {
-            Ok(found) => result.complete_one((line.clone(), found.map(Value::from_buf))),
-            Err(wrong_type) => result.fail(AsyncError::new(wrong_type)),
+        let _ = match self.answer(line.key()) {
+            Ok(found) => result.complete_one((line.clone(), found)),
+            Err(e) => result.fail(e),
         };
+    }
+
+    fn retry_on_error(&self, error: &AsyncError) -> bool {
+        !is_permanent(error)
     }
 
     fn completes_inline(&self) -> bool {
@@ -114,6 +518,10 @@ impl AsyncFunction for JobLookup {
             JobLookup::Redis(f) => f.invoke(line, result),
             JobLookup::Embedded(f) => f.invoke(line, result),
         }
+    }
+
+    fn retry_on_error(&self, error: &AsyncError) -> bool {
+        !is_permanent(error)
     }
 
     fn publish(&self, sample: &mut crate::metrics::live::PartitionSample) {

@@ -34,6 +34,7 @@ mod record;
 mod routing;
 pub mod scan;
 mod summary;
+mod value;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -43,11 +44,15 @@ use std::time::{Duration, Instant};
 
 pub use files::PARTIAL_SUFFIX;
 pub use input::Input;
-pub use lookup::{CompleteRecord, EmbeddedLookup, Enriched, JobLookup, RedisLookup, Value};
+pub use lookup::{
+    is_permanent, Batch, ClientOptions, CompleteRecord, EmbeddedLookup, Enriched, JobLookup,
+    LookupStats, LookupTotals, RedisLookup, Value,
+};
 pub use output::WriterStats;
 pub use record::{parse_line, Line, LineError, LineFields};
 pub use routing::{key_hash, partition_of_key, ROUTING_VERSION};
 pub use summary::{Ending, EnrichSummary, Resumed};
+pub use value::{Command, NotJson, ValueFormat, ValueSpec};
 
 use crate::config::{ConfigError, ErrorPolicy, OperatorConfig, OrderMode, RetryStrategy};
 use crate::lookup::{Connection, ConnectionConfig, RedisUrl};
@@ -125,6 +130,11 @@ pub struct EnrichConfig {
     pub key_prefix: String,
     /// `--lookup`.
     pub lookup: Lookup,
+    /// `--command` and `--value-format`: what is asked, and how the answer is written.
+    pub value: ValueSpec,
+    /// How each partition uses the lookup client (`--connections`, `--batch`,
+    /// `--batch-wait-us`, `--coalesce`, `--cache-*`); ignored by the built-in store.
+    pub client: ClientOptions,
     /// `--mode`.
     pub mode: OrderMode,
     /// `--capacity` (per partition).
@@ -168,6 +178,8 @@ impl Default for EnrichConfig {
             into_field: "value".into(),
             key_prefix: String::new(),
             lookup: Lookup::Builtin { keys: 1_000_000 },
+            value: ValueSpec::default(),
+            client: ClientOptions::default(),
             mode: OrderMode::Ordered,
             capacity: 1000,
             timeout: Duration::from_millis(1000),
@@ -248,6 +260,33 @@ pub enum EnrichError {
 }
 
 impl EnrichConfig {
+    /// Refuses lookup-client settings that cannot work, naming the flag.
+    pub fn check_client(&self) -> Result<(), EnrichError> {
+        let c = &self.client;
+        if c.connections == 0 {
+            return Err(EnrichError::flag("--connections", "must be at least 1"));
+        }
+        if c.connections > 64 {
+            return Err(EnrichError::flag(
+                "--connections",
+                format!("{} per partition is more than 64", c.connections),
+            ));
+        }
+        if c.cache.capacity > 0 && c.cache.ttl.is_zero() {
+            return Err(EnrichError::flag(
+                "--cache-ttl-ms",
+                "must be at least 1 when --cache-size is not 0",
+            ));
+        }
+        if c.batch_wait > Duration::from_millis(100) {
+            return Err(EnrichError::flag(
+                "--batch-wait-us",
+                format!("{} µs is more than 100 ms", c.batch_wait.as_micros()),
+            ));
+        }
+        Ok(())
+    }
+
     /// The operator configuration, refusing bad values with the flag that carries them.
     pub fn operator_config(&self) -> Result<OperatorConfig, EnrichError> {
         let flag_of = |e: &ConfigError| match e {
@@ -322,6 +361,7 @@ pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// its name (`<output>.ringwait-partial`) and renamed over it only when the run is complete.
 pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let partitions = config.partitions.unwrap_or_else(default_partitions);
+    config.check_client()?;
     let pipeline = build_pipeline(&config, partitions)?;
     let mut files = files::check(&config)?;
     let job = match &config.checkpoint_dir {
@@ -558,7 +598,9 @@ fn run_pipeline(
         settings,
         halt: halt.clone(),
     };
-    let report = run_partitions(config, pipeline, store, partitioned, checkpointing);
+    let totals = Arc::new(LookupTotals::default());
+    let lookups = matches!(store, Store::Redis(_)).then(|| totals.clone());
+    let report = run_partitions(config, pipeline, store, partitioned, checkpointing, totals);
     if report.is_err() {
         halt.store(true, Ordering::Relaxed);
     }
@@ -581,7 +623,9 @@ fn run_pipeline(
             resumable: false,
         }
     };
-    Ok(summarise(config, started, written, ending, &report?))
+    let mut summary = summarise(config, started, written, ending, &report?);
+    summary.lookups = lookups.map(|t| t.stats());
+    Ok(summary)
 }
 
 fn writer_settings(
@@ -605,6 +649,7 @@ fn writer_settings(
             k
         },
         on_error: config.on_error.clone(),
+        json_values: config.value.is_json(),
         progress,
         stop: halt,
         live: None,
@@ -629,6 +674,7 @@ fn run_partitions(
     store: Store,
     partitioned: Partitioned,
     checkpointing: Option<Checkpointing>,
+    totals: Arc<LookupTotals>,
 ) -> Result<crate::runtime::RunReport<()>, PipelineError> {
     let conn_config = ConnectionConfig {
         // A server that stops answering (a black hole) holds every later request of the
@@ -637,20 +683,26 @@ fn run_partitions(
         response_timeout: Some((config.timeout * 2).max(Duration::from_millis(50))),
         ..ConnectionConfig::default()
     };
+    let client = config.client.clone();
+    let spec = config.value.clone();
     let function_of = move |_p: &crate::runtime::PartitionContext| {
-        let cfg = conn_config.clone();
+        let cfg = client.connection_config(conn_config.clone());
         let store = store.clone();
+        let (client, spec, totals) = (client.clone(), spec.clone(), totals.clone());
         async move {
             Ok(match store {
-                Store::Embedded(data) => JobLookup::Embedded(EmbeddedLookup::new(data)),
+                Store::Embedded(data) => JobLookup::Embedded(EmbeddedLookup::new(data, spec)),
                 Store::Redis(url) => {
                     let cfg = ConnectionConfig {
                         db: url.db,
                         auth: url.auth.clone(),
                         ..cfg
                     };
-                    let conn = Connection::connect(url.addr, cfg).await?;
-                    JobLookup::Redis(RedisLookup::new(conn))
+                    let mut conns = Vec::with_capacity(client.connections.max(1));
+                    for _ in 0..client.connections.max(1) {
+                        conns.push(Connection::connect(url.addr, cfg.clone()).await?);
+                    }
+                    JobLookup::Redis(RedisLookup::new(conns, client.cache, spec, Some(totals)))
                 }
             })
         }
@@ -710,6 +762,7 @@ fn summarise(
         timeouts: report.merged.timeouts,
         retries: report.merged.retries,
         errors: report.merged.errors,
+        lookups: None,
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) struct WriterSettings {
     /// Where `--metrics` reads the job's lookup misses from.
     pub live: Option<Arc<crate::metrics::live::LiveMetrics>>,
     pub on_error: OnError,
+    /// Values are JSON text to insert as they are (`--value-format json`, `hgetall`);
+    /// otherwise they are quoted as strings.
+    pub json_values: bool,
     pub progress: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
 }
@@ -521,7 +524,8 @@ impl Writer {
         };
         out.extend_from_slice(head);
         match found {
-            Some(bytes) => json_string(bytes, out),
+            Some(bytes) if self.settings.json_values => out.extend_from_slice(bytes),
+            Some(bytes) => super::value::json_string(bytes, out),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(tail);
@@ -559,25 +563,6 @@ impl Writer {
 
 /// Bytes of output gathered before they are written.
 const SPILL: usize = 64 << 10;
-
-/// Appends `bytes` as a JSON string: as they are between quotes when nothing needs escaping
-/// (the usual value), escaped by serde_json otherwise, and lossily when not UTF-8.
-fn json_string(bytes: &[u8], out: &mut Vec<u8>) {
-    let plain = bytes
-        .iter()
-        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let written = match std::str::from_utf8(bytes) {
-        Ok(s) => serde_json::to_writer(&mut *out, s),
-        Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes)),
-    };
-    written.expect("serialising a string into a Vec cannot fail");
-}
 
 fn io_error(
     what: &'static str,

@@ -95,6 +95,34 @@ pub fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanned, Scan
     Ok(found)
 }
 
+/// Checks that `text` is one JSON value of any kind (surrounded by optional whitespace), as
+/// serde_json would accept it.
+///
+/// ```
+/// use ringwait::enrich::scan::validate;
+/// assert!(validate(br#" {"a":[1,"x",null]} "#).is_ok());
+/// assert!(validate(b"42").is_ok());
+/// assert!(validate(b"[1,]").is_err());
+/// assert!(validate(b"").is_err());
+/// ```
+pub fn validate(text: &[u8]) -> Result<(), ScanError> {
+    let mut s = Scanner {
+        b: text,
+        i: 0,
+        error: std::cell::Cell::new(("", 0)),
+    };
+    s.ws();
+    if s.value(0).is_err() {
+        return Err(s.error());
+    }
+    s.ws();
+    if s.i != text.len() {
+        s.err("trailing characters after the value");
+        return Err(s.error());
+    }
+    Ok(())
+}
+
 /// What a JSON value starting with `first` is, as error messages name it.
 pub(crate) fn kind_of(first: Option<u8>) -> &'static str {
     match first {

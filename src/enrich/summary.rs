@@ -58,6 +58,8 @@ pub struct EnrichSummary {
     pub retries: u64,
     /// Records that failed (before the error policy).
     pub errors: u64,
+    /// What the lookup client did (Redis stores; `None` for the built-in store).
+    pub lookups: Option<super::LookupStats>,
 }
 
 impl EnrichSummary {
@@ -82,8 +84,39 @@ impl EnrichSummary {
             timeouts: 0,
             retries: 0,
             errors: 0,
+            lookups: None,
         }
     }
+}
+
+/// `  lookups: requests N, MGETs M (K keys each on average), coalesced C, cache hits H,
+/// misses X; round trip µs: p50 .. p99 .. max ..`
+fn lookup_line(f: &mut std::fmt::Formatter<'_>, l: &super::LookupStats) -> std::fmt::Result {
+    write!(f, "\n  lookups: requests {}", l.requests)?;
+    if l.mgets > 0 {
+        write!(
+            f,
+            ", MGETs {} ({:.1} keys each)",
+            l.mgets,
+            l.mget_keys as f64 / l.mgets as f64
+        )?;
+    }
+    write!(
+        f,
+        ", coalesced {}, cache hits {}, cache misses {}",
+        l.coalesced, l.cache_hits, l.cache_misses
+    )?;
+    if let Some(h) = l.round_trips.as_ref().filter(|h| !h.is_empty()) {
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+        write!(
+            f,
+            "; round trip µs: p50 {:.1}  p99 {:.1}  max {:.1}",
+            us(0.5),
+            us(0.99),
+            h.max() as f64 / 1_000.0
+        )?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for EnrichSummary {
@@ -133,6 +166,9 @@ impl std::fmt::Display for EnrichSummary {
             self.written.side_output,
             self.written.blank
         )?;
+        if let Some(l) = &self.lookups {
+            lookup_line(f, l)?;
+        }
         if let Ending::Stopped {
             partial,
             side_partial,

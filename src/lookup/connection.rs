@@ -157,7 +157,13 @@ impl<H: ReplyHandler> Connection<H> {
 
     /// Counters.
     pub fn stats(&self) -> ConnectionStats {
-        self.inner().stats.get()
+        let counts = self.inner().pipe.borrow().counts();
+        ConnectionStats {
+            coalesced: counts.coalesced,
+            mgets: counts.mgets,
+            mget_keys: counts.mget_keys,
+            ..self.inner().stats.get()
+        }
     }
 
     /// `GET key`: the handler receives [`ReplyView::Bulk`](super::ReplyView::Bulk) or [`ReplyView::Nil`](super::ReplyView::Nil).
@@ -231,6 +237,12 @@ impl<H: ReplyHandler> Connection<H> {
     /// batch to the read that brought its reply), as published buckets.
     pub fn round_trips(&self) -> crate::metrics::live::LatencyBuckets {
         self.inner().round_trips.borrow_mut().buckets()
+    }
+
+    /// A copy of the round-trip histogram (ns) behind [`round_trips`](Self::round_trips),
+    /// for a summary at the end of a run.
+    pub fn round_trip_histogram(&self) -> hdrhistogram::Histogram<u64> {
+        self.inner().round_trips.borrow().histogram()
     }
 
     /// Closes the connection: pending handlers get [`LookupError::Closed`] (soon, from the

@@ -227,6 +227,11 @@ async fn write_loop<H>(inner: &Inner<H>, stream: &RefCell<TcpStream>) -> LookupE
         }
         if buf.is_empty() {
             inner.writer.wait().await;
+            let wait = inner.config.batch_wait;
+            if !wait.is_zero() {
+                // Idle until now: let the requests of the next `wait` join this write.
+                glommio::timer::sleep(wait).await;
+            }
             continue;
         }
         if let Err(e) = write_all(stream, &buf).await {

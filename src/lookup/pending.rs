@@ -140,6 +140,16 @@ pub(crate) struct Pending<H> {
     followers: Followers<H>,
     coalescer: Coalescer,
     commands: VecDeque<u8>,
+    /// `GET`s coalesced, `MGET`s sealed and the keys they carried.
+    counts: PipeCounts,
+}
+
+/// What batching and coalescing did on one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PipeCounts {
+    pub coalesced: u64,
+    pub mgets: u64,
+    pub mget_keys: u64,
 }
 
 impl<H> Pending<H> {
@@ -163,7 +173,13 @@ impl<H> Pending<H> {
             },
             coalescer: Coalescer::default(),
             commands: VecDeque::new(),
+            counts: PipeCounts::default(),
         }
+    }
+
+    /// What batching and coalescing did so far.
+    pub fn counts(&self) -> PipeCounts {
+        self.counts
     }
 
     /// Requests waiting for a reply (coalesced followers included).
@@ -359,6 +375,10 @@ impl<H> Pending<H> {
         };
         let count = self.batch_ends.len();
         let as_get = count == 1;
+        if !as_get {
+            self.counts.mgets += 1;
+            self.counts.mget_keys += count as u64;
+        }
         let mut cmd = CommandEncoder::begin(&mut self.out, count + 1);
         cmd.arg(if as_get { b"GET" } else { b"MGET" });
         let mut start = 0;
@@ -406,6 +426,7 @@ impl<H> Pending<H> {
             _ => return Err(handler),
         };
         *followers = self.followers.push(handler, *followers);
+        self.counts.coalesced += 1;
         Ok(())
     }
 

@@ -52,6 +52,11 @@ impl RoundTrips {
     pub fn buckets(&mut self) -> LatencyBuckets {
         self.recorder.buckets()
     }
+
+    /// A copy of the histogram (ns).
+    pub fn histogram(&self) -> hdrhistogram::Histogram<u64> {
+        self.recorder.histogram_with((0, 0))
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub struct ConnectionConfig {
     pub max_batch: usize,
     /// A `GET` of a key whose `GET` is in flight shares its reply. Default false.
     pub coalescing: bool,
+    /// How long an idle connection holds its first new request before writing, so that
+    /// more requests (a bigger `MGET`) go in the same write. Zero (the default) writes at
+    /// the end of the executor tick that made the request.
+    pub batch_wait: Duration,
     /// Limits on replies. Default [`Limits::default`].
     pub limits: Limits,
     /// Database selected with `SELECT` after each connect (before any request); 0 (the
@@ -64,6 +68,7 @@ impl Default for ConnectionConfig {
             mget_batching: false,
             max_batch: 128,
             coalescing: false,
+            batch_wait: Duration::ZERO,
             limits: Limits::default(),
             db: 0,
             auth: None,
@@ -97,6 +102,14 @@ pub struct ConnectionStats {
     pub connects: u64,
     /// Connection failures (refused, reset, malformed, ...).
     pub failures: u64,
+    /// `GET`s that joined an identical `GET` in flight instead of being sent
+    /// ([`ConnectionConfig::coalescing`]).
+    pub coalesced: u64,
+    /// `MGET`s sent by batching ([`ConnectionConfig::mget_batching`]; a batch of one goes
+    /// as a plain `GET` and is not counted).
+    pub mgets: u64,
+    /// Keys those `MGET`s carried (÷ [`mgets`](Self::mgets): the mean batch size).
+    pub mget_keys: u64,
 }
 
 /// A cluster redirect read from a `MOVED`/`ASK` error.

@@ -37,6 +37,15 @@ pub struct LatencyBuckets {
 }
 
 impl LatencyBuckets {
+    /// Adds `other`'s counts (two connections' histograms, for one gauge).
+    pub fn merge(&mut self, other: &LatencyBuckets) {
+        for (a, b) in self.le.iter_mut().zip(other.le) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+    }
+
     /// The buckets of an HdrHistogram of nanoseconds.
     pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
         let mut b = LatencyBuckets {
@@ -170,6 +179,11 @@ gauges! {
     occupancy: Gauge, "Entries held: in flight, done but not emitted, watermarks.";
     capacity: Gauge, "Configured capacity.";
     oldest_age: GaugeNs, "Age of the oldest entry held.";
+    cache_hits: Counter, "Lookups answered by the partition's cache (values and remembered misses).";
+    cache_misses: Counter, "Lookups the partition's cache could not answer.";
+    lookup_coalesced: Counter, "GETs that shared the reply of an identical GET in flight.";
+    lookup_mgets: Counter, "MGETs sent by batching.";
+    lookup_mget_keys: Counter, "Keys carried by those MGETs.";
 }
 
 impl PartitionSample {

@@ -59,6 +59,25 @@ impl GeneratedData {
         }
     }
 
+    /// What `HGET`/`HGETALL key` finds: the number `i` of the hash `h:i` (its fields are `id`,
+    /// holding `i`, and `v`, holding [`value_of(i)`](crate::dataset::value_of)), nothing,
+    /// or [`WrongType`] for a string key.
+    ///
+    /// ```
+    /// use ringwait::server::{GeneratedData, WrongType};
+    /// let data = GeneratedData { keys: 10, hashes: true };
+    /// assert_eq!(data.hash(b"h:3"), Ok(Some(3)));
+    /// assert_eq!(data.hash(b"h:10"), Ok(None));
+    /// assert_eq!(data.hash(b"k:3"), Err(WrongType));
+    /// ```
+    pub fn hash(&self, key: &[u8]) -> Result<Option<u64>, WrongType> {
+        match (self.hash_index(key), self.value_index(key)) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(_)) => Err(WrongType),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// `i` of a key `k:i` the data holds.
     fn value_index(&self, key: &[u8]) -> Option<u64> {
         key_index(key, b"k:", self.keys)

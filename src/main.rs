@@ -68,8 +68,8 @@ struct EnrichArgs {
     #[arg(long, default_value = "", value_name = "STR")]
     key_prefix: String,
     /// builtin (the in-process store with generated data), or a Redis:
-    /// redis://[USER:PASSWORD@]HOST[:PORT][/DB] (AUTH with an ACL user, or a password
-    /// alone as redis://:PASSWORD@HOST). Without a password in the URL, REDIS_PASSWORD
+    /// redis://USER:PASSWORD@HOST:PORT/DB, all but the host optional (AUTH with an ACL
+    /// user, or a password alone as redis://:PASSWORD@HOST). Without a password in the URL, REDIS_PASSWORD
     /// from the environment is used when set. User and password may be percent-encoded;
     /// the password is never printed.
     #[arg(long, default_value = "builtin", value_name = "URL")]

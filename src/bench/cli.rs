@@ -35,8 +35,9 @@ fn parse_store(s: &str) -> Result<crate::lookup::RedisUrl, String> {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct PerfArgs {
     /// redis/latency/soak: a Redis loaded with k:0..k:999999 (`perf/baseline load`) instead
-    /// of the embedded built-in server: redis://[USER:PASSWORD@]HOST[:PORT][/DB] as
-    /// `enrich --lookup` takes it (REDIS_PASSWORD fills a missing password), or HOST:PORT.
+    /// of the embedded built-in server: a URL as `enrich --lookup` takes it,
+    /// redis://USER:PASSWORD@HOST:PORT/DB (all but the host optional; REDIS_PASSWORD fills a
+    /// missing password), or HOST:PORT.
     #[arg(long, value_name = "URL", value_parser = parse_store)]
     pub redis: Option<crate::lookup::RedisUrl>,
     /// redis: connections per partition (requests go round-robin over them).

@@ -71,7 +71,10 @@ struct EnrichArgs {
     /// redis://USER:PASSWORD@HOST:PORT/DB, all but the host optional (AUTH with an ACL
     /// user, or a password alone as redis://:PASSWORD@HOST). Without a password in the URL, REDIS_PASSWORD
     /// from the environment is used when set. User and password may be percent-encoded;
-    /// the password is never printed.
+    /// the password is never printed. A Redis Cluster:
+    /// redis+cluster://USER:PASSWORD@HOST:PORT,HOST:PORT... (seed nodes; MOVED and ASK are
+    /// followed; no MGET batching nor coalescing, as keys of one tick live in different
+    /// slots).
     #[arg(long, default_value = "builtin", value_name = "URL")]
     lookup: String,
     /// Redis connections per partition (records go round-robin over them).

@@ -336,3 +336,40 @@ fn client_flags_are_checked_before_anything_runs() {
         assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn a_three_node_cluster_through_redis_cluster_urls() {
+    let cluster = common::redis::RedisCluster::start();
+    cluster.populate(500);
+    let addrs = cluster.addrs();
+    // Two seeds: the client reads the slot map from the first that answers.
+    let url = format!("redis+cluster://{},{}", addrs[0], addrs[1]);
+    let dir = Dir::new("client-cluster");
+    let input = dir.path("in.jsonl");
+    let lines: Vec<String> = (0..3000u64)
+        .map(|i| format!("{{\"i\":{i},\"key\":\"k:{}\"}}", i % 600))
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    for mode in ["ordered", "unordered"] {
+        let (o, out) = enrich(&dir, &url, &input, &["--mode", mode]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        let mut got: Vec<&str> = out.lines().collect();
+        got.sort_by_key(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["i"].as_u64());
+        let want: Vec<String> = (0..3000u64)
+            .map(|i| {
+                let k = i % 600;
+                let value = if k < 500 {
+                    format!("\"{}\"", v(k))
+                } else {
+                    "null".into()
+                };
+                format!("{{\"i\":{i},\"key\":\"k:{k}\",\"value\":{value}}}")
+            })
+            .collect();
+        assert_eq!(got, want, "{mode}");
+    }
+    // Every master answered some of them.
+    for addr in &addrs {
+        assert!(calls(*addr, "get") > 0, "{addr} served no GET");
+    }
+}

@@ -15,8 +15,8 @@ use super::record::Line;
 use super::value::{Command, NotJson, ValueSpec};
 use crate::function::{AsyncError, AsyncFunction, ResultFuture};
 use crate::lookup::{
-    CacheConfig, CacheLookup, CacheTicket, Connection, ConnectionConfig, LookupCache, LookupError,
-    ReplyHandler, ReplyView,
+    CacheConfig, CacheLookup, CacheTicket, ClusterClient, Connection, ConnectionConfig,
+    ConnectionStats, LookupCache, LookupError, Rejected, ReplyHandler, ReplyView,
 };
 use crate::server::GeneratedData;
 
@@ -261,11 +261,97 @@ pub fn is_permanent(error: &AsyncError) -> bool {
     }
 }
 
-/// Lookups over one partition's Redis connections, pipelined, with the client features
-/// [`ClientOptions`] turns on.
+/// Where a partition's requests go.
+enum Backend {
+    /// One server, over one or more connections (round robin).
+    Server {
+        conns: Vec<Connection<CompleteRecord>>,
+        next: Cell<usize>,
+    },
+    /// A Redis Cluster: each request to its key's master (no MGET batching nor
+    /// coalescing: keys of one tick live in different slots).
+    Cluster(ClusterClient<CompleteRecord>),
+}
+
+impl Backend {
+    fn send(
+        &self,
+        command: &Command,
+        key: &[u8],
+        handler: CompleteRecord,
+    ) -> Result<(), Rejected<CompleteRecord>> {
+        match self {
+            Backend::Server { conns, next } => {
+                let conn = if conns.len() == 1 {
+                    &conns[0]
+                } else {
+                    let n = next.get();
+                    next.set((n + 1) % conns.len());
+                    &conns[n]
+                };
+                match command {
+                    Command::Get => conn.get(key, handler),
+                    Command::Hget(field) => conn.hget(key, field.as_bytes(), handler),
+                    Command::Hgetall => conn.hgetall(key, handler),
+                }
+            }
+            Backend::Cluster(c) => match command {
+                Command::Get => c.get(key, handler),
+                Command::Hget(field) => c.hget(key, field.as_bytes(), handler),
+                Command::Hgetall => c.hgetall(key, handler),
+            },
+        }
+    }
+
+    /// Counters, added over the connections.
+    fn stats(&self) -> ConnectionStats {
+        match self {
+            Backend::Server { conns, .. } => {
+                let mut t = ConnectionStats::default();
+                for c in conns {
+                    let s = c.stats();
+                    t.requests += s.requests;
+                    t.coalesced += s.coalesced;
+                    t.mgets += s.mgets;
+                    t.mget_keys += s.mget_keys;
+                }
+                t
+            }
+            Backend::Cluster(c) => c.connection_stats(),
+        }
+    }
+
+    fn round_trips(&self) -> crate::metrics::live::LatencyBuckets {
+        match self {
+            Backend::Server { conns, .. } => {
+                let mut all = crate::metrics::live::LatencyBuckets::default();
+                for c in conns {
+                    all.merge(&c.round_trips());
+                }
+                all
+            }
+            Backend::Cluster(c) => c.round_trips(),
+        }
+    }
+
+    fn round_trip_histogram(&self) -> Histogram<u64> {
+        match self {
+            Backend::Server { conns, .. } => {
+                let mut all = crate::metrics::latency_histogram();
+                for c in conns {
+                    let _ = all.add(c.round_trip_histogram());
+                }
+                all
+            }
+            Backend::Cluster(c) => c.round_trip_histogram(),
+        }
+    }
+}
+
+/// Lookups over one partition's Redis connections (or a cluster client), pipelined, with
+/// the client features [`ClientOptions`] turns on.
 pub struct RedisLookup {
-    conns: Vec<Connection<CompleteRecord>>,
-    next: Cell<usize>,
+    backend: Backend,
     cache: Option<Rc<RefCell<LookupCache>>>,
     spec: Rc<ValueSpec>,
     totals: Option<Arc<LookupTotals>>,
@@ -281,9 +367,35 @@ impl RedisLookup {
         totals: Option<Arc<LookupTotals>>,
     ) -> Self {
         assert!(!conns.is_empty(), "at least one connection");
+        Self::with_backend(
+            Backend::Server {
+                conns,
+                next: Cell::new(0),
+            },
+            cache,
+            spec,
+            totals,
+        )
+    }
+
+    /// The same over a Redis Cluster.
+    pub fn cluster(
+        client: ClusterClient<CompleteRecord>,
+        cache: CacheConfig,
+        spec: ValueSpec,
+        totals: Option<Arc<LookupTotals>>,
+    ) -> Self {
+        Self::with_backend(Backend::Cluster(client), cache, spec, totals)
+    }
+
+    fn with_backend(
+        backend: Backend,
+        cache: CacheConfig,
+        spec: ValueSpec,
+        totals: Option<Arc<LookupTotals>>,
+    ) -> Self {
         RedisLookup {
-            conns,
-            next: Cell::new(0),
+            backend,
             cache: (cache.capacity > 0).then(|| Rc::new(RefCell::new(LookupCache::new(cache)))),
             spec: Rc::new(spec),
             totals,
@@ -320,15 +432,6 @@ impl RedisLookup {
             }
         }
     }
-
-    fn connection(&self) -> &Connection<CompleteRecord> {
-        if self.conns.len() == 1 {
-            return &self.conns[0];
-        }
-        let n = self.next.get();
-        self.next.set((n + 1) % self.conns.len());
-        &self.conns[n]
-    }
 }
 
 impl AsyncFunction for RedisLookup {
@@ -346,14 +449,7 @@ impl AsyncFunction for RedisLookup {
             spec: self.spec.clone(),
             fill,
         };
-        let conn = self.connection();
-        let key = line.key();
-        let sent = match &self.spec.command {
-            Command::Get => conn.get(key, handler),
-            Command::Hget(field) => conn.hget(key, field.as_bytes(), handler),
-            Command::Hgetall => conn.hgetall(key, handler),
-        };
-        if let Err(rejected) = sent {
+        if let Err(rejected) = self.backend.send(&self.spec.command, line.key(), handler) {
             rejected.fail();
         }
     }
@@ -363,21 +459,11 @@ impl AsyncFunction for RedisLookup {
     }
 
     fn publish(&self, sample: &mut crate::metrics::live::PartitionSample) {
-        let mut rtt = self.conns[0].round_trips();
-        for c in &self.conns[1..] {
-            rtt.merge(&c.round_trips());
-        }
-        sample.lookup_round_trip = rtt;
-        let (mut coalesced, mut mgets, mut mget_keys) = (0, 0, 0);
-        for c in &self.conns {
-            let s = c.stats();
-            coalesced += s.coalesced;
-            mgets += s.mgets;
-            mget_keys += s.mget_keys;
-        }
-        sample.lookup_coalesced = coalesced;
-        sample.lookup_mgets = mgets;
-        sample.lookup_mget_keys = mget_keys;
+        sample.lookup_round_trip = self.backend.round_trips();
+        let s = self.backend.stats();
+        sample.lookup_coalesced = s.coalesced;
+        sample.lookup_mgets = s.mgets;
+        sample.lookup_mget_keys = s.mget_keys;
         if let Some(cache) = &self.cache {
             let s = cache.borrow().stats();
             sample.cache_hits = s.hits + s.miss_hits;
@@ -392,21 +478,12 @@ impl Drop for RedisLookup {
             return;
         };
         let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
-        let mut merged: Option<Histogram<u64>> = None;
-        for c in &self.conns {
-            let s = c.stats();
-            add(&totals.requests, s.requests - s.coalesced);
-            add(&totals.coalesced, s.coalesced);
-            add(&totals.mgets, s.mgets);
-            add(&totals.mget_keys, s.mget_keys);
-            let h = c.round_trip_histogram();
-            match &mut merged {
-                Some(m) => {
-                    let _ = m.add(&h);
-                }
-                None => merged = Some(h),
-            }
-        }
+        let s = self.backend.stats();
+        add(&totals.requests, s.requests - s.coalesced);
+        add(&totals.coalesced, s.coalesced);
+        add(&totals.mgets, s.mgets);
+        add(&totals.mget_keys, s.mget_keys);
+        let merged = Some(self.backend.round_trip_histogram());
         if let Some(cache) = &self.cache {
             let s = cache.borrow().stats();
             add(&totals.cache_hits, s.hits + s.miss_hits);

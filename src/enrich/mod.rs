@@ -492,12 +492,13 @@ impl Store {
                 hashes: true,
             })),
             Lookup::Redis(url) => {
-                if url.scheme != crate::lookup::Scheme::Redis {
+                if url.scheme == crate::lookup::Scheme::Rediss {
                     // Never fall back to plain TCP for a TLS address.
                     return Err(EnrichError::flag(
                         "--lookup",
                         format!(
-                            "{url}: this build's enrich reaches a single server over redis:// only"
+                            "{url}: TLS (rediss://) is not supported by this build; \
+                             use redis:// or redis+cluster://"
                         ),
                     ));
                 }
@@ -698,6 +699,20 @@ fn run_partitions(
                         auth: url.auth.clone(),
                         ..cfg
                     };
+                    if url.scheme == crate::lookup::Scheme::Cluster {
+                        let config = crate::lookup::ClusterConfig {
+                            connection: cfg,
+                            ..crate::lookup::ClusterConfig::default()
+                        };
+                        let cluster =
+                            crate::lookup::ClusterClient::connect(&url.seeds, config).await?;
+                        return Ok(JobLookup::Redis(RedisLookup::cluster(
+                            cluster,
+                            client.cache,
+                            spec,
+                            Some(totals),
+                        )));
+                    }
                     let mut conns = Vec::with_capacity(client.connections.max(1));
                     for _ in 0..client.connections.max(1) {
                         conns.push(Connection::connect(url.addr, cfg.clone()).await?);

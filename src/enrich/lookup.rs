@@ -16,7 +16,7 @@ use super::value::{Command, NotJson, ValueSpec};
 use crate::function::{AsyncError, AsyncFunction, ResultFuture};
 use crate::lookup::{
     CacheConfig, CacheLookup, CacheTicket, ClusterClient, Connection, ConnectionConfig,
-    ConnectionStats, LookupCache, LookupError, Rejected, ReplyHandler, ReplyView,
+    ConnectionStats, LookupCache, LookupError, ReplyHandler, ReplyView,
 };
 use crate::server::GeneratedData;
 
@@ -274,13 +274,10 @@ enum Backend {
 }
 
 impl Backend {
-    fn send(
-        &self,
-        command: &Command,
-        key: &[u8],
-        handler: CompleteRecord,
-    ) -> Result<(), Rejected<CompleteRecord>> {
-        match self {
+    /// Sends the request; a rejected one (connection down, too many pending) fails its
+    /// record at once.
+    fn send(&self, command: &Command, key: &[u8], handler: CompleteRecord) {
+        let sent = match self {
             Backend::Server { conns, next } => {
                 let conn = if conns.len() == 1 {
                     &conns[0]
@@ -300,6 +297,9 @@ impl Backend {
                 Command::Hget(field) => c.hget(key, field.as_bytes(), handler),
                 Command::Hgetall => c.hgetall(key, handler),
             },
+        };
+        if let Err(rejected) = sent {
+            rejected.fail();
         }
     }
 
@@ -449,9 +449,7 @@ impl AsyncFunction for RedisLookup {
             spec: self.spec.clone(),
             fill,
         };
-        if let Err(rejected) = self.backend.send(&self.spec.command, line.key(), handler) {
-            rejected.fail();
-        }
+        self.backend.send(&self.spec.command, line.key(), handler);
     }
 
     fn retry_on_error(&self, error: &AsyncError) -> bool {

@@ -71,7 +71,7 @@ struct EnrichArgs {
     /// redis://USER:PASSWORD@HOST:PORT/DB, all but the host optional (AUTH with an ACL
     /// user, or a password alone as redis://:PASSWORD@HOST). Without a password in the URL, REDIS_PASSWORD
     /// from the environment is used when set. User and password may be percent-encoded;
-    /// the password is never printed. A Redis Cluster:
+    /// the password is never printed. rediss://... for TLS (see --tls-ca). A Redis Cluster:
     /// redis+cluster://USER:PASSWORD@HOST:PORT,HOST:PORT... (seed nodes; MOVED and ASK are
     /// followed; no MGET batching nor coalescing, as keys of one tick live in different
     /// slots).
@@ -109,6 +109,11 @@ struct EnrichArgs {
     /// Also cache misses (a key the store does not hold), for --cache-ttl-ms.
     #[arg(long)]
     cache_misses: bool,
+    /// With --lookup rediss://...: the CA certificate(s), PEM, the store's certificate is
+    /// checked against (default: Mozilla's roots, as webpki-roots packages them). The
+    /// certificate must name the URL's host.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Keys k:0 .. k:N-1 the built-in server holds.
     #[arg(long, default_value_t = 1_000_000)]
     builtin_keys: u64,
@@ -289,6 +294,7 @@ fn enrich(a: EnrichArgs) -> Result<ExitCode> {
         into_field: a.into_field,
         key_prefix: a.key_prefix,
         lookup,
+        tls_ca: a.tls_ca,
         value: ringwait::enrich::ValueSpec {
             command: a.command,
             format: a.value_format,

@@ -130,6 +130,9 @@ pub struct EnrichConfig {
     pub key_prefix: String,
     /// `--lookup`.
     pub lookup: Lookup,
+    /// `--tls-ca`: the PEM file of the CA a `rediss://` store's certificate is checked
+    /// against (default: Mozilla's roots).
+    pub tls_ca: Option<PathBuf>,
     /// `--command` and `--value-format`: what is asked, and how the answer is written.
     pub value: ValueSpec,
     /// How each partition uses the lookup client (`--connections`, `--batch`,
@@ -178,6 +181,7 @@ impl Default for EnrichConfig {
             into_field: "value".into(),
             key_prefix: String::new(),
             lookup: Lookup::Builtin { keys: 1_000_000 },
+            tls_ca: None,
             value: ValueSpec::default(),
             client: ClientOptions::default(),
             mode: OrderMode::Ordered,
@@ -376,7 +380,7 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
         }
         None => None,
     };
-    let store = Store::start(&config.lookup)?;
+    let store = Store::start(&config.lookup, config.tls_ca.as_deref())?;
     let _metrics_server = start_metrics(config.metrics, pipeline.live_metrics().cloned())?;
     // Everything is checked: from here on the job writes.
     let result = match job {
@@ -478,13 +482,22 @@ fn finish(
 enum Store {
     /// The built-in store, answered in each partition's executor.
     Embedded(GeneratedData),
-    /// A Redis server that answered the start-up probe.
-    Redis(RedisUrl),
+    /// A Redis server that answered the start-up probe, and how its connections use TLS.
+    Redis(RedisUrl, Option<crate::lookup::TlsSettings>),
 }
 
 impl Store {
-    /// The built-in store's data, or a Redis server that answers `PING`.
-    fn start(lookup: &Lookup) -> Result<Store, EnrichError> {
+    /// The built-in store's data, or a Redis server that answers `PING` (over TLS, its
+    /// certificate checked against `tls_ca` or Mozilla's roots, for `rediss://`).
+    fn start(lookup: &Lookup, tls_ca: Option<&std::path::Path>) -> Result<Store, EnrichError> {
+        let rediss =
+            matches!(lookup, Lookup::Redis(u) if u.scheme == crate::lookup::Scheme::Rediss);
+        if tls_ca.is_some() && !rediss {
+            return Err(EnrichError::flag(
+                "--tls-ca",
+                "is for a TLS store: give --lookup rediss://HOST:PORT",
+            ));
+        }
         match lookup {
             Lookup::Builtin { keys } => Ok(Store::Embedded(GeneratedData {
                 keys: *keys,
@@ -492,18 +505,13 @@ impl Store {
                 hashes: true,
             })),
             Lookup::Redis(url) => {
-                if url.scheme == crate::lookup::Scheme::Rediss {
-                    // Never fall back to plain TCP for a TLS address.
-                    return Err(EnrichError::flag(
-                        "--lookup",
-                        format!(
-                            "{url}: TLS (rediss://) is not supported by this build; \
-                             use redis:// or redis+cluster://"
-                        ),
-                    ));
-                }
-                crate::lookup::probe(url, STORE_PROBE_TIMEOUT).map_err(EnrichError::Store)?;
-                Ok(Store::Redis(url.clone()))
+                let tls = rediss
+                    .then(|| crate::lookup::TlsSettings::new(&url.host, tls_ca))
+                    .transpose()
+                    .map_err(|e| EnrichError::flag("--tls-ca", e.to_string()))?;
+                crate::lookup::probe(url, tls.as_ref(), STORE_PROBE_TIMEOUT)
+                    .map_err(EnrichError::Store)?;
+                Ok(Store::Redis(url.clone(), tls))
             }
         }
     }
@@ -600,7 +608,7 @@ fn run_pipeline(
         halt: halt.clone(),
     };
     let totals = Arc::new(LookupTotals::default());
-    let lookups = matches!(store, Store::Redis(_)).then(|| totals.clone());
+    let lookups = matches!(store, Store::Redis(..)).then(|| totals.clone());
     let report = run_partitions(config, pipeline, store, partitioned, checkpointing, totals);
     if report.is_err() {
         halt.store(true, Ordering::Relaxed);
@@ -693,10 +701,11 @@ fn run_partitions(
         async move {
             Ok(match store {
                 Store::Embedded(data) => JobLookup::Embedded(EmbeddedLookup::new(data, spec)),
-                Store::Redis(url) => {
+                Store::Redis(url, tls) => {
                     let cfg = ConnectionConfig {
                         db: url.db,
                         auth: url.auth.clone(),
+                        tls,
                         ..cfg
                     };
                     if url.scheme == crate::lookup::Scheme::Cluster {

@@ -2,7 +2,6 @@
 //! writer, the reader and the response watchdog until one fails, fail what is pending, back
 //! off, reconnect; until the connection is closed.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use glommio::net::TcpStream;
 use super::reader::{fail_all, Reader};
 use super::shared::{ConnectionConfig, ConnectionState, Inner};
 use super::{LookupError, ReplyHandler, ReplyView};
-use crate::net::write_all;
+use crate::net::Transport;
 use crate::resp::{CommandEncoder, Frame, Parser};
 
 /// Delay before reconnection attempt number `failures` (0-based): doubling, capped.
@@ -49,8 +48,9 @@ pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
             Err(LookupError::Closed { addr: inner.addr })
         };
         let connected = async {
-            let mut stream = or(connect, closed).await?;
-            handshake(&inner, &mut stream).await?;
+            let tcp = or(connect, closed).await?;
+            let stream = secure(&inner, tcp).await?;
+            handshake(&inner, &stream).await?;
             Ok(stream)
         };
         let error = match connected.await {
@@ -96,8 +96,7 @@ pub(super) async fn drive<H: ReplyHandler>(inner: Rc<Inner<H>>) {
 /// fresh connection and waits for `+OK` to each (bounded by the response timeout), before
 /// the connection carries requests. A refusal (`-WRONGPASS`, `-NOAUTH`, a bad database)
 /// is the connection's error.
-async fn handshake<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), LookupError> {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+async fn handshake<H>(inner: &Inner<H>, stream: &Transport) -> Result<(), LookupError> {
     let mut cmd = Vec::new();
     let replies = handshake_commands(&inner.config, &mut cmd);
     if replies == 0 {
@@ -131,7 +130,7 @@ async fn handshake<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), Lo
                 Err(error) => return Err(LookupError::Malformed { addr, error }),
             }
             let n = stream
-                .read(&mut buf[len..])
+                .read_some(&mut buf[len..])
                 .await
                 .map_err(|e| LookupError::from_io(addr, &e))?;
             if n == 0 {
@@ -151,6 +150,26 @@ async fn handshake<H>(inner: &Inner<H>, stream: &mut TcpStream) -> Result<(), Lo
             .await
         }
     }
+}
+
+/// The connection's byte stream: TLS over `tcp` when configured (the handshake bounded by
+/// the connect timeout), else `tcp` itself.
+async fn secure<H>(inner: &Inner<H>, tcp: TcpStream) -> Result<Transport, LookupError> {
+    let Some(tls) = &inner.config.tls else {
+        return Ok(Transport::plain(tcp));
+    };
+    let addr = inner.addr;
+    let after = inner.config.connect_timeout.max(Duration::from_millis(1));
+    let handshake = async {
+        Transport::tls(tcp, tls.config(), tls.server_name())
+            .await
+            .map_err(|e| LookupError::from_io(addr, &e))
+    };
+    or(handshake, async {
+        glommio::timer::sleep(after).await;
+        Err(LookupError::TimedOut { addr, after })
+    })
+    .await
 }
 
 /// Encodes what a fresh connection sends before any request (`AUTH`, `SELECT`) into
@@ -195,11 +214,10 @@ fn connect_error(addr: SocketAddr, timeout: Duration, e: std::io::Error) -> Look
 /// One connected period: the writer, the reader and the watchdog race until one fails.
 async fn session<H: ReplyHandler>(
     inner: &Inner<H>,
-    stream: TcpStream,
+    stream: Transport,
     reader: &mut Reader,
 ) -> LookupError {
-    let _ = stream.set_nodelay(true);
-    let stream = RefCell::new(stream);
+    let _ = stream.tcp().set_nodelay(true);
     let write = write_loop(inner, &stream);
     let read = reader.run(inner, &stream);
     let watch = watchdog(inner);
@@ -211,7 +229,7 @@ async fn session<H: ReplyHandler>(
 }
 
 /// Writes whatever requests accumulated, one `write` per batch.
-async fn write_loop<H>(inner: &Inner<H>, stream: &RefCell<TcpStream>) -> LookupError {
+async fn write_loop<H>(inner: &Inner<H>, stream: &Transport) -> LookupError {
     let mut buf = Vec::with_capacity(inner.config.read_buffer);
     loop {
         {
@@ -234,7 +252,7 @@ async fn write_loop<H>(inner: &Inner<H>, stream: &RefCell<TcpStream>) -> LookupE
             }
             continue;
         }
-        if let Err(e) = write_all(stream, &buf).await {
+        if let Err(e) = stream.write_all(&buf).await {
             return LookupError::from_io(inner.addr, &e);
         }
         inner.bump(|s| s.writes += 1);

@@ -99,6 +99,7 @@ mod reader;
 mod reply;
 mod round_trip;
 mod shared;
+mod tls;
 mod url;
 
 pub use cache::{
@@ -112,4 +113,5 @@ pub use error::LookupError;
 pub use probe::{probe, ProbeError};
 pub use reply::{Rejected, ReplyHandler, ReplyView};
 pub use shared::{ConnectionConfig, ConnectionState, ConnectionStats};
+pub use tls::{TlsSettings, TlsSetupError};
 pub use url::{Auth, RedisUrl, Scheme, UrlError};

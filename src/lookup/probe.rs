@@ -30,24 +30,30 @@ fn transient(message: &str) -> bool {
         .any(|p| message.starts_with(p))
 }
 
-/// Connects to `url`, sends `AUTH` (when it has credentials), `SELECT db` (when `db` is not
-/// 0) and `PING`, and checks that every reply is a status reply (`+OK`, `+PONG`). A failed attempt is tried again every
+/// Connects to `url` (over TLS when `tls` is given, the certificate checked), sends `AUTH`
+/// (when it has credentials), `SELECT db` (when `db` is not 0) and `PING`, and checks that
+/// every reply is a status reply (`+OK`, `+PONG`). A failed attempt is tried again every
 /// 50 ms until `timeout` has passed (a store restarting, or flapping, passes once it
-/// answers); the error is the last attempt's.
+/// answers); the error is the last attempt's. An error reply that waiting cannot change (a
+/// wrong password) and a certificate that does not check out end it at once.
 ///
 /// ```
 /// use std::time::Duration;
 /// use ringwait::lookup::{probe, RedisUrl};
 /// // Port 1 on loopback: nothing listens there.
 /// let url: RedisUrl = "redis://127.0.0.1:1".parse().unwrap();
-/// let err = probe(&url, Duration::from_millis(200)).unwrap_err();
+/// let err = probe(&url, None, Duration::from_millis(200)).unwrap_err();
 /// assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 /// ```
-pub fn probe(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
+pub fn probe(
+    url: &RedisUrl,
+    tls: Option<&super::TlsSettings>,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match probe_once(url, left.max(Duration::from_millis(1))) {
+        match probe_once(url, tls, left.max(Duration::from_millis(1))) {
             Ok(()) => return Ok(()),
             Err(e) if e.permanent || left <= Duration::from_millis(50) => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -56,7 +62,11 @@ pub fn probe(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
 }
 
 /// One attempt of [`probe`], each step bounded by `timeout`.
-fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
+fn probe_once(
+    url: &RedisUrl,
+    tls: Option<&super::TlsSettings>,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let addr = url.addr;
     let fail = |reason: String| ProbeError {
         addr,
@@ -64,12 +74,41 @@ fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
         permanent: false,
     };
     let io = |what: &str, e: std::io::Error| fail(format!("{what} ({e})"));
-    let mut stream =
+    let stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("could not be reached", e))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| io("could not be configured", e))?;
+    let Some(tls) = tls else {
+        return exchange(url, stream);
+    };
+    let session = rustls::ClientConnection::new(tls.config(), tls.server_name())
+        .map_err(|e| fail(format!("could not start TLS ({e})")))?;
+    let mut stream = rustls::StreamOwned::new(session, stream);
+    // Complete the handshake here, so that a certificate that does not check out is named
+    // as such (and not retried: waiting will not change it).
+    while stream.conn.is_handshaking() {
+        if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
+            let tls_refused = e.kind() == std::io::ErrorKind::InvalidData;
+            return Err(ProbeError {
+                permanent: tls_refused,
+                ..io("refused the TLS handshake", e)
+            });
+        }
+    }
+    exchange(url, stream)
+}
+
+/// The `AUTH`/`SELECT`/`PING` exchange of [`probe_once`] on a connected stream.
+fn exchange(url: &RedisUrl, mut stream: impl Read + Write) -> Result<(), ProbeError> {
+    let addr = url.addr;
+    let fail = |reason: String| ProbeError {
+        addr,
+        reason,
+        permanent: false,
+    };
+    let io = |what: &str, e: std::io::Error| fail(format!("{what} ({e})"));
     let mut request = Vec::with_capacity(64);
     let config = super::ConnectionConfig {
         db: url.db,
@@ -83,6 +122,7 @@ fn probe_once(url: &RedisUrl, timeout: Duration) -> Result<(), ProbeError> {
     replies += 1;
     stream
         .write_all(&request)
+        .and_then(|()| stream.flush())
         .map_err(|e| io("did not take a request", e))?;
     let parser = Parser::new(Limits::default());
     let mut got = Vec::with_capacity(64);

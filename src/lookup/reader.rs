@@ -2,16 +2,13 @@
 //! of the FIFO (splitting batched `MGET`s, serving coalesced followers, following cluster
 //! redirects), and fail everything pending when the connection breaks.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
-
-use glommio::net::TcpStream;
 
 use super::pending::{Popped, NIL};
 use super::shared::{ConnectionConfig, Inner, Redirect};
 use super::{LookupError, ReplyHandler, ReplyView};
 use crate::net::read_buf::ReadBuf;
-use crate::net::read_some;
+use crate::net::Transport;
 use crate::resp::{Frame, Parser};
 
 /// Fails every pending request with `error`.
@@ -73,7 +70,7 @@ impl Reader {
     pub(super) async fn run<H: ReplyHandler>(
         &mut self,
         inner: &Inner<H>,
-        stream: &RefCell<TcpStream>,
+        stream: &Transport,
     ) -> LookupError {
         self.rb.clear();
         loop {
@@ -83,7 +80,7 @@ impl Reader {
                     what: "a reply larger than the read buffer limit",
                 };
             }
-            match read_some(stream, self.rb.spare()).await {
+            match stream.read_some(self.rb.spare()).await {
                 Ok(0) => return LookupError::Disconnected { addr: inner.addr },
                 Ok(n) => self.rb.end += n,
                 Err(e) => return LookupError::from_io(inner.addr, &e),

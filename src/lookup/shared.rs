@@ -53,6 +53,9 @@ pub struct ConnectionConfig {
     /// Credentials sent with `AUTH` after each connect, before `SELECT` and any request.
     /// Default none.
     pub auth: Option<super::Auth>,
+    /// TLS over the TCP connection (`rediss://`), the handshake bounded by the connect
+    /// timeout. Default none: plain TCP.
+    pub tls: Option<super::TlsSettings>,
 }
 
 impl Default for ConnectionConfig {
@@ -72,6 +75,7 @@ impl Default for ConnectionConfig {
             limits: Limits::default(),
             db: 0,
             auth: None,
+            tls: None,
         }
     }
 }

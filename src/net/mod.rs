@@ -14,6 +14,9 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 pub(crate) mod read_buf;
+mod transport;
+
+pub(crate) use transport::Transport;
 
 /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
 ///

@@ -87,7 +87,8 @@ enum State {
 
 #[derive(Debug)]
 struct Slot {
-    key: Vec<u8>,
+    /// Inline up to 32 bytes: a lookup compares it without another cache miss.
+    key: smallvec::SmallVec<[u8; 32]>,
     hash: u64,
     value: Rc<Vec<u8>>,
     state: State,
@@ -121,9 +122,42 @@ struct Slot {
 pub struct LookupCache {
     config: CacheConfig,
     slots: Vec<Slot>,
-    index: HashMap<u64, u32>,
+    index: HashMap<u64, u32, KeyHashed>,
     hand: usize,
     stats: CacheStats,
+}
+
+/// The index's keys are already FNV-1a hashes of the lookup keys: hashing them again (std's
+/// SipHash) only cost time (1.3% of a cached enrich run, seen with `perf`).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyHashed;
+
+impl std::hash::BuildHasher for KeyHashed {
+    type Hasher = PassThrough;
+
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Passes a `u64` key through as its own hash.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b); // not used by u64 keys
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 fn hash_key(key: &[u8]) -> u64 {
@@ -137,7 +171,7 @@ impl LookupCache {
         LookupCache {
             config,
             slots: Vec::with_capacity(capacity),
-            index: HashMap::with_capacity(capacity),
+            index: HashMap::with_capacity_and_hasher(capacity, KeyHashed),
             hand: 0,
             stats: CacheStats::default(),
         }
@@ -160,7 +194,7 @@ impl LookupCache {
 
     fn find(&self, key: &[u8]) -> Option<usize> {
         let i = *self.index.get(&hash_key(key))? as usize;
-        (self.slots[i].key == key).then_some(i)
+        (self.slots[i].key[..] == *key).then_some(i)
     }
 
     /// Looks `key` up at time `now`.
@@ -287,7 +321,7 @@ impl LookupCache {
     fn victim(&mut self, now: Instant) -> usize {
         if self.slots.len() < self.config.capacity {
             self.slots.push(Slot {
-                key: Vec::new(),
+                key: smallvec::SmallVec::new(),
                 hash: 0,
                 value: Rc::new(Vec::new()),
                 state: State::Empty,

@@ -111,6 +111,11 @@ def main():
             out.append(f"\ntokio-buffered / ringwait instructions per record: "
                        f"{per['tokio-buffered'] / per['ringwait']:.1f}×")
     out.extend(enrich_table([r for r in rows if r.get("workload") == "enrich"]))
+    out.extend(enrich_table(
+        [r for r in rows if r.get("workload") == "enrich-zipf"],
+        "enrich-zipf (the same lines with keys drawn Zipf(0.99) over 1M keys; ordered; "
+        "ringwait-cache: --cache-size 65536 --coalesce on; tokio-moka: a moka cache of 65,536; "
+        "ratio against the tokio program of the same kind)"))
     print("\n".join(out))
 
 
@@ -125,7 +130,12 @@ ENRICH_ROWS = [  # (impl, store, partitions), in table order
 ]
 
 
-def enrich_table(rows):
+# The baseline a ringwait row is compared with.
+BASELINE_OF = {"ringwait": "tokio-serde", "ringwait-cache": "tokio-moka"}
+
+
+def enrich_table(rows, title="enrich (JSON Lines in, GET per line, each line out with one "
+                 "field added; ordered)"):
     """The enrich table: per (impl, store, P) the medians over repetitions of records/s (N ÷
     the process's wall time, and the figure the program printed), p50/p99, CPU seconds
     (user+sys of the client process) per 1M records, the store process's CPU per 1M records,
@@ -140,7 +150,7 @@ def enrich_table(rows):
     med = lambda rs, c: statistics.median(float(r[c]) for r in rs if r.get(c, "") not in ("", "-"))
     per_m = lambda rs, c: statistics.median(float(r[c]) / float(r["records"]) * 1e6 for r in rs if c in r)
     n_rec = sorted({r["records"] for r in rows})
-    out = ["\n## enrich (JSON Lines in, GET per line, each line out with one field added; ordered)\n",
+    out = [f"\n## {title}\n",
            f"Records per run: {', '.join(n_rec)}. records/s = records ÷ the process's wall time "
            "(start-up, connection, reading and writing included); self = what the program "
            "printed (ringwait: over its operators' active time; tokio-serde: from opening the "
@@ -157,8 +167,8 @@ def enrich_table(rows):
         rs = groups[key]
         rps = med(rs, "records_per_s")
         ratio = cpur = p21 = ""
-        base = groups.get(("tokio-serde", store, "1"))
-        if impl == "ringwait" and base:
+        base = groups.get((BASELINE_OF.get(impl, ""), store, "1"))
+        if impl in BASELINE_OF and base:
             ratio = f"**{rps / med(base, 'records_per_s'):.2f}×**"
             cpur = f"{per_m(base, 'cpu_s') / max(per_m(rs, 'cpu_s'), 1e-9):.2f}×"
         one = groups.get((impl, store, "1"))

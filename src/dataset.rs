@@ -71,6 +71,29 @@ pub fn key_of(i: u64) -> u64 {
     z % 1_000_000
 }
 
+/// A key index drawn Zipf(`s`) over `0..1_000_000` for record `i` (skewed traffic: rank 1,
+/// key 0, is the hottest), from the same seeded SplitMix64 hash of `i` as [`key_of`] and the
+/// continuous inverse of the Zipf CDF, O(1) per record: `k = ⌊(u·(N^(1-s) − 1) + 1)^(1/(1-s))⌋`.
+/// `s` must be in `(0, 1)` (for `s` = 1 use 0.999).
+///
+/// ```
+/// use ringwait::dataset::zipf_key_of;
+/// let hits: usize = (0..100_000u64).filter(|&i| zipf_key_of(i, 0.99) < 10).count();
+/// assert!(hits > 10_000, "the 10 hottest keys take a large share: {hits}");
+/// assert!((0..1000u64).all(|i| zipf_key_of(i, 0.99) < 1_000_000));
+/// ```
+pub fn zipf_key_of(i: u64, s: f64) -> u64 {
+    const N: f64 = 1_000_000.0;
+    let mut z = 7u64.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    let e = 1.0 - s;
+    let rank = (u * (N.powf(e) - 1.0) + 1.0).powf(1.0 / e);
+    (rank as u64).clamp(1, N as u64) - 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -373,3 +373,66 @@ fn a_three_node_cluster_through_redis_cluster_urls() {
         assert!(calls(*addr, "get") > 0, "{addr} served no GET");
     }
 }
+
+#[test]
+fn bench_takes_the_same_urls_and_a_skewed_workload() {
+    let redis = RedisServer::start();
+    redis.populate(1_000_000);
+    let addr = redis.addr();
+    call(addr, &[b"CONFIG", b"SET", b"requirepass", b"bench-pw"]).unwrap();
+    let bench = |url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--workload",
+            "redis",
+            "--records",
+            "20000",
+            "--redis",
+            url,
+        ];
+        args.extend_from_slice(extra);
+        ringwait(&args)
+    };
+    let url = format!("redis://:bench-pw@{addr}");
+    for (extra, coalesced) in [
+        (&[][..], false),
+        (&["--zipf", "0.99", "--coalesce"][..], true),
+    ] {
+        let authed = |args: &[&[u8]]| {
+            let mut all: Vec<&[u8]> = vec![];
+            all.extend_from_slice(args);
+            pipeline(
+                addr,
+                &[
+                    vec![b"AUTH".to_vec(), b"bench-pw".to_vec()],
+                    all.iter().map(|a| a.to_vec()).collect(),
+                ],
+            )
+        };
+        authed(&[b"CONFIG", b"RESETSTAT"]);
+        let o = bench(&url, extra);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("hits=20000 misses=0"),
+            "{extra:?}: {}",
+            stderr(&o)
+        );
+        let OwnedFrame::Bulk(info) = authed(&[b"INFO", b"commandstats"]).pop().unwrap() else {
+            panic!("INFO answers a bulk string");
+        };
+        let info = String::from_utf8(info).unwrap();
+        let gets: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+            .map_or(0, |r| r.split(',').next().unwrap().parse().unwrap());
+        assert_eq!(gets < 20_000, coalesced, "{extra:?}: {gets} GETs");
+    }
+    for (extra, says) in [
+        (&["--zipf", "1.5"][..], "--zipf"),
+        (&["--tls-ca", "/nonexistent"][..], "--tls-ca"),
+    ] {
+        let o = bench(&url, extra);
+        assert!(!o.status.success(), "{extra:?}");
+        assert!(stderr(&o).contains(says), "{extra:?}: {}", stderr(&o));
+    }
+}

@@ -23,9 +23,9 @@ fn parse_store(s: &str) -> Result<crate::lookup::RedisUrl, String> {
         format!("redis://{s}")
     };
     let url: crate::lookup::RedisUrl = url.parse().map_err(|e| format!("{e}"))?;
-    if url.scheme != crate::lookup::Scheme::Redis {
+    if url.scheme == crate::lookup::Scheme::Cluster {
         return Err(format!(
-            "{url}: bench reaches a single server over redis:// only"
+            "{url}: bench reaches a single server (redis:// or rediss://)"
         ));
     }
     Ok(url.with_env_password())
@@ -46,6 +46,16 @@ pub struct PerfArgs {
     /// redis: send the GETs of one tick as one MGET.
     #[arg(long)]
     pub mget: bool,
+    /// redis: keys drawn Zipf(S) over the 1M keys (seeded, the same stream every run)
+    /// instead of uniformly; S in (0, 1), e.g. 0.99.
+    #[arg(long, value_name = "S")]
+    pub zipf: Option<f64>,
+    /// redis: coalesce GETs of a key already in flight.
+    #[arg(long)]
+    pub coalesce: bool,
+    /// redis: the CA file (PEM) of a rediss:// --redis.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// redis: most keys in one batched MGET.
     #[arg(long, default_value_t = 128)]
     pub max_batch: usize,
@@ -77,14 +87,31 @@ pub struct PerfArgs {
 
 impl PerfArgs {
     /// The redis options.
-    pub fn redis_options(&self) -> RedisOptions {
-        RedisOptions {
+    pub fn redis_options(&self) -> Result<RedisOptions, BoxError> {
+        let rediss = self
+            .redis
+            .as_ref()
+            .filter(|u| u.scheme == crate::lookup::Scheme::Rediss);
+        if self.tls_ca.is_some() && rediss.is_none() {
+            return Err("--tls-ca is for a TLS store: give --redis rediss://HOST:PORT".into());
+        }
+        if self.zipf.is_some_and(|s| !(s > 0.0 && s < 1.0)) {
+            return Err("--zipf: S must be between 0 and 1 (exclusive), e.g. 0.99".into());
+        }
+        let tls = rediss
+            .map(|u| crate::lookup::TlsSettings::new(&u.host, self.tls_ca.as_deref()))
+            .transpose()
+            .map_err(|e| format!("--tls-ca: {e}"))?;
+        Ok(RedisOptions {
             redis: self.redis.clone(),
             connections: self.connections.max(1),
             mget_batching: self.mget,
             max_batch: self.max_batch.max(1),
             server_cpu: self.server_cpu,
-        }
+            zipf: self.zipf,
+            coalescing: self.coalesce,
+            tls,
+        })
     }
 
     /// Whether [`run`] handles `workload` with these options (else the plain loop does).
@@ -121,7 +148,7 @@ pub fn run(cfg: &BenchConfig, args: &PerfArgs, repeat: usize) -> Result<(), BoxE
 fn soak(cfg: &BenchConfig, args: &PerfArgs) -> Result<(), BoxError> {
     let mut opts = SoakOptions::new(Duration::from_secs_f64(args.duration_s.max(0.001)));
     opts.redis = !args.soak_overhead;
-    let report = run_soak(cfg, &args.redis_options(), &opts)?;
+    let report = run_soak(cfg, &args.redis_options()?, &opts)?;
     for s in &report.samples {
         println!(
             "soak t_s={:.1} rss_kib={} fds={}",
@@ -225,13 +252,20 @@ fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
     match cfg.workload {
         Workload::Soak => Err("soak is run by run".into()),
         Workload::Checkpoint => Err("checkpoint prints its own lines; it has no histogram".into()),
-        Workload::Redis => run_redis(cfg, &args.redis_options()),
+        Workload::Redis => run_redis(cfg, &args.redis_options()?),
         Workload::Latency => {
             let opts = LatencyOptions {
                 rate: args.rate,
                 duration: Duration::from_secs_f64(args.duration_s.max(0.001)),
             };
-            let run = run_latency(cfg, &args.redis_options(), &opts)?;
+            let redis = args.redis_options()?;
+            if redis.tls.is_some() {
+                return Err(
+                    "latency: its raw round-trip client speaks plain TCP; give --redis redis://…"
+                        .into(),
+                );
+            }
+            let run = run_latency(cfg, &redis, &opts)?;
             Ok(Measured {
                 result: run.result,
                 latency: run.ringwait,

@@ -37,6 +37,12 @@ pub struct RedisOptions {
     pub max_batch: usize,
     /// Pin the embedded server's thread to this CPU.
     pub server_cpu: Option<usize>,
+    /// Keys drawn Zipf(s) ([`crate::dataset::zipf_key_of`]) instead of uniformly.
+    pub zipf: Option<f64>,
+    /// A `GET` of a key in flight shares its reply.
+    pub coalescing: bool,
+    /// TLS settings of a `rediss://` store.
+    pub tls: Option<crate::lookup::TlsSettings>,
 }
 
 impl Default for RedisOptions {
@@ -47,6 +53,9 @@ impl Default for RedisOptions {
             mget_batching: false,
             max_batch: 128,
             server_cpu: None,
+            zipf: None,
+            coalescing: false,
+            tls: None,
         }
     }
 }
@@ -178,11 +187,14 @@ pub async fn connect_all<H: ReplyHandler>(
     addr: SocketAddr,
     opts: &RedisOptions,
 ) -> Result<Vec<Connection<H>>, LookupError> {
+    let url = opts.redis.as_ref();
     let config = ConnectionConfig {
         mget_batching: opts.mget_batching,
         max_batch: opts.max_batch,
-        db: opts.redis.as_ref().map_or(0, |u| u.db),
-        auth: opts.redis.as_ref().and_then(|u| u.auth.clone()),
+        coalescing: opts.coalescing,
+        db: url.map_or(0, |u| u.db),
+        auth: url.and_then(|u| u.auth.clone()),
+        tls: opts.tls.clone(),
         ..ConnectionConfig::default()
     };
     let mut conns = Vec::with_capacity(opts.connections.max(1));
@@ -205,6 +217,8 @@ pub fn round_robin<'a, T>(conns: &'a [T], next: &Cell<usize>) -> &'a T {
 
 /// `GET k:<key_of(i)>` for record `i`, over the partition's connections.
 pub struct RedisGet {
+    /// Keys drawn Zipf(s) instead of uniformly.
+    zipf: Option<f64>,
     conns: Vec<Connection<Verify>>,
     next: Cell<usize>,
 }
@@ -213,6 +227,7 @@ impl RedisGet {
     /// Connects `opts.connections` connections to `addr` (on the current executor).
     pub async fn connect(addr: SocketAddr, opts: &RedisOptions) -> Result<Self, LookupError> {
         Ok(RedisGet {
+            zipf: opts.zipf,
             conns: connect_all(addr, opts).await?,
             next: Cell::new(0),
         })
@@ -230,7 +245,10 @@ impl AsyncFunction for RedisGet {
 
     #[inline]
     fn invoke(&self, i: &u64, result: ResultFuture<Found>) {
-        let key = key_of(*i);
+        let key = match self.zipf {
+            Some(s) => crate::dataset::zipf_key_of(*i, s),
+            None => key_of(*i),
+        };
         let mut buf = [0u8; 24];
         let len = key_name(key, &mut buf);
         let conn = if self.conns.len() == 1 {

@@ -84,7 +84,9 @@ struct EnrichArgs {
     /// tick go as one MGET of up to 128 keys, so batches grow with the load) | N (the same,
     /// up to N keys). Default auto, by measurement against a local redis-server (1M uniform
     /// keys, 1 partition): 0.75-0.79 M records/s with auto, 0.64-0.75 M with off, the same
-    /// output.
+    /// output. Note: MGET answers nil for a key holding another type (a hash), where GET
+    /// answers WRONGTYPE; with batching such a key can read as a miss. Use --batch off to
+    /// have it fail its record.
     #[arg(long, default_value = "auto", value_name = "off|auto|N")]
     batch: ringwait::enrich::Batch,
     /// How long an idle connection holds its first request so that more join its batch

@@ -212,6 +212,11 @@ fn hashes_json_values_and_permanent_errors() {
                 br#"{"px":100.50,"tags":["a"]}"#.to_vec(),
             ],
             vec![b"SET".to_vec(), b"j:2".to_vec(), b"{not json".to_vec()],
+            vec![
+                b"SET".to_vec(),
+                b"j:3".to_vec(),
+                b"{\r\n  \"a\": 1\n}".to_vec(),
+            ],
         ],
     );
     let input = dir.path("in.jsonl");
@@ -262,7 +267,7 @@ fn hashes_json_values_and_permanent_errors() {
     let json_in = dir.path("json.jsonl");
     std::fs::write(
         &json_in,
-        "{\"key\":\"j:1\"}\n{\"key\":\"j:2\"}\n{\"key\":\"j:3\"}\n",
+        "{\"key\":\"j:1\"}\n{\"key\":\"j:2\"}\n{\"key\":\"j:3\"}\n{\"key\":\"j:4\"}\n",
     )
     .unwrap();
     let side = dir.path("side.jsonl");
@@ -285,14 +290,16 @@ fn hashes_json_values_and_permanent_errors() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         out,
-        "{\"key\":\"j:1\",\"value\":{\"px\":100.50,\"tags\":[\"a\"]}}\n{\"key\":\"j:3\",\"value\":null}\n"
+        "{\"key\":\"j:1\",\"value\":{\"px\":100.50,\"tags\":[\"a\"]}}\n\
+         {\"key\":\"j:3\",\"value\":{    \"a\": 1 }}\n{\"key\":\"j:4\",\"value\":null}\n",
+        "a stored value's line breaks become spaces: one record, one line"
     );
     let side_text = std::fs::read_to_string(&side).unwrap();
     assert!(
         side_text.contains("the value of j:2 is not valid JSON"),
         "{side_text}"
     );
-    assert_eq!(calls(addr, "get"), 3, "the bad value was not asked again");
+    assert_eq!(calls(addr, "get"), 4, "the bad value was not asked again");
 
     // WRONGTYPE is permanent: straight to the policy with the reply's text, no retry.
     let wrong_in = dir.path("wrong.jsonl");

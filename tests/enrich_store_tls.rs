@@ -88,6 +88,71 @@ fn a_tls_store_is_reached_with_its_ca_and_refused_without_it() {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), want, "{batch}");
     }
 
+    // A burst bigger than rustls's default 64 KiB of unsent records: 5,000 lookups of
+    // 80-byte keys in flight (all misses).
+    let burst = dir.path("burst.jsonl");
+    let long_key = "x".repeat(72);
+    let lines: String = (0..20_000u64)
+        .map(|i| format!("{{\"key\":\"{long_key}{i:06}\"}}\n"))
+        .collect();
+    std::fs::write(&burst, &lines).unwrap();
+    let output = dir.path("burst-out.jsonl");
+    let o = ringwait(&[
+        "enrich",
+        "--input",
+        &burst,
+        "--output",
+        &output,
+        "--lookup",
+        &format!("rediss://localhost:{tls_port}"),
+        "--tls-ca",
+        &ca_file,
+        "--batch",
+        "off",
+        "--capacity",
+        "5000",
+        "--partitions",
+        "1",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "burst: {}", stderr(&o));
+    let out = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(out.lines().count(), 20_000);
+    assert!(out.lines().all(|l| l.ends_with(",\"value\":null}")));
+
+    // One write far bigger than rustls's default 64 KiB of unsent records: 20,000 GETs
+    // submitted in one go on one TLS connection, then every reply.
+    let tls = ringwait::lookup::TlsSettings::new("localhost", Some(std::path::Path::new(&ca_file)))
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let answered = common::redis::run(move || async move {
+        use std::{cell::Cell, rc::Rc};
+        type H =
+            Box<dyn FnOnce(Result<ringwait::lookup::ReplyView<'_>, ringwait::lookup::LookupError>)>;
+        let config = ringwait::lookup::ConnectionConfig {
+            tls: Some(tls),
+            ..Default::default()
+        };
+        let conn: ringwait::lookup::Connection<H> =
+            ringwait::lookup::Connection::connect(addr, config)
+                .await
+                .unwrap();
+        let ok = Rc::new(Cell::new(0u32));
+        for i in 0..20_000u64 {
+            let ok = ok.clone();
+            let key = format!("k:{}", i % 10);
+            let h: H = Box::new(move |r| {
+                if r.is_ok_and(|v| v.value().is_some()) {
+                    ok.set(ok.get() + 1);
+                }
+            });
+            assert!(conn.get(key.as_bytes(), h).is_ok());
+        }
+        common::redis::until("every reply", || conn.pending() == 0).await;
+        ok.get()
+    });
+    assert_eq!(answered, 20_000, "every GET of the big write answered");
+
     // TLS and AUTH together.
     call(
         redis.addr(),

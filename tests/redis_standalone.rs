@@ -312,7 +312,7 @@ fn the_configured_database_is_selected_on_every_connect() {
             .await
             .map(|_| ())
             .unwrap_err();
-        assert!(matches!(err, LookupError::ServerError { .. }), "{err}");
+        assert!(matches!(err, LookupError::Handshake { .. }), "{err}");
         // After a restart the new connection selects db 3 again (the key is gone with the
         // data, so write it through db 3 and read it back).
         r2.lock().unwrap().restart();

@@ -22,7 +22,7 @@ fn parse_store(s: &str) -> Result<crate::lookup::RedisUrl, String> {
     } else {
         format!("redis://{s}")
     };
-    let url: crate::lookup::RedisUrl = url.parse().map_err(|e| format!("{e}"))?;
+    let url: crate::lookup::RedisUrl = url.parse().map_err(|e| format!("--redis: {e}"))?;
     if url.scheme == crate::lookup::Scheme::Cluster {
         return Err(format!(
             "{url}: bench reaches a single server (redis:// or rediss://)"
@@ -38,8 +38,10 @@ pub struct PerfArgs {
     /// of the embedded built-in server: a URL as `enrich --lookup` takes it,
     /// redis://USER:PASSWORD@HOST:PORT/DB (all but the host optional; REDIS_PASSWORD fills a
     /// missing password), or HOST:PORT.
-    #[arg(long, value_name = "URL", value_parser = parse_store)]
-    pub redis: Option<crate::lookup::RedisUrl>,
+    /// (Parsed by [`PerfArgs::redis_options`], not by clap, whose error would echo the
+    /// argument, password included.)
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
     /// redis: connections per partition (requests go round-robin over them).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
@@ -88,8 +90,8 @@ pub struct PerfArgs {
 impl PerfArgs {
     /// The redis options.
     pub fn redis_options(&self) -> Result<RedisOptions, BoxError> {
-        let rediss = self
-            .redis
+        let redis = self.redis.as_deref().map(parse_store).transpose()?;
+        let rediss = redis
             .as_ref()
             .filter(|u| u.scheme == crate::lookup::Scheme::Rediss);
         if self.tls_ca.is_some() && rediss.is_none() {
@@ -103,7 +105,7 @@ impl PerfArgs {
             .transpose()
             .map_err(|e| format!("--tls-ca: {e}"))?;
         Ok(RedisOptions {
-            redis: self.redis.clone(),
+            redis,
             connections: self.connections.max(1),
             mget_batching: self.mget,
             max_batch: self.max_batch.max(1),
@@ -259,9 +261,10 @@ fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
                 duration: Duration::from_secs_f64(args.duration_s.max(0.001)),
             };
             let redis = args.redis_options()?;
-            if redis.tls.is_some() {
+            if redis.tls.is_some() || redis.redis.as_ref().is_some_and(|u| u.auth.is_some()) {
                 return Err(
-                    "latency: its raw round-trip client speaks plain TCP; give --redis redis://…"
+                    "latency: its raw round-trip client speaks plain TCP without AUTH; \
+                     give --redis redis://HOST:PORT"
                         .into(),
                 );
             }

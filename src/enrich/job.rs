@@ -94,10 +94,8 @@ impl JobRecord {
         if config.value != super::ValueSpec::default() {
             // Written only when not the default, so that the records of jobs started before
             // the flags existed still match.
-            put(
-                "value",
-                format!("{} as {:?}", config.value.command, config.value.format).to_lowercase(),
-            );
+            let format = format!("{:?}", config.value.format).to_lowercase();
+            put("value", format!("{} as {format}", config.value.command));
         }
         put("routing", super::ROUTING_VERSION.to_string());
         put("record-format", RECORD_FORMAT.to_string());

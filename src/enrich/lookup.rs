@@ -234,10 +234,12 @@ fn shape(spec: &ValueSpec, key: &[u8], view: ReplyView<'_>) -> Result<Option<Val
     }
 }
 
-/// Whether retrying cannot change the outcome: the store refused the request itself
-/// (`WRONGTYPE`, `NOAUTH`, `WRONGPASS`, `NOPERM`, an unknown command or bad arguments), the
-/// value is not the JSON `--value-format json` wants, or the reply has the wrong shape.
-/// Such a record goes straight to the error policy, with the reply's text.
+/// Whether retrying cannot change the outcome: the store refused this request itself, in
+/// its own reply (`WRONGTYPE`, `NOAUTH`, `WRONGPASS`, `NOPERM`, an unknown command or bad
+/// arguments), the value is not the JSON `--value-format json` wants, or the reply has the
+/// wrong shape for the command. Such a record goes straight to the error policy, with the
+/// reply's text. Errors of the connection (lost, refused at setup, a reply too large for
+/// the read buffer) reach every pending request and stay retryable.
 pub fn is_permanent(error: &AsyncError) -> bool {
     if error.downcast_ref::<NotJson>().is_some()
         || error.downcast_ref::<UnexpectedAnswer>().is_some()
@@ -256,7 +258,6 @@ pub fn is_permanent(error: &AsyncError) -> bool {
         ]
         .iter()
         .any(|p| message.starts_with(p)),
-        Some(LookupError::UnexpectedReply { .. }) => true,
         _ => false,
     }
 }
@@ -610,5 +611,51 @@ impl AsyncFunction for JobLookup {
             JobLookup::Redis(f) => f.completes_inline(),
             JobLookup::Embedded(f) => f.completes_inline(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_requests_own_refusal_is_permanent() {
+        let addr: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        let reply = |m: &str| {
+            AsyncError::new(LookupError::ServerError {
+                addr,
+                message: m.into(),
+            })
+        };
+        assert!(is_permanent(&reply(
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        )));
+        assert!(is_permanent(&reply(
+            "NOPERM this user has no permissions to run the 'mget' command"
+        )));
+        assert!(is_permanent(&reply("ERR unknown command 'FOO'")));
+        assert!(!is_permanent(&reply(
+            "LOADING Redis is loading the dataset in memory"
+        )));
+        // The connection's errors reach every pending request: retried.
+        let setup = AsyncError::new(LookupError::Handshake {
+            addr,
+            message: "WRONGPASS invalid username-password pair".into(),
+        });
+        assert!(!is_permanent(&setup));
+        let too_big = AsyncError::new(LookupError::UnexpectedReply {
+            addr,
+            what: "a reply larger than the read buffer limit",
+        });
+        assert!(!is_permanent(&too_big));
+        assert!(!is_permanent(&AsyncError::new(LookupError::Disconnected {
+            addr
+        })));
+        let not_json = NotJson {
+            key: "k".into(),
+            what: "expected a value",
+            at: 0,
+        };
+        assert!(is_permanent(&AsyncError::new(not_json)));
     }
 }

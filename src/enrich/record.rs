@@ -336,6 +336,9 @@ impl SnapshotCodec for Line {
         let close = close_empty as u32;
         let into = (into != u64::MAX).then_some(((into >> 32) as u32, into as u32));
         let blank = close_empty & (1 << 33) != 0;
+        if blank && !text.iter().all(|c| matches!(c, b' ' | b'\t')) {
+            return Err(invalid("a line marked blank holds text"));
+        }
         let in_line = |at: u32| (at as usize) < text.len() || blank;
         if !in_line(close) || into.is_some_and(|(s, e)| s > e || !in_line(e)) {
             return Err(invalid("positions outside the line"));

@@ -107,10 +107,12 @@ impl ValueSpec {
 
     /// The value of a `GET` or `HGET` answer.
     pub fn single(&self, key: &[u8], stored: &[u8]) -> Result<Value, NotJson> {
+        let mut value = Value::from_slice(stored);
         if self.format == ValueFormat::Json {
             check_json(key, stored)?;
+            one_line(&mut value);
         }
-        Ok(Value::from_slice(stored))
+        Ok(value)
     }
 
     /// The value of an `HGETALL` answer: `{"field":value,...}` in the store's order, each
@@ -132,12 +134,22 @@ impl ValueSpec {
                 ValueFormat::String => json_string(value, &mut out),
                 ValueFormat::Json => {
                     check_json(key, value)?;
+                    let at = out.len();
                     out.extend_from_slice(value);
+                    one_line(&mut out[at..]);
                 }
             }
         }
         out.push(b'}');
         Ok(Value::from_vec(out))
+    }
+}
+
+/// Line breaks in checked JSON are whitespace between tokens (a string cannot hold a raw
+/// one), so they become spaces: an inserted value must not split its record across lines.
+fn one_line(json: &mut [u8]) {
+    for b in json.iter_mut().filter(|b| matches!(b, b'\n' | b'\r')) {
+        *b = b' ';
     }
 }
 
@@ -197,6 +209,11 @@ mod tests {
             br#" {"a":[1,2.5]} "#
         );
         assert_eq!(&json.single(b"k", b"42").unwrap()[..], b"42");
+        assert_eq!(
+            &json.single(b"k", b"{\r\n \"a\": \"x\\ny\"\n}").unwrap()[..],
+            b"{   \"a\": \"x\\ny\" }",
+            "line breaks between tokens become spaces; escapes stay"
+        );
         let e = json.single(b"k:1", b"{bad").unwrap_err();
         assert!(
             e.to_string()

@@ -11,7 +11,7 @@ use glommio::net::TcpStream;
 
 use super::reader::{fail_all, Reader};
 use super::shared::{ConnectionConfig, ConnectionState, Inner};
-use super::{LookupError, ReplyHandler, ReplyView};
+use super::{LookupError, ReplyHandler};
 use crate::net::Transport;
 use crate::resp::{CommandEncoder, Frame, Parser};
 
@@ -117,8 +117,11 @@ async fn handshake<H>(inner: &Inner<H>, stream: &Transport) -> Result<(), Lookup
                     answered += 1;
                     continue;
                 }
-                Ok(Some((frame @ Frame::Error(_), _))) => {
-                    return ReplyView::from_frame(frame, addr).map(|_| ())
+                Ok(Some((Frame::Error(message), _))) => {
+                    return Err(LookupError::Handshake {
+                        addr,
+                        message: String::from_utf8_lossy(message).into_owned(),
+                    })
                 }
                 Ok(None) if len < buf.len() => {}
                 Ok(_) => {

@@ -79,6 +79,15 @@ pub enum LookupError {
         /// The error text, e.g. `WRONGTYPE Operation against a key holding the wrong kind of value`.
         message: String,
     },
+    /// The server refused the connection's setup (`AUTH` or `SELECT` answered an error, e.g.
+    /// `WRONGPASS`): a connection error, so every request pending on it gets it.
+    #[error("server {addr} refused the connection's setup: {message}")]
+    Handshake {
+        /// Server address.
+        addr: SocketAddr,
+        /// The error reply's text.
+        message: String,
+    },
     /// Another I/O error.
     #[error("I/O error on the connection to {addr}: {kind}")]
     Io {

@@ -28,6 +28,7 @@ fn transient(message: &str) -> bool {
     ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"]
         .iter()
         .any(|p| message.starts_with(p))
+        || message.starts_with("ERR max number of clients reached")
 }
 
 /// Connects to `url` (over TLS when `tls` is given, the certificate checked), sends `AUTH`

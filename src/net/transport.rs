@@ -48,7 +48,11 @@ impl Transport {
         config: Arc<rustls::ClientConfig>,
         server_name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<Transport> {
-        let session = rustls::ClientConnection::new(config, server_name).map_err(tls_error)?;
+        let mut session = rustls::ClientConnection::new(config, server_name).map_err(tls_error)?;
+        // rustls refuses plaintext past 64 KiB of unsent records by default (`write` returns
+        // 0): a write is one batch of requests, bounded by the pending requests, and is
+        // flushed right after, so the cap only broke big bursts.
+        session.set_buffer_limit(None);
         let t = Transport {
             tcp: RefCell::new(tcp),
             tls: Some(Tls {

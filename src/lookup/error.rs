@@ -88,6 +88,15 @@ pub enum LookupError {
         /// The error reply's text.
         message: String,
     },
+    /// The TLS session failed (a certificate that does not check out, an alert from the
+    /// server); the connection was dropped.
+    #[error("TLS with {addr} failed: {message}")]
+    Tls {
+        /// Server address.
+        addr: SocketAddr,
+        /// What rustls said.
+        message: String,
+    },
     /// Another I/O error.
     #[error("I/O error on the connection to {addr}: {kind}")]
     Io {
@@ -141,6 +150,13 @@ pub enum LookupError {
 impl LookupError {
     /// Classifies an I/O error of the connection to `addr`.
     pub fn from_io(addr: SocketAddr, e: &io::Error) -> Self {
+        if let Some(message) = e
+            .get_ref()
+            .map(ToString::to_string)
+            .and_then(|m| m.strip_prefix("TLS: ").map(str::to_string))
+        {
+            return LookupError::Tls { addr, message };
+        }
         match e.kind() {
             io::ErrorKind::ConnectionRefused => LookupError::Refused { addr },
             io::ErrorKind::ConnectionReset
@@ -167,5 +183,30 @@ impl LookupError {
                 | LookupError::NoNodeForSlot { .. }
                 | LookupError::CrossSlot { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_keep_what_rustls_said() {
+        let addr: SocketAddr = "127.0.0.1:6380".parse().unwrap();
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TLS: invalid peer certificate: UnknownIssuer",
+        );
+        let err = LookupError::from_io(addr, &e);
+        assert_eq!(
+            err.to_string(),
+            "TLS with 127.0.0.1:6380 failed: invalid peer certificate: UnknownIssuer"
+        );
+        assert!(err.is_connection_error());
+        let plain = io::Error::new(io::ErrorKind::InvalidData, "something else");
+        assert!(matches!(
+            LookupError::from_io(addr, &plain),
+            LookupError::Io { .. }
+        ));
     }
 }

@@ -137,8 +137,8 @@ struct EnrichArgs {
     /// fail (exit non-zero naming the record) | skip | side-output:PATH.
     #[arg(long, default_value = "fail", value_name = "POLICY")]
     on_error: ringwait::enrich::OnError,
-    /// Partitions, one pinned core each (default: every core but one, left to the reader,
-    /// the writer and the embedded store).
+    /// Partitions, one pinned core each (default: every core but one, left to the reader
+    /// and the writer; the built-in store runs inside the partitions).
     #[arg(long)]
     partitions: Option<usize>,
     /// Write a latency-percentile chart (SVG) with the summary to PATH.

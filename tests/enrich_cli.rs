@@ -627,3 +627,53 @@ fn read_k(line: &str) -> u64 {
         .as_u64()
         .unwrap()
 }
+
+#[test]
+fn line_breaks_are_kept_as_they_were() {
+    // A CRLF line comes out with CRLF, an LF line with LF (plain and checkpointed runs); a
+    // last line without a break gets LF.
+    let dir = Dir::new("crlf");
+    let input = dir.path("in.jsonl");
+    let v = |k: u64| String::from_utf8(value_of(k).to_vec()).unwrap();
+    let mut text = String::new();
+    let mut want = String::new();
+    for i in 0..500u64 {
+        let brk = if i % 3 == 0 { "\r\n" } else { "\n" };
+        let last = i == 499;
+        text.push_str(&format!("{{\"k\":{i}}}{}", if last { "" } else { brk }));
+        want.push_str(&format!(
+            "{{\"k\":{i},\"value\":\"{}\"}}{}",
+            v(i),
+            if last { "\n" } else { brk }
+        ));
+    }
+    std::fs::write(&input, &text).unwrap();
+    for checkpointed in [false, true] {
+        let output = dir.path(&format!("out-{checkpointed}.jsonl"));
+        let ck = dir.path("ck");
+        let mut args = vec![
+            "enrich",
+            "--input",
+            &input,
+            "--output",
+            &output,
+            "--key",
+            "k",
+            "--key-prefix",
+            "k:",
+            "--partitions",
+            "2",
+            "--quiet",
+        ];
+        if checkpointed {
+            args.extend(["--checkpoint-dir", &ck]);
+        }
+        let o = ringwait(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            want,
+            "checkpointed={checkpointed}"
+        );
+    }
+}

@@ -100,21 +100,23 @@ impl ChunkBuilder {
         let start = self.len;
         self.spare(text.len())[..text.len()].copy_from_slice(text);
         self.filled(text.len());
-        self.check(start, self.len, number, index, fields)
+        self.check((start, self.len), false, number, index, fields)
     }
 
-    /// Checks the bytes `start..end` (already put in, UTF-8) as line `number`, record
-    /// `index`, and stages it for the chunk.
+    /// Checks the bytes `start..end` (already put in, UTF-8, without the line break) as
+    /// line `number`, record `index`, and stages it for the chunk; `crlf`: its line break
+    /// was `\r\n`.
     pub fn check(
         &mut self,
-        start: usize,
-        end: usize,
+        (start, end): (usize, usize),
+        crlf: bool,
         number: u64,
         index: u64,
         fields: &LineFields,
     ) -> Result<(), LineError> {
         let text = &self.buf[start..end];
-        let (key, shape) = scan_line(text, number, fields, &mut self.keys)?;
+        let (key, mut shape) = scan_line(text, number, fields, &mut self.keys)?;
+        shape.crlf = crlf;
         self.stage((start as u32, end as u32), key, shape, number, index);
         Ok(())
     }
@@ -265,8 +267,8 @@ mod tests {
         let input = b"{\"key\":\"a\"}\n{\"key\":7}\n{\"ke";
         b.spare(input.len())[..input.len()].copy_from_slice(input);
         b.filled(input.len());
-        b.check(0, 11, 1, 0, &fields("")).unwrap();
-        b.check(12, 21, 2, 1, &fields("")).unwrap();
+        b.check((0, 11), false, 1, 0, &fields("")).unwrap();
+        b.check((12, 21), false, 2, 1, &fields("")).unwrap();
         let got = lines(&mut b, 22);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].text(), b"{\"key\":\"a\"}");

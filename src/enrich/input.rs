@@ -144,12 +144,13 @@ fn generated(i: u64, s: &ReaderSettings) -> Result<Line, EnrichError> {
 }
 
 /// Reads the next line into `buf`, without its line break; returns the bytes read from the
-/// input (line break included), 0 at the end.
-fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+/// input (line break included, 0 at the end) and whether the break was `\r\n`.
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
     buf.clear();
     let n = reader.read_until(b'\n', buf)?;
+    let crlf = buf.ends_with(b"\r\n");
     buf.truncate(without_break(buf).len());
-    Ok(n)
+    Ok((n, crlf))
 }
 
 /// A line's text without its line break (and any carriage returns before it).
@@ -218,11 +219,12 @@ fn check_lines(
             None if at_end => filled - taken, // a last line without a line break
             None => break,
         };
-        let text_len = without_break(&chunk.bytes()[taken..taken + len]).len();
-        let end = taken + text_len;
+        let raw = &chunk.bytes()[taken..taken + len];
+        let crlf = raw.ends_with(b"\r\n");
+        let end = taken + without_break(raw).len();
         let checked = utf8(&chunk.bytes()[taken..end], *number + 1)
             .map(drop)
-            .and_then(|()| chunk.check(taken, end, *number + 1, *number, &s.fields));
+            .and_then(|()| chunk.check((taken, end), crlf, *number + 1, *number, &s.fields));
         if let Err(e) = checked {
             return (taken, Some(e));
         }
@@ -409,7 +411,7 @@ impl crate::source::Source for LineSource {
                     index,
                     bytes,
                 } => {
-                    let n = next_line(reader, bytes)
+                    let (n, crlf) = next_line(reader, bytes)
                         .map_err(|cause| EnrichError::io("read the input", path, cause))?;
                     if n == 0 {
                         let end = *index;
@@ -424,7 +426,9 @@ impl crate::source::Source for LineSource {
                         continue;
                     }
                     let text = utf8(bytes, i + 1)?;
-                    parse_line(text, i + 1, i, &self.settings.fields)?
+                    let mut line = parse_line(text, i + 1, i, &self.settings.fields)?;
+                    line.crlf = crlf;
+                    line
                 }
             };
             if self.settings.routing.partition_of(&line) != self.partition {

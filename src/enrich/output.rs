@@ -529,7 +529,7 @@ impl Writer {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(tail);
-        out.push(b'\n');
+        out.extend_from_slice(if line.crlf { b"\r\n" } else { b"\n" });
         if let Some(ck) = self.checkpoint.as_mut() {
             // Count the bytes: the commit record holds the output's length.
             ck.written += (out.len() - before) as u64;

@@ -36,6 +36,8 @@ pub struct Line {
     /// A blank line (nothing but spaces and tabs): it keeps its place in the order but is
     /// not looked up and not written; the writer counts it.
     pub blank: bool,
+    /// The line ended with `\r\n` (the output line ends the same way; otherwise with `\n`).
+    pub crlf: bool,
 }
 
 impl Line {
@@ -70,6 +72,7 @@ impl Line {
             close: shape.close,
             empty: shape.empty,
             blank: shape.blank,
+            crlf: shape.crlf,
         }
     }
 }
@@ -83,6 +86,7 @@ impl PartialEq for Line {
             self.close,
             self.empty,
             self.blank,
+            self.crlf,
         ) == (
             other.number,
             other.index,
@@ -90,6 +94,7 @@ impl PartialEq for Line {
             other.close,
             other.empty,
             other.blank,
+            other.crlf,
         ) && self.text() == other.text()
             && self.key() == other.key()
     }
@@ -104,6 +109,7 @@ pub(crate) struct Shape {
     pub close: u32,
     pub empty: bool,
     pub blank: bool,
+    pub crlf: bool,
 }
 
 impl Shape {
@@ -113,6 +119,7 @@ impl Shape {
         close: 0,
         empty: true,
         blank: true,
+        crlf: false,
     };
 }
 
@@ -231,6 +238,7 @@ pub(crate) fn scan_line(
         close: scanned.close as u32,
         empty: scanned.empty,
         blank: false,
+        crlf: false,
     };
     let raw = &b[start..end];
     if fields.key_prefix.is_empty() && raw[0] == b'"' && !raw.contains(&b'\\') {
@@ -315,7 +323,10 @@ impl SnapshotCodec for Line {
             .into
             .map_or(u64::MAX, |(s, e)| (u64::from(s) << 32) | u64::from(e));
         into.encode(out);
-        (u64::from(self.close) | (u64::from(self.empty) << 32) | (u64::from(self.blank) << 33))
+        (u64::from(self.close)
+            | (u64::from(self.empty) << 32)
+            | (u64::from(self.blank) << 33)
+            | (u64::from(self.crlf) << 34))
             .encode(out);
     }
 
@@ -348,6 +359,7 @@ impl SnapshotCodec for Line {
             close,
             empty: close_empty & (1 << 32) != 0,
             blank,
+            crlf: close_empty & (1 << 34) != 0,
         };
         let mut chunk = ChunkBuilder::with_capacity(text.len() + key.len());
         chunk.stage_checked(text, key, shape, number, index);
@@ -396,10 +408,14 @@ mod tests {
 
     #[test]
     fn a_line_survives_a_snapshot() {
-        let l = parse_line(r#"{"key":"k:1", "value":"old" }"#, 3, 2, &fields()).unwrap();
-        let mut buf = Vec::new();
-        l.encode(&mut buf);
-        let back = Line::decode(&mut &buf[..]).unwrap();
-        assert_eq!(back, l);
+        let mut l = parse_line(r#"{"key":"k:1", "value":"old" }"#, 3, 2, &fields()).unwrap();
+        for crlf in [false, true] {
+            l.crlf = crlf;
+            let mut buf = Vec::new();
+            l.encode(&mut buf);
+            let back = Line::decode(&mut &buf[..]).unwrap();
+            assert_eq!(back, l);
+            assert_eq!(back.crlf, crlf);
+        }
     }
 }

@@ -509,6 +509,11 @@ fn metrics_are_served_in_the_prometheus_format_while_running() {
         "ringwait_duplicates_total",
         "ringwait_lookup_misses_total",
         "ringwait_lookup_round_trip_seconds_count{partition=\"0\"}",
+        "ringwait_cache_hits_total{partition=\"0\"}",
+        "ringwait_cache_misses_total{partition=\"0\"}",
+        "ringwait_lookup_coalesced_total{partition=\"1\"}",
+        "ringwait_lookup_mgets_total{partition=\"0\"}",
+        "ringwait_lookup_mget_keys_total{partition=\"1\"}",
     ] {
         assert!(body.contains(family), "missing {family} in:\n{body}");
     }

@@ -95,10 +95,11 @@ struct EnrichArgs {
     #[arg(long, default_value_t = 0, value_name = "US")]
     batch_wait_us: u64,
     /// Coalescing: a GET of a key already in flight on the connection waits for that
-    /// request's reply instead of going out again (on | off). Default off, by measurement:
-    /// on uniform keys it cost 0.2 CPU s per 1M records for no gain; on Zipf(0.99) keys it
-    /// spared the store 21-25% of its requests.
-    #[arg(long, default_value = "off", value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
+    /// request's reply instead of going out again (on | off). Default on, by measurement
+    /// against a local redis-server, 1M records: on uniform keys it costs 0.03-0.05 user CPU
+    /// s (same throughput); on Zipf(0.99) keys it spares the store 21-25% of its requests,
+    /// and `bench --zipf 0.99` goes from 1.08 to 1.30 M lookups/s.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
     coalesce: bool,
     /// Per-partition lookup cache, in entries (0: no cache, every record asks the store).
     /// A cached value may be up to --cache-ttl-ms old. Off by default, so that the output

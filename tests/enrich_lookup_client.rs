@@ -135,9 +135,9 @@ fn batching_caching_and_coalescing_show_in_the_servers_command_counts() {
         assert_eq!(out.lines().collect::<Vec<_>>(), want, "{what}");
     };
 
-    // Off: one GET per record.
+    // Off (and no coalescing): one GET per record.
     reset_stats(addr);
-    let (o, out) = enrich(&dir, &url, &input, &["--batch", "off"]);
+    let (o, out) = enrich(&dir, &url, &input, &["--batch", "off", "--coalesce", "off"]);
     check(&o, &out, "batch off");
     assert_eq!((calls(addr, "get"), calls(addr, "mget")), (2000, 0));
 

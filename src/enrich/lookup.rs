@@ -81,7 +81,7 @@ impl Default for ClientOptions {
             connections: 1,
             batch: Batch::Auto,
             batch_wait: Duration::ZERO,
-            coalesce: false,
+            coalesce: true,
             cache: CacheConfig {
                 capacity: 0,
                 ..CacheConfig::default()

@@ -113,7 +113,8 @@ impl<H> Followers<H> {
 /// Index of in-flight coalescable `GET`s: key hash → (sequence, key offset in the ring).
 #[derive(Debug, Default)]
 struct Coalescer {
-    inflight: HashMap<u64, (u64, u64)>,
+    /// FNV-1a hash of the key (not hashed again) → (sequence, key offset in the ring).
+    inflight: HashMap<u64, (u64, u64), crate::hash::Prehashed>,
     /// Keys of registered entries, in FIFO order (freed from the front as replies arrive).
     ring: VecDeque<u8>,
     /// Absolute offset of `ring[0]`.
@@ -204,12 +205,18 @@ impl<H> Pending<H> {
 
     /// Queues `GET key`.
     pub fn push_get(&mut self, key: &[u8], handler: H) {
-        let handler = match self.try_coalesce(key, handler) {
+        // Hashed once for both the look for an identical GET in flight and the registration.
+        let hash = if self.opts.coalescing {
+            hash_key(key.iter().copied())
+        } else {
+            0
+        };
+        let handler = match self.try_coalesce(key, hash, handler) {
             Ok(()) => return,
             Err(handler) => handler,
         };
         if !self.opts.mget_batching {
-            let key_len = self.register_key(key);
+            let key_len = self.register_key(key, hash);
             let start = self.out.len();
             resp::encode_command(&mut self.out, &[b"GET", key]);
             let cmd_len = self.keep_command(start);
@@ -231,7 +238,7 @@ impl<H> Pending<H> {
                 as_get: false,
             });
         }
-        let key_len = self.register_key(key);
+        let key_len = self.register_key(key, hash);
         self.batch_keys.extend_from_slice(key);
         self.batch_ends.push(self.batch_keys.len());
         self.fifo.push_back(Entry::Part {
@@ -401,12 +408,12 @@ impl<H> Pending<H> {
     }
 
     /// Attaches `handler` to an in-flight `GET` of the same key, or hands it back.
-    fn try_coalesce(&mut self, key: &[u8], handler: H) -> Result<(), H> {
+    fn try_coalesce(&mut self, key: &[u8], hash: u64, handler: H) -> Result<(), H> {
         if !self.opts.coalescing {
             return Err(handler);
         }
         let c = &self.coalescer;
-        let Some(&(seq, offset)) = c.inflight.get(&hash_key(key.iter().copied())) else {
+        let Some(&(seq, offset)) = c.inflight.get(&hash) else {
             return Err(handler);
         };
         let Some(index) = seq.checked_sub(self.front_seq) else {
@@ -431,16 +438,15 @@ impl<H> Pending<H> {
     }
 
     /// Registers the key of the entry about to be pushed, for coalescing.
-    fn register_key(&mut self, key: &[u8]) -> Option<u32> {
+    fn register_key(&mut self, key: &[u8], hash: u64) -> Option<u32> {
         if !self.opts.coalescing {
             return None;
         }
         let seq = self.next_seq();
         let c = &mut self.coalescer;
         let offset = c.ring_base + c.ring.len() as u64;
-        c.inflight
-            .insert(hash_key(key.iter().copied()), (seq, offset));
-        c.ring.extend(key.iter().copied());
+        c.inflight.insert(hash, (seq, offset));
+        c.ring.extend(key);
         Some(key.len() as u32)
     }
 

@@ -33,9 +33,14 @@ impl Default for CacheConfig {
     }
 }
 
-/// A cached value (shares the cache's buffer; cloning is cheap).
+/// A cached value, copied out of the cache: inline up to 64 bytes (no allocation), on the
+/// heap beyond.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedValue(Rc<Vec<u8>>);
+pub struct CachedValue(InlineValue);
+
+/// Value bytes, inline up to 64 (the slot holds them itself: a hit reads one slot, not a
+/// slot, an `Rc` and a `Vec`, each a cache miss of its own).
+type InlineValue = smallvec::SmallVec<[u8; 64]>;
 
 impl Deref for CachedValue {
     type Target = [u8];
@@ -90,7 +95,7 @@ struct Slot {
     /// Inline up to 32 bytes: a lookup compares it without another cache miss.
     key: smallvec::SmallVec<[u8; 32]>,
     hash: u64,
-    value: Rc<Vec<u8>>,
+    value: InlineValue,
     state: State,
     expires: Option<Instant>,
     generation: u32,
@@ -246,13 +251,8 @@ impl LookupCache {
         }
         match (value, self.config.miss_ttl) {
             (Some(v), _) => {
-                match Rc::get_mut(&mut slot.value) {
-                    Some(buf) => {
-                        buf.clear();
-                        buf.extend_from_slice(v);
-                    }
-                    None => slot.value = Rc::new(v.to_vec()),
-                }
+                slot.value.clear();
+                slot.value.extend_from_slice(v);
                 slot.state = State::Value;
                 slot.expires = now.checked_add(self.config.ttl);
             }
@@ -291,7 +291,7 @@ impl LookupCache {
             self.slots.push(Slot {
                 key: smallvec::SmallVec::new(),
                 hash: 0,
-                value: Rc::new(Vec::new()),
+                value: InlineValue::new(),
                 state: State::Empty,
                 expires: None,
                 generation: 0,

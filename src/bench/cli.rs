@@ -101,9 +101,10 @@ impl PerfArgs {
             return Err("--zipf: S must be between 0 and 1 (exclusive), e.g. 0.99".into());
         }
         let tls = rediss
-            .map(|u| crate::lookup::TlsSettings::new(&u.host, self.tls_ca.as_deref()))
+            .map(|u| u.tls_settings(self.tls_ca.as_deref()))
             .transpose()
-            .map_err(|e| format!("--tls-ca: {e}"))?;
+            .map_err(|e| format!("--tls-ca: {e}"))?
+            .flatten();
         Ok(RedisOptions {
             redis,
             connections: self.connections.max(1),

@@ -187,15 +187,15 @@ pub async fn connect_all<H: ReplyHandler>(
     addr: SocketAddr,
     opts: &RedisOptions,
 ) -> Result<Vec<Connection<H>>, LookupError> {
-    let url = opts.redis.as_ref();
-    let config = ConnectionConfig {
+    let base = ConnectionConfig {
         mget_batching: opts.mget_batching,
         max_batch: opts.max_batch,
         coalescing: opts.coalescing,
-        db: url.map_or(0, |u| u.db),
-        auth: url.and_then(|u| u.auth.clone()),
-        tls: opts.tls.clone(),
         ..ConnectionConfig::default()
+    };
+    let config = match &opts.redis {
+        Some(url) => url.connection_config(base, opts.tls.clone()),
+        None => base,
     };
     let mut conns = Vec::with_capacity(opts.connections.max(1));
     for _ in 0..opts.connections.max(1) {
@@ -204,16 +204,7 @@ pub async fn connect_all<H: ReplyHandler>(
     Ok(conns)
 }
 
-/// The next connection of a round robin over `conns`.
-#[inline]
-pub fn round_robin<'a, T>(conns: &'a [T], next: &Cell<usize>) -> &'a T {
-    if conns.len() == 1 {
-        return &conns[0];
-    }
-    let n = next.get();
-    next.set(if n + 1 == conns.len() { 0 } else { n + 1 });
-    &conns[n]
-}
+pub use crate::lookup::round_robin;
 
 /// `GET k:<key_of(i)>` for record `i`, over the partition's connections.
 pub struct RedisGet {
@@ -251,14 +242,7 @@ impl AsyncFunction for RedisGet {
         };
         let mut buf = [0u8; 24];
         let len = key_name(key, &mut buf);
-        let conn = if self.conns.len() == 1 {
-            &self.conns[0]
-        } else {
-            let n = self.next.get();
-            self.next
-                .set(if n + 1 == self.conns.len() { 0 } else { n + 1 });
-            &self.conns[n]
-        };
+        let conn = round_robin(&self.conns, &self.next);
         if let Err(rejected) = conn.get(&buf[..len], Verify { result, key }) {
             rejected.fail();
         }

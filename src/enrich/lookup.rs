@@ -109,7 +109,7 @@ impl ClientOptions {
 }
 
 /// What the partitions' lookup clients did, added up as each partition ends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LookupTotals {
     requests: AtomicU64,
     cache_hits: AtomicU64,
@@ -117,7 +117,21 @@ pub struct LookupTotals {
     coalesced: AtomicU64,
     mgets: AtomicU64,
     mget_keys: AtomicU64,
-    round_trips: Mutex<Option<Histogram<u64>>>,
+    round_trips: Mutex<Histogram<u64>>,
+}
+
+impl Default for LookupTotals {
+    fn default() -> Self {
+        LookupTotals {
+            requests: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
+            mgets: AtomicU64::new(0),
+            mget_keys: AtomicU64::new(0),
+            round_trips: Mutex::new(crate::metrics::latency_histogram()),
+        }
+    }
 }
 
 /// A plain copy of [`LookupTotals`], for the summary.
@@ -151,11 +165,12 @@ impl LookupTotals {
             coalesced: get(&self.coalesced),
             mgets: get(&self.mgets),
             mget_keys: get(&self.mget_keys),
-            round_trips: self
-                .round_trips
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            round_trips: Some(
+                self.round_trips
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ),
         }
     }
 }
@@ -280,13 +295,7 @@ impl Backend {
     fn send(&self, command: &Command, key: &[u8], handler: CompleteRecord) {
         let sent = match self {
             Backend::Server { conns, next } => {
-                let conn = if conns.len() == 1 {
-                    &conns[0]
-                } else {
-                    let n = next.get();
-                    next.set((n + 1) % conns.len());
-                    &conns[n]
-                };
+                let conn = crate::lookup::round_robin(conns, next);
                 match command {
                     Command::Get => conn.get(key, handler),
                     Command::Hget(field) => conn.hget(key, field.as_bytes(), handler),
@@ -307,43 +316,21 @@ impl Backend {
     /// Counters, added over the connections.
     fn stats(&self) -> ConnectionStats {
         match self {
-            Backend::Server { conns, .. } => {
-                let mut t = ConnectionStats::default();
-                for c in conns {
-                    let s = c.stats();
-                    t.requests += s.requests;
-                    t.coalesced += s.coalesced;
-                    t.mgets += s.mgets;
-                    t.mget_keys += s.mget_keys;
-                }
-                t
-            }
+            Backend::Server { conns, .. } => crate::lookup::group_stats(conns),
             Backend::Cluster(c) => c.connection_stats(),
         }
     }
 
     fn round_trips(&self) -> crate::metrics::live::LatencyBuckets {
         match self {
-            Backend::Server { conns, .. } => {
-                let mut all = crate::metrics::live::LatencyBuckets::default();
-                for c in conns {
-                    all.merge(&c.round_trips());
-                }
-                all
-            }
+            Backend::Server { conns, .. } => crate::lookup::group_round_trips(conns),
             Backend::Cluster(c) => c.round_trips(),
         }
     }
 
     fn round_trip_histogram(&self) -> Histogram<u64> {
         match self {
-            Backend::Server { conns, .. } => {
-                let mut all = crate::metrics::latency_histogram();
-                for c in conns {
-                    let _ = all.add(c.round_trip_histogram());
-                }
-                all
-            }
+            Backend::Server { conns, .. } => crate::lookup::group_round_trip_histogram(conns),
             Backend::Cluster(c) => c.round_trip_histogram(),
         }
     }
@@ -482,21 +469,17 @@ impl Drop for RedisLookup {
         add(&totals.coalesced, s.coalesced);
         add(&totals.mgets, s.mgets);
         add(&totals.mget_keys, s.mget_keys);
-        let merged = Some(self.backend.round_trip_histogram());
         if let Some(cache) = &self.cache {
             let s = cache.borrow().stats();
             add(&totals.cache_hits, s.hits + s.miss_hits);
             add(&totals.cache_misses, s.misses);
         }
-        if let Some(h) = merged {
-            let mut all = totals.round_trips.lock().unwrap_or_else(|e| e.into_inner());
-            match &mut *all {
-                Some(a) => {
-                    let _ = a.add(&h);
-                }
-                None => *all = Some(h),
-            }
-        }
+        let round_trips = self.backend.round_trip_histogram();
+        let _ = totals
+            .round_trips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(round_trips);
     }
 }
 

@@ -505,9 +505,8 @@ impl Store {
                 hashes: true,
             })),
             Lookup::Redis(url) => {
-                let tls = rediss
-                    .then(|| crate::lookup::TlsSettings::new(&url.host, tls_ca))
-                    .transpose()
+                let tls = url
+                    .tls_settings(tls_ca)
                     .map_err(|e| EnrichError::flag("--tls-ca", e.to_string()))?;
                 crate::lookup::probe(url, tls.as_ref(), STORE_PROBE_TIMEOUT)
                     .map_err(EnrichError::Store)?;
@@ -702,12 +701,7 @@ fn run_partitions(
             Ok(match store {
                 Store::Embedded(data) => JobLookup::Embedded(EmbeddedLookup::new(data, spec)),
                 Store::Redis(url, tls) => {
-                    let cfg = ConnectionConfig {
-                        db: url.db,
-                        auth: url.auth.clone(),
-                        tls,
-                        ..cfg
-                    };
+                    let cfg = url.connection_config(cfg, tls);
                     if url.scheme == crate::lookup::Scheme::Cluster {
                         let config = crate::lookup::ClusterConfig {
                             connection: cfg,

@@ -194,34 +194,17 @@ impl<H: ReplyHandler> ClusterClient<H> {
 
     /// The node connections' counters, added up.
     pub fn connection_stats(&self) -> super::ConnectionStats {
-        let mut total = super::ConnectionStats::default();
-        for c in self.shared.nodes.borrow().iter() {
-            let s = c.stats();
-            total.requests += s.requests;
-            total.replies += s.replies;
-            total.writes += s.writes;
-            total.connects += s.connects;
-            total.failures += s.failures;
-        }
-        total
+        super::group_stats(self.shared.nodes.borrow().iter())
     }
 
     /// The node connections' round-trip histograms (ns), merged.
     pub fn round_trip_histogram(&self) -> hdrhistogram::Histogram<u64> {
-        let mut all = crate::metrics::latency_histogram();
-        for c in self.shared.nodes.borrow().iter() {
-            let _ = all.add(c.round_trip_histogram());
-        }
-        all
+        super::group_round_trip_histogram(self.shared.nodes.borrow().iter())
     }
 
     /// The node connections' round trips, as published buckets.
     pub fn round_trips(&self) -> crate::metrics::live::LatencyBuckets {
-        let mut all = crate::metrics::live::LatencyBuckets::default();
-        for c in self.shared.nodes.borrow().iter() {
-            all.merge(&c.round_trips());
-        }
-        all
+        super::group_round_trips(self.shared.nodes.borrow().iter())
     }
 
     /// Re-reads the slot map (`CLUSTER SLOTS`) from a known node or a seed.

@@ -251,3 +251,47 @@ impl<H: ReplyHandler> Connection<H> {
         self.inner().request_close();
     }
 }
+
+/// The next of `conns` in a round robin kept in `next`.
+#[inline]
+pub fn round_robin<'a, T>(conns: &'a [T], next: &std::cell::Cell<usize>) -> &'a T {
+    if conns.len() == 1 {
+        return &conns[0];
+    }
+    let n = next.get();
+    next.set(if n + 1 == conns.len() { 0 } else { n + 1 });
+    &conns[n]
+}
+
+/// The counters of a group of connections (a partition's, a cluster's nodes), added up.
+pub(crate) fn group_stats<'a, H: ReplyHandler>(
+    conns: impl IntoIterator<Item = &'a Connection<H>>,
+) -> ConnectionStats {
+    let mut total = ConnectionStats::default();
+    for c in conns {
+        total += c.stats();
+    }
+    total
+}
+
+/// A group's round trips, as one published histogram.
+pub(crate) fn group_round_trips<'a, H: ReplyHandler>(
+    conns: impl IntoIterator<Item = &'a Connection<H>>,
+) -> crate::metrics::live::LatencyBuckets {
+    let mut all = crate::metrics::live::LatencyBuckets::default();
+    for c in conns {
+        all.merge(&c.round_trips());
+    }
+    all
+}
+
+/// A group's round-trip histograms (ns), merged.
+pub(crate) fn group_round_trip_histogram<'a, H: ReplyHandler>(
+    conns: impl IntoIterator<Item = &'a Connection<H>>,
+) -> hdrhistogram::Histogram<u64> {
+    let mut all = crate::metrics::latency_histogram();
+    for c in conns {
+        let _ = all.add(c.round_trip_histogram());
+    }
+    all
+}

@@ -108,7 +108,8 @@ pub use cache::{
 };
 pub use client::{Client, Oneshot};
 pub use cluster::{key_slot, ClusterClient, ClusterConfig, ClusterHandler, ClusterStats, SLOTS};
-pub use connection::Connection;
+pub(crate) use connection::{group_round_trip_histogram, group_round_trips, group_stats};
+pub use connection::{round_robin, Connection};
 pub use error::LookupError;
 pub use probe::{probe, ProbeError};
 pub use reply::{Rejected, ReplyHandler, ReplyView};

@@ -22,6 +22,17 @@ pub struct ProbeError {
     pub permanent: bool,
 }
 
+impl ProbeError {
+    /// A failure that may pass if the probe tries again.
+    fn retryable(addr: SocketAddr, reason: String) -> ProbeError {
+        ProbeError {
+            addr,
+            reason,
+            permanent: false,
+        }
+    }
+}
+
 /// Error replies that mean "not yet" (a store loading its data set, busy with a script,
 /// or a cluster moving a slot): worth trying again.
 fn transient(message: &str) -> bool {
@@ -69,11 +80,7 @@ fn probe_once(
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     let addr = url.addr;
-    let fail = |reason: String| ProbeError {
-        addr,
-        reason,
-        permanent: false,
-    };
+    let fail = |reason: String| ProbeError::retryable(addr, reason);
     let io = |what: &str, e: std::io::Error| fail(format!("{what} ({e})"));
     let stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("could not be reached", e))?;
@@ -104,18 +111,10 @@ fn probe_once(
 /// The `AUTH`/`SELECT`/`PING` exchange of [`probe_once`] on a connected stream.
 fn exchange(url: &RedisUrl, mut stream: impl Read + Write) -> Result<(), ProbeError> {
     let addr = url.addr;
-    let fail = |reason: String| ProbeError {
-        addr,
-        reason,
-        permanent: false,
-    };
+    let fail = |reason: String| ProbeError::retryable(addr, reason);
     let io = |what: &str, e: std::io::Error| fail(format!("{what} ({e})"));
     let mut request = Vec::with_capacity(64);
-    let config = super::ConnectionConfig {
-        db: url.db,
-        auth: url.auth.clone(),
-        ..super::ConnectionConfig::default()
-    };
+    let config = url.connection_config(super::ConnectionConfig::default(), None);
     let mut replies = super::driver::handshake_commands(&config, &mut request);
     let mut enc = CommandEncoder::begin(&mut request, 1);
     enc.arg(b"PING");

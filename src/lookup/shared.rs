@@ -116,6 +116,20 @@ pub struct ConnectionStats {
     pub mget_keys: u64,
 }
 
+impl std::ops::AddAssign for ConnectionStats {
+    /// Adds another connection's counters (a group's total).
+    fn add_assign(&mut self, o: ConnectionStats) {
+        self.requests += o.requests;
+        self.replies += o.replies;
+        self.writes += o.writes;
+        self.connects += o.connects;
+        self.failures += o.failures;
+        self.coalesced += o.coalesced;
+        self.mgets += o.mgets;
+        self.mget_keys += o.mget_keys;
+    }
+}
+
 /// A cluster redirect read from a `MOVED`/`ASK` error.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Redirect<'a> {

@@ -128,6 +128,31 @@ impl RedisUrl {
         self
     }
 
+    /// `base` with this address's database and credentials (and `tls` for its connections).
+    pub fn connection_config(
+        &self,
+        base: super::ConnectionConfig,
+        tls: Option<super::TlsSettings>,
+    ) -> super::ConnectionConfig {
+        super::ConnectionConfig {
+            db: self.db,
+            auth: self.auth.clone(),
+            tls,
+            ..base
+        }
+    }
+
+    /// What a `rediss://` address's connections check the server with: its host against
+    /// the CAs of `ca_file` (PEM), or Mozilla's roots. `None` for the other schemes.
+    pub fn tls_settings(
+        &self,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Option<super::TlsSettings>, super::TlsSetupError> {
+        (self.scheme == Scheme::Rediss)
+            .then(|| super::TlsSettings::new(&self.host, ca_file))
+            .transpose()
+    }
+
     /// The address without its credentials, as a job's checkpoint records it.
     pub fn without_credentials(&self) -> String {
         let mut shown = self.clone();

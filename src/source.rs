@@ -160,6 +160,19 @@ impl<T: 'static, F: FnMut(u64) -> T + 'static> Source for GeneratorSource<F> {
     }
 }
 
+/// A queue's answer as a source event, counting the elements taken.
+#[inline]
+fn event_of<T>(pop: crate::queue::Pop<StreamElement<T>>, taken: &mut u64) -> SourceEvent<T> {
+    match pop {
+        crate::queue::Pop::Item(e) => {
+            *taken += 1;
+            SourceEvent::Element(e)
+        }
+        crate::queue::Pop::Empty => SourceEvent::Idle,
+        crate::queue::Pop::Closed => SourceEvent::End,
+    }
+}
+
 /// A source fed from another thread through a [`crate::queue`] (for example a reader thread
 /// that parses a file and deals records to the partitions).
 pub struct QueueSource<T> {
@@ -179,14 +192,7 @@ impl<T: 'static> Source for QueueSource<T> {
 
     #[inline]
     fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
-        Ok(match self.queue.pop() {
-            crate::queue::Pop::Item(e) => {
-                self.taken += 1;
-                SourceEvent::Element(e)
-            }
-            crate::queue::Pop::Empty => SourceEvent::Idle,
-            crate::queue::Pop::Closed => SourceEvent::End,
-        })
+        Ok(event_of(self.queue.pop(), &mut self.taken))
     }
 
     fn position(&self) -> u64 {
@@ -226,14 +232,7 @@ impl<T: 'static> Source for BatchQueueSource<T> {
 
     #[inline]
     fn next(&mut self) -> Result<SourceEvent<T>, BoxError> {
-        Ok(match self.queue.pop() {
-            crate::queue::Pop::Item(e) => {
-                self.taken += 1;
-                SourceEvent::Element(e)
-            }
-            crate::queue::Pop::Empty => SourceEvent::Idle,
-            crate::queue::Pop::Closed => SourceEvent::End,
-        })
+        Ok(event_of(self.queue.pop(), &mut self.taken))
     }
 
     fn position(&self) -> u64 {

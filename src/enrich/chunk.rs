@@ -97,10 +97,16 @@ impl ChunkBuilder {
         index: u64,
         fields: &LineFields,
     ) -> Result<(), LineError> {
+        let range = self.append(text);
+        self.check(range, false, number, index, fields)
+    }
+
+    /// Copies `bytes` in after those in use; returns where they lie.
+    fn append(&mut self, bytes: &[u8]) -> (usize, usize) {
         let start = self.len;
-        self.spare(text.len())[..text.len()].copy_from_slice(text);
-        self.filled(text.len());
-        self.check((start, self.len), false, number, index, fields)
+        self.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.filled(bytes.len());
+        (start, self.len)
     }
 
     /// Checks the bytes `start..end` (already put in, UTF-8, without the line break) as
@@ -130,13 +136,11 @@ impl ChunkBuilder {
         number: u64,
         index: u64,
     ) {
-        let start = self.len;
-        self.spare(text.len())[..text.len()].copy_from_slice(text);
-        self.filled(text.len());
+        let (start, end) = self.append(text);
         let key_start = self.keys.len() as u32;
         self.keys.extend_from_slice(key);
         let key = KeyAt::Keys(key_start, key_start + key.len() as u32);
-        self.stage((start as u32, self.len as u32), key, shape, number, index);
+        self.stage((start as u32, end as u32), key, shape, number, index);
     }
 
     fn stage(&mut self, text: (u32, u32), key: KeyAt, shape: Shape, number: u64, index: u64) {
@@ -173,7 +177,7 @@ impl ChunkBuilder {
         self.len = keep_from;
         let keys_at = self.len as u32;
         let keys = std::mem::take(&mut self.keys);
-        self.spare(keys.len())[..keys.len()].copy_from_slice(&keys);
+        self.append(&keys);
         self.keys = keys;
         self.keys.clear();
         let chunk = std::mem::replace(&mut self.buf, next);

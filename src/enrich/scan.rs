@@ -45,22 +45,11 @@ const MAX_DEPTH: usize = 128;
 /// for the top-level fields named `key` and `into` (as raw, unescaped-equal names: a field
 /// name written with escapes is compared after unescaping).
 pub fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanned, ScanError> {
-    let mut s = Scanner {
-        b: text,
-        i: 0,
-        error: std::cell::Cell::new(("", 0)),
-    };
+    let mut s = Scanner::new(text);
     s.ws();
     if s.peek() != Some(b'{') {
         let start = s.i;
-        if s.value(0).is_err() {
-            return Err(s.error());
-        }
-        s.ws();
-        if s.i != text.len() {
-            s.err("trailing characters after the value");
-            return Err(s.error());
-        }
+        validate(text)?;
         return Err(ScanError {
             what: "not an object",
             at: start,
@@ -87,11 +76,7 @@ pub fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanned, Scan
         return Err(s.error());
     }
     found.close = s.i - 1;
-    s.ws();
-    if s.i != text.len() {
-        s.err("trailing characters after the object");
-        return Err(s.error());
-    }
+    s.end("trailing characters after the object")?;
     Ok(found)
 }
 
@@ -106,21 +91,12 @@ pub fn scan_object(text: &[u8], key: &[u8], into: &[u8]) -> Result<Scanned, Scan
 /// assert!(validate(b"").is_err());
 /// ```
 pub fn validate(text: &[u8]) -> Result<(), ScanError> {
-    let mut s = Scanner {
-        b: text,
-        i: 0,
-        error: std::cell::Cell::new(("", 0)),
-    };
+    let mut s = Scanner::new(text);
     s.ws();
     if s.value(0).is_err() {
         return Err(s.error());
     }
-    s.ws();
-    if s.i != text.len() {
-        s.err("trailing characters after the value");
-        return Err(s.error());
-    }
-    Ok(())
+    s.end("trailing characters after the value")
 }
 
 /// What a JSON value starting with `first` is, as error messages name it.
@@ -202,6 +178,17 @@ struct Scanner<'a> {
     error: std::cell::Cell<(&'static str, usize)>,
 }
 
+impl<'a> Scanner<'a> {
+    #[inline]
+    fn new(b: &'a [u8]) -> Self {
+        Scanner {
+            b,
+            i: 0,
+            error: std::cell::Cell::new(("", 0)),
+        }
+    }
+}
+
 impl Scanner<'_> {
     #[inline]
     fn peek(&self) -> Option<u8> {
@@ -232,6 +219,17 @@ impl Scanner<'_> {
     fn err_at(&self, what: &'static str, at: usize) -> Fail {
         self.error.set((what, at));
         Fail
+    }
+
+    /// After the value: only whitespace may follow; else fails with `what`.
+    #[inline]
+    fn end(&mut self, what: &'static str) -> Result<(), ScanError> {
+        self.ws();
+        if self.i != self.b.len() {
+            self.err(what);
+            return Err(self.error());
+        }
+        Ok(())
     }
 
     /// The failure recorded, as the scan reports it.

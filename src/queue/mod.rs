@@ -223,7 +223,7 @@ impl<T> Consumer<T> {
 
 impl<T> Drop for Consumer<T> {
     fn drop(&mut self) {
-        self.shared.consumer_gone.store(true, Ordering::Release);
+        self.disconnect();
     }
 }
 

@@ -117,6 +117,8 @@ struct Coalescer {
     inflight: HashMap<u64, (u64, u64), crate::hash::Prehashed>,
     /// Keys of registered entries, in FIFO order (freed from the front as replies arrive).
     ring: VecDeque<u8>,
+    /// Their hashes, in the same order (so a release does not hash the key again).
+    hashes: VecDeque<u64>,
     /// Absolute offset of `ring[0]`.
     ring_base: u64,
 }
@@ -447,6 +449,7 @@ impl<H> Pending<H> {
         let offset = c.ring_base + c.ring.len() as u64;
         c.inflight.insert(hash, (seq, offset));
         c.ring.extend(key);
+        c.hashes.push_back(hash);
         Some(key.len() as u32)
     }
 
@@ -455,7 +458,7 @@ impl<H> Pending<H> {
             return;
         };
         let c = &mut self.coalescer;
-        let hash = hash_key(c.ring.range(..len as usize).copied());
+        let hash = c.hashes.pop_front().expect("a hash per registered key");
         if c.inflight.get(&hash).is_some_and(|&(s, _)| s == seq) {
             c.inflight.remove(&hash);
         }

@@ -37,13 +37,23 @@ enum Command {
 struct EnrichArgs {
     /// One JSON object per line; `-` for standard input (default: a generated stream of
     /// --records objects {"id":i,"key":"k:<n>"} whose keys the built-in server holds).
-    #[arg(long, value_name = "PATH|-")]
+    /// Or Redis Streams read through a consumer group (created if missing):
+    /// redis-stream://[USER:PW@]HOST:PORT[/DB]/STREAM[,STREAM...]?group=G[&consumer=NAME][&start=0|$];
+    /// each entry holds one JSON object in its field --stream-field. The consumer name
+    /// defaults to HOSTNAME-HASH, the hash of the input, output and fields, so the same
+    /// command on the same host picks up its own pending entries; give two instances on one
+    /// host their own consumer=NAME.
+    #[arg(long, value_name = "PATH|-|URL")]
     input: Option<String>,
     /// Where the JSON Lines go: each input line, byte for byte, with one field added (or its
     /// value replaced); `-` is stdout. A file
     /// is written as PATH.ringwait-partial and renamed to PATH only when the run is complete:
     /// a failed or stopped run leaves an existing PATH as it was.
-    #[arg(long, value_name = "PATH|-", default_value = "-")]
+    /// A stream input goes to a stream: redis-stream://[USER:PW@]HOST:PORT[/DB]/STREAM[?maxlen=N],
+    /// each entry {data: the enriched object, src: the input entry's id} (and stream: its
+    /// input stream when there are several), committed exactly once with the input's
+    /// progress.
+    #[arg(long, value_name = "PATH|-|URL", default_value = "-")]
     output: String,
     /// Records generated when there is no --input.
     #[arg(long, default_value_t = 1_000_000)]
@@ -135,9 +145,27 @@ struct EnrichArgs {
     /// First retry delay; doubles per retry, capped at a quarter of the timeout.
     #[arg(long, default_value_t = 10)]
     retry_backoff_ms: u64,
-    /// fail (exit non-zero naming the record) | skip | side-output:PATH.
+    /// fail (exit non-zero naming the record) | skip | side-output:PATH. With a stream
+    /// output, side-output:STREAM names a stream on the output's server (it may be the
+    /// output itself) that receives {error, src, data: the payload as it came}.
     #[arg(long, default_value = "fail", value_name = "POLICY")]
     on_error: ringwait::enrich::OnError,
+    /// Stream input: the entry field that holds the record (and, in the output, the
+    /// enriched record).
+    #[arg(long, default_value = "data", value_name = "NAME")]
+    stream_field: String,
+    /// Stream input: `caught-up` exits 0 once every entry that was in the input streams at
+    /// the start is processed and committed (by this instance or another of the group); by
+    /// default the job runs until SIGINT or SIGTERM.
+    #[arg(long, value_name = "caught-up")]
+    until: Option<Until>,
+    /// Stream input: entries pending in another consumer (a dead instance) for this long are
+    /// claimed (XAUTOCLAIM) and processed here.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    claim_idle_ms: u64,
+    /// Stream input: entries per read and records per commit (one EVAL).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    stream_batch: usize,
     /// Partitions, one pinned core each (default: every core but one, left to the reader
     /// and the writer; the built-in store runs inside the partitions).
     #[arg(long)]
@@ -164,6 +192,13 @@ struct EnrichArgs {
     /// Time between checkpoints (with --checkpoint-dir).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     checkpoint_interval_ms: u64,
+}
+
+/// `--until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Until {
+    /// Every entry present at the start is committed.
+    CaughtUp,
 }
 
 #[derive(clap::Args)]
@@ -287,11 +322,23 @@ fn enrich(a: EnrichArgs) -> Result<ExitCode> {
         input: match a.input.as_deref() {
             None => Input::Generated(a.records),
             Some("-") => Input::Stdin,
+            Some(url) if url.starts_with("redis-stream://") => {
+                Input::RedisStream(Box::new(stream_url(url, "--input")?))
+            }
             Some(path) => Input::File(path.into()),
         },
         output: match a.output.as_str() {
             "-" => Output::Stdout,
+            url if url.starts_with("redis-stream://") => {
+                Output::RedisStream(Box::new(stream_url(url, "--output")?))
+            }
             path => Output::File(path.into()),
+        },
+        stream: ringwait::enrich::StreamOptions {
+            field: a.stream_field,
+            until_caught_up: a.until == Some(Until::CaughtUp),
+            claim_idle: Duration::from_millis(a.claim_idle_ms),
+            batch: a.stream_batch,
         },
         key_field: a.key_field,
         into_field: a.into_field,
@@ -336,6 +383,14 @@ fn enrich(a: EnrichArgs) -> Result<ExitCode> {
         Ending::Stopped { .. } => signals.exit_code(),
         Ending::Complete | Ending::AlreadyComplete => ExitCode::SUCCESS,
     })
+}
+
+/// A `redis-stream://` address, its password from `REDIS_PASSWORD` if it names none.
+fn stream_url(url: &str, flag: &str) -> Result<ringwait::enrich::StreamUrl> {
+    let mut parsed: ringwait::enrich::StreamUrl =
+        url.parse().map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    parsed.server = parsed.server.with_env_password();
+    Ok(parsed)
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::record::{scan_line, KeyAt, Line, LineError, LineFields, Shape};
+use super::record::{scan_line, utf8, KeyAt, Line, LineError, LineFields, Shape};
 
 /// Bytes a fresh chunk buffer holds; a line longer than this grows its buffer.
 pub(crate) const CHUNK_SIZE: usize = 64 << 10;
@@ -25,6 +25,8 @@ struct Staged {
     shape: Shape,
     number: u64,
     index: u64,
+    /// Byte range of the record's origin in the buffer (empty for a line of a file).
+    origin: (u32, u32),
 }
 
 /// Builds chunks. Bytes go into the buffer being filled (read into it with
@@ -150,6 +152,57 @@ impl ChunkBuilder {
             shape,
             number,
             index,
+            origin: (0, 0),
+        });
+    }
+
+    /// Copies a stream entry in: its payload, checked as record `index`, and its origin (the
+    /// bytes the sink commits it under). A payload that is not a record (not UTF-8, not a
+    /// JSON object, no key, blank) is staged as [invalid](Line::invalid), with the reason
+    /// where its key would be, for the error policy: it is never dropped here.
+    /// `payload` is `Err(reason)` for an entry without one (its field is missing).
+    pub fn push_entry(
+        &mut self,
+        payload: Result<&[u8], &str>,
+        origin: &[u8],
+        number: u64,
+        index: u64,
+        fields: &LineFields,
+    ) {
+        let (start, end) = self.append(payload.unwrap_or_default());
+        let (o_start, o_end) = self.append(origin);
+        let text = &self.buf[start..end];
+        // The reason without the "line N: " a line's error starts with.
+        let reason_of = |e: LineError| {
+            let text = e.to_string();
+            text.split_once(": ")
+                .map_or(text.clone(), |(_, r)| r.to_string())
+        };
+        let checked = match payload {
+            Err(reason) => Err(reason.to_string()),
+            Ok(_) => match utf8(text, number) {
+                Err(e) => Err(reason_of(e)),
+                Ok(t) if t.trim_matches([' ', '\t']).is_empty() => {
+                    Err("the payload is blank".to_string())
+                }
+                Ok(t) => scan_line(t.as_bytes(), number, fields, &mut self.keys).map_err(reason_of),
+            },
+        };
+        let (key, shape) = match checked {
+            Ok(found) => found,
+            Err(reason) => {
+                let at = self.keys.len() as u32;
+                self.keys.extend_from_slice(reason.as_bytes());
+                (KeyAt::Keys(at, self.keys.len() as u32), Shape::INVALID)
+            }
+        };
+        self.lines.push(Staged {
+            text: (start as u32, end as u32),
+            key,
+            shape,
+            number,
+            index,
+            origin: (o_start as u32, o_end as u32),
         });
     }
 
@@ -193,8 +246,7 @@ impl ChunkBuilder {
             };
             going = each(Line::in_chunk(
                 chunk.clone(),
-                staged.text,
-                key,
+                (staged.text, key, staged.origin),
                 staged.number,
                 staged.index,
                 staged.shape,

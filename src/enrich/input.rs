@@ -26,6 +26,8 @@ pub enum Input {
     File(PathBuf),
     /// Standard input.
     Stdin,
+    /// Redis Streams read through a consumer group (`redis-stream://…?group=G`).
+    RedisStream(Box<super::StreamUrl>),
 }
 
 /// How lines are dealt to partitions.
@@ -96,6 +98,7 @@ fn read(
                 .map_err(|cause| EnrichError::io("read the input", "standard input", cause))?;
             read_lines(std::fs::File::from(fd), "standard input", s, queues)
         }
+        Input::RedisStream(_) => unreachable!("a stream input has its own reader"),
     }
 }
 
@@ -239,14 +242,14 @@ fn check_lines(
 pub(crate) const INPUT_BATCH: usize = 1024;
 
 /// Deals lines to the partitions' queues a batch per partition at a time.
-struct Dealer<'a> {
+pub(crate) struct Dealer<'a> {
     s: &'a ReaderSettings,
     queues: &'a [BatchSender<StreamElement<Line>>],
     batches: Vec<Vec<StreamElement<Line>>>,
 }
 
 impl<'a> Dealer<'a> {
-    fn new(s: &'a ReaderSettings, queues: &'a [BatchSender<StreamElement<Line>>]) -> Self {
+    pub fn new(s: &'a ReaderSettings, queues: &'a [BatchSender<StreamElement<Line>>]) -> Self {
         Dealer {
             s,
             queues,
@@ -270,7 +273,7 @@ impl<'a> Dealer<'a> {
     /// Deals the chunk's lines, all of them, unless intake is stopping (then none). False
     /// when intake stopped or the pipeline is gone.
     /// The chunk's bytes from `keep_from` on are not lines yet and stay in the builder.
-    fn deal_chunk(&mut self, chunk: &mut ChunkBuilder, keep_from: usize) -> bool {
+    pub fn deal_chunk(&mut self, chunk: &mut ChunkBuilder, keep_from: usize) -> bool {
         if self.s.intake.stopping() {
             return false;
         }
@@ -337,10 +340,10 @@ impl LineSource {
                     bytes: Vec::new(),
                 }
             }
-            Input::Stdin => {
+            Input::Stdin | Input::RedisStream(_) => {
                 return Err(EnrichError::flag(
                     "--checkpoint-dir",
-                    "standard input cannot be replayed: use --input PATH",
+                    "only a file or generated input is replayed from a checkpoint",
                 ))
             }
         };

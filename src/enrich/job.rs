@@ -72,7 +72,9 @@ impl JobRecord {
                     put(k, v);
                 }
             }
-            Input::Stdin => unreachable!("checked: a checkpointed run cannot read stdin"),
+            Input::Stdin | Input::RedisStream(_) => {
+                unreachable!("checked: a checkpointed run reads a file or generated input")
+            }
         }
         put("output", absolute(output).display().to_string());
         if let super::OnError::SideOutput(path) = &config.on_error {

@@ -249,6 +249,12 @@ fn shape(spec: &ValueSpec, key: &[u8], view: ReplyView<'_>) -> Result<Option<Val
     }
 }
 
+/// A stream entry whose payload is not a record (see [`Line::invalid`]): it goes to the
+/// error policy as it came, never retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRecord(pub String);
+
 /// Whether retrying cannot change the outcome: the store refused this request itself, in
 /// its own reply (`WRONGTYPE`, `NOAUTH`, `WRONGPASS`, `NOPERM`, an unknown command or bad
 /// arguments), the value is not the JSON `--value-format json` wants, or the reply has the
@@ -257,6 +263,7 @@ fn shape(spec: &ValueSpec, key: &[u8], view: ReplyView<'_>) -> Result<Option<Val
 /// the read buffer) reach every pending request and stay retryable.
 pub fn is_permanent(error: &AsyncError) -> bool {
     if error.downcast_ref::<NotJson>().is_some()
+        || error.downcast_ref::<InvalidRecord>().is_some()
         || error.downcast_ref::<UnexpectedAnswer>().is_some()
         || error.downcast_ref::<crate::server::WrongType>().is_some()
     {
@@ -571,6 +578,10 @@ impl AsyncFunction for JobLookup {
     fn invoke(&self, line: &Line, result: ResultFuture<Enriched>) {
         if line.blank {
             let _ = result.complete_one((line.clone(), None)); // nothing to look up
+            return;
+        }
+        if let Some(reason) = line.invalid_reason() {
+            let _ = result.fail(AsyncError::new(InvalidRecord(reason.to_string())));
             return;
         }
         match self {

@@ -33,6 +33,7 @@ mod output;
 mod record;
 mod routing;
 pub mod scan;
+mod stream;
 mod summary;
 mod value;
 
@@ -51,6 +52,10 @@ pub use lookup::{
 pub use output::WriterStats;
 pub use record::{parse_line, Line, LineError, LineFields};
 pub use routing::{key_hash, partition_of_key, ROUTING_VERSION};
+pub use stream::{
+    EntryId, GroupStart, StreamConnError, StreamCounters, StreamOptions, StreamStats, StreamUrl,
+    StreamUrlError, PROGRESS_RETENTION, SERVER_DOWN_LIMIT,
+};
 pub use summary::{Ending, EnrichSummary, Resumed};
 pub use value::{Command, NotJson, ValueFormat, ValueSpec};
 
@@ -87,6 +92,8 @@ pub enum Output {
     Stdout,
     /// A file (created or truncated).
     File(PathBuf),
+    /// A Redis stream (`redis-stream://…/STREAM`), committed exactly once.
+    RedisStream(Box<StreamUrl>),
 }
 
 /// What to do with a record whose lookup failed.
@@ -148,8 +155,11 @@ pub struct EnrichConfig {
     pub retries: u32,
     /// `--retry-backoff-ms`: first retry delay (doubling, capped at a quarter of the timeout).
     pub retry_backoff: Duration,
-    /// `--on-error`.
+    /// `--on-error`. With a stream output, `side-output:NAME` names a stream on the
+    /// output's server.
     pub on_error: OnError,
+    /// `--stream-field`, `--until`, `--claim-idle-ms`: how a stream input and output are used.
+    pub stream: StreamOptions,
     /// `--partitions` (default: [`default_partitions`]).
     pub partitions: Option<usize>,
     /// `--report`: SVG chart with the summary.
@@ -190,6 +200,7 @@ impl Default for EnrichConfig {
             retries: 0,
             retry_backoff: Duration::from_millis(10),
             on_error: OnError::Fail,
+            stream: StreamOptions::default(),
             partitions: None,
             report: None,
             progress: true,
@@ -216,6 +227,20 @@ pub enum EnrichError {
     /// A malformed input line.
     #[error(transparent)]
     Input(#[from] LineError),
+    /// A stream's server failed in a way waiting cannot mend, or stayed away longer than
+    /// [`SERVER_DOWN_LIMIT`]; the entries not committed stay pending for the next run.
+    #[error("{0}")]
+    Stream(String),
+    /// A stream entry failed under `--on-error fail` (it stays pending in the group).
+    #[error(
+        "entry {entry}: {error} (it stays pending; use --on-error skip or side-output:STREAM to go on)"
+    )]
+    EntryFailed {
+        /// `STREAM/ID`.
+        entry: String,
+        /// Why.
+        error: String,
+    },
     /// A record failed under `--on-error fail`.
     #[error(
         "line {line}: lookup failed: {error} (use --on-error skip or side-output:PATH to go on)"
@@ -367,6 +392,15 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let partitions = config.partitions.unwrap_or_else(default_partitions);
     config.check_client()?;
     let pipeline = build_pipeline(&config, partitions)?;
+    if stream::is_stream_job(&config) {
+        return run_stream(&config, &pipeline);
+    }
+    if config.stream.until_caught_up {
+        return Err(EnrichError::flag(
+            "--until",
+            "caught-up is for a stream input (redis-stream://…)",
+        ));
+    }
     let mut files = files::check(&config)?;
     let job = match &config.checkpoint_dir {
         Some(dir) => {
@@ -386,11 +420,33 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let result = match job {
         Some((dir, job)) => run_checkpointed(&config, &pipeline, store, &files, dir, job),
         None => files::open_plain(&config, &mut files).and_then(|writers| {
-            let summary = run_pipeline(&config, &pipeline, store, writers, None)?;
+            let summary = run_pipeline(&config, &pipeline, store, Ends::Files(writers, None))?;
             finish(&config, &files, None, summary)
         }),
     };
     result.map_err(|e| files.incomplete(e, config.checkpoint_dir.is_some()))
+}
+
+/// A stream job: checked (addresses, servers, key types, Cluster slots) before the group
+/// is created and anything is read; then it runs until caught up (`--until caught-up`) or
+/// stopped.
+fn run_stream(config: &EnrichConfig, pipeline: &Pipeline) -> Result<EnrichSummary, EnrichError> {
+    let plan = Arc::new(stream::prepare(config)?);
+    let store = Store::start(&config.lookup, config.tls_ca.as_deref())?;
+    let _metrics_server = start_metrics(config.metrics, pipeline.live_metrics().cloned())?;
+    run_pipeline(config, pipeline, store, Ends::Stream(plan))
+}
+
+/// Where a run's records come from and go.
+enum Ends {
+    /// Files (or standard streams, or generated input), with the writer's part of the
+    /// checkpoints for a checkpointed run.
+    Files(
+        files::Writers,
+        Option<Box<(WriterCheckpoint, Checkpointing)>>,
+    ),
+    /// Redis Streams.
+    Stream(Arc<stream::StreamPlan>),
 }
 
 /// The pipeline of `partitions` partitions, with live metrics when `--metrics` is on.
@@ -443,8 +499,9 @@ fn run_checkpointed(
         );
     }
     let mut record = ck.job;
-    let checkpoint = Some((ck.writer, ck.checkpointing));
-    let mut summary = run_pipeline(config, pipeline, store, (ck.out, ck.side), checkpoint)?;
+    let checkpoint = Some(Box::new((ck.writer, ck.checkpointing)));
+    let ends = Ends::Files((ck.out, ck.side), checkpoint);
+    let mut summary = run_pipeline(config, pipeline, store, ends)?;
     summary.resumed = ck.resumed;
     finish(config, files, Some((&mut record, dir)), summary)
 }
@@ -555,10 +612,16 @@ fn run_pipeline(
     config: &EnrichConfig,
     pipeline: &Pipeline,
     store: Store,
-    (out, side): files::Writers,
-    checkpoint: Option<(WriterCheckpoint, Checkpointing)>,
+    ends: Ends,
 ) -> Result<EnrichSummary, EnrichError> {
     let started = Instant::now();
+    let ((out, side), checkpoint, plan) = match ends {
+        Ends::Files(writers, checkpoint) => (writers, checkpoint.map(|c| *c), None),
+        Ends::Stream(plan) => {
+            let sink: Box<dyn std::io::Write + Send> = Box::new(std::io::sink());
+            ((sink, None), None, Some(plan))
+        }
+    };
     let partitions = pipeline.partitions();
     let queues = Queues::new(partitions, config.capacity);
     let readers = if checkpoint.is_some() { partitions } else { 1 };
@@ -588,15 +651,32 @@ fn run_pipeline(
     let (writer_ck, checkpointing) = checkpoint.unzip();
     // Checkpointed runs read the input in each partition (a replayable source); otherwise a
     // reader thread deals the lines.
-    let (reader, settings) = match checkpointing {
-        Some(_) => (None, Some(settings)),
-        None => {
+    let counters = Arc::new(stream::StreamCounters::default());
+    let mut writer_settings = writer_settings(config, progress.clone(), halt.clone());
+    writer_settings.live = pipeline.live_metrics().cloned();
+    if let Some(plan) = &plan {
+        // Connected before anything is read, so a server gone since the checks stops the
+        // job with nothing taken.
+        let committer =
+            stream::StreamCommitter::open(plan.clone(), intake.clone(), counters.clone())?;
+        writer_settings.committer = Some(committer);
+    }
+    let (reader, settings) = match (checkpointing.is_some(), &plan) {
+        (true, _) => (None, Some(settings)),
+        (false, Some(plan)) => {
+            let reader = stream::spawn_reader(
+                plan.clone(),
+                settings,
+                queues.to_partitions,
+                counters.clone(),
+            );
+            (Some(reader), None)
+        }
+        (false, None) => {
             let reader = input::spawn_reader(config.input.clone(), settings, queues.to_partitions);
             (Some(reader), None)
         }
     };
-    let mut writer_settings = writer_settings(config, progress.clone(), halt.clone());
-    writer_settings.live = pipeline.live_metrics().cloned();
     let writer = output::spawn_writer(queues.to_writer, out, side, writer_settings, writer_ck);
     let ticker = (config.progress && std::io::stderr().is_terminal())
         .then(|| spawn_progress(progress, done.clone()));
@@ -633,6 +713,7 @@ fn run_pipeline(
     };
     let mut summary = summarise(config, started, written, ending, &report?);
     summary.lookups = lookups.map(|t| t.stats());
+    summary.stream = plan.map(|p| counters.stats(&p.consumer));
     Ok(summary)
 }
 
@@ -645,7 +726,7 @@ fn writer_settings(
         mode: config.mode,
         out_path: match &config.output {
             Output::File(p) => Some(p.clone()),
-            Output::Stdout => None,
+            Output::Stdout | Output::RedisStream(_) => None,
         },
         side_path: match &config.on_error {
             OnError::SideOutput(p) => Some(p.clone()),
@@ -661,6 +742,7 @@ fn writer_settings(
         progress,
         stop: halt,
         live: None,
+        committer: None,
     }
 }
 
@@ -781,6 +863,7 @@ fn summarise(
         retries: report.merged.retries,
         errors: report.merged.errors,
         lookups: None,
+        stream: None,
     }
 }
 

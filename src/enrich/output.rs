@@ -56,6 +56,8 @@ pub(crate) struct WriterSettings {
     pub json_values: bool,
     pub progress: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
+    /// A stream output: results are committed through it instead of written as lines.
+    pub committer: Option<super::stream::StreamCommitter>,
 }
 
 type Item = Emitted<Enriched, Line>;
@@ -446,7 +448,11 @@ impl Writer {
                         live.set_lookup_misses(self.stats.misses);
                     }
                 }
-                self.write_enriched(&line, found.as_deref())?;
+                if self.settings.committer.is_some() {
+                    self.commit_enriched(&line, found.as_deref())?;
+                } else {
+                    self.write_enriched(&line, found.as_deref())?;
+                }
                 self.stats.lines += 1;
                 self.settings.progress.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -458,6 +464,9 @@ impl Writer {
 
     fn failed(&mut self, line: Line, error: RecordError) -> Result<(), EnrichError> {
         self.settings.progress.fetch_add(1, Ordering::Relaxed);
+        if self.settings.committer.is_some() {
+            return self.commit_failed(&line, &error);
+        }
         match &self.settings.on_error {
             OnError::Fail => Err(EnrichError::RecordFailed {
                 line: line.number,
@@ -502,33 +511,12 @@ impl Writer {
         }
     }
 
-    /// Writes the input line with the field `--into` set to `found` (a JSON string, or
-    /// `null` on a miss): the line's own bytes, with the field's value replaced where the
-    /// object has it, or the field added before the closing brace; nothing else changes.
+    /// Writes the input line with the field `--into` set to `found` (see [`enriched`]).
     /// Lines gather in `pending` and reach the output [`SPILL`] bytes at a time.
     fn write_enriched(&mut self, line: &Line, found: Option<&[u8]>) -> Result<(), EnrichError> {
-        let text = line.text();
+        let before = self.pending.len();
+        enriched(line, found, &self.settings, &mut self.pending);
         let out = &mut self.pending;
-        let before = out.len();
-        let (head, tail) = match line.into {
-            Some((start, end)) => (&text[..start as usize], &text[end as usize..]),
-            None => {
-                let close = line.close as usize;
-                out.extend_from_slice(&text[..close]);
-                if !line.empty {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&self.settings.into_key);
-                (&[][..], &text[close..])
-            }
-        };
-        out.extend_from_slice(head);
-        match found {
-            Some(bytes) if self.settings.json_values => out.extend_from_slice(bytes),
-            Some(bytes) => super::value::json_string(bytes, out),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(tail);
         out.extend_from_slice(if line.crlf { b"\r\n" } else { b"\n" });
         if let Some(ck) = self.checkpoint.as_mut() {
             // Count the bytes: the commit record holds the output's length.
@@ -540,6 +528,37 @@ impl Writer {
         Ok(())
     }
 
+    /// A stream output: the enriched record goes to the commit batch.
+    fn commit_enriched(&mut self, line: &Line, found: Option<&[u8]>) -> Result<(), EnrichError> {
+        self.scratch.clear();
+        enriched(line, found, &self.settings, &mut self.scratch);
+        let committer = self.settings.committer.as_mut().expect("a stream output");
+        committer.add(line, super::stream::Kind::Data, &self.scratch, "")
+    }
+
+    /// A stream output: a failed record (or an entry that is not a record) under the error
+    /// policy. `fail` stops the job before the entry is committed, so it stays pending.
+    fn commit_failed(&mut self, line: &Line, error: &RecordError) -> Result<(), EnrichError> {
+        let committer = self.settings.committer.as_mut().expect("a stream output");
+        let kind = match &self.settings.on_error {
+            OnError::Fail => {
+                return Err(EnrichError::EntryFailed {
+                    entry: committer.describe(line),
+                    error: error.to_string(),
+                })
+            }
+            OnError::Skip => {
+                self.stats.skipped += 1;
+                super::stream::Kind::Skip
+            }
+            OnError::SideOutput(_) => {
+                self.stats.side_output += 1;
+                super::stream::Kind::Error
+            }
+        };
+        committer.add(line, kind, line.text(), &error.to_string())
+    }
+
     /// Hands the gathered lines to the output.
     fn spill(&mut self) -> Result<(), EnrichError> {
         let result = self.out.write_all(&self.pending);
@@ -548,6 +567,9 @@ impl Writer {
     }
 
     fn flush(&mut self) -> Result<(), EnrichError> {
+        if let Some(c) = self.settings.committer.as_mut() {
+            c.flush()?;
+        }
         self.spill()?;
         self.out
             .flush()
@@ -559,6 +581,32 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Appends the input line with the field `--into` set to `found` (a JSON string, or
+/// `null` on a miss): the line's own bytes, with the field's value replaced where the object
+/// has it, or the field added before the closing brace; nothing else changes.
+fn enriched(line: &Line, found: Option<&[u8]>, settings: &WriterSettings, out: &mut Vec<u8>) {
+    let text = line.text();
+    let (head, tail) = match line.into {
+        Some((start, end)) => (&text[..start as usize], &text[end as usize..]),
+        None => {
+            let close = line.close as usize;
+            out.extend_from_slice(&text[..close]);
+            if !line.empty {
+                out.push(b',');
+            }
+            out.extend_from_slice(&settings.into_key);
+            (&[][..], &text[close..])
+        }
+    };
+    out.extend_from_slice(head);
+    match found {
+        Some(bytes) if settings.json_values => out.extend_from_slice(bytes),
+        Some(bytes) => super::value::json_string(bytes, out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(tail);
 }
 
 /// Bytes of output gathered before they are written.

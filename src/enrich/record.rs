@@ -20,8 +20,11 @@ pub struct Line {
     chunk: Arc<Vec<u8>>,
     /// Byte range of the line's text in `chunk`.
     text: (u32, u32),
-    /// Byte range of the lookup key in `chunk`.
+    /// Byte range of the lookup key in `chunk` (an invalid record's: the error's text).
     key: (u32, u32),
+    /// Byte range in `chunk` of where the record came from, when its source names it (a
+    /// stream entry: see [`Line::origin`]); empty for a line of a file.
+    origin: (u32, u32),
     /// 1-based line number in the input.
     pub number: u64,
     /// 0-based index among the records (the order `ordered` mode restores).
@@ -38,6 +41,10 @@ pub struct Line {
     pub blank: bool,
     /// The line ended with `\r\n` (the output line ends the same way; otherwise with `\n`).
     pub crlf: bool,
+    /// A stream entry whose payload is not a record (not UTF-8, not a JSON object, no key):
+    /// its text is the payload as it came, [`Line::invalid_reason`] says why, and it goes to
+    /// the error policy without a lookup.
+    pub invalid: bool,
 }
 
 impl Line {
@@ -53,11 +60,24 @@ impl Line {
         &self.chunk[self.key.0 as usize..self.key.1 as usize]
     }
 
-    /// A line whose text and key are the given ranges of `chunk`.
+    /// Where the record came from, as its source wrote it: for a stream entry, one byte
+    /// (the input stream's position in the `--input` URL) and the entry's id; empty for a
+    /// line of a file.
+    #[inline]
+    pub fn origin(&self) -> &[u8] {
+        &self.chunk[self.origin.0 as usize..self.origin.1 as usize]
+    }
+
+    /// Why an [`invalid`](Line::invalid) record was refused.
+    pub fn invalid_reason(&self) -> Option<&str> {
+        self.invalid
+            .then(|| std::str::from_utf8(self.key()).unwrap_or("invalid record"))
+    }
+
+    /// A line whose text, key and origin are the given ranges of `chunk`.
     pub(crate) fn in_chunk(
         chunk: Arc<Vec<u8>>,
-        text: (u32, u32),
-        key: (u32, u32),
+        (text, key, origin): ((u32, u32), (u32, u32), (u32, u32)),
         number: u64,
         index: u64,
         shape: Shape,
@@ -66,6 +86,7 @@ impl Line {
             chunk,
             text,
             key,
+            origin,
             number,
             index,
             into: shape.into,
@@ -73,6 +94,7 @@ impl Line {
             empty: shape.empty,
             blank: shape.blank,
             crlf: shape.crlf,
+            invalid: shape.invalid,
         }
     }
 }
@@ -87,6 +109,7 @@ impl PartialEq for Line {
             self.empty,
             self.blank,
             self.crlf,
+            self.invalid,
         ) == (
             other.number,
             other.index,
@@ -95,8 +118,10 @@ impl PartialEq for Line {
             other.empty,
             other.blank,
             other.crlf,
+            other.invalid,
         ) && self.text() == other.text()
             && self.key() == other.key()
+            && self.origin() == other.origin()
     }
 }
 
@@ -110,6 +135,8 @@ pub(crate) struct Shape {
     pub empty: bool,
     pub blank: bool,
     pub crlf: bool,
+    /// Not a record: the key range holds the reason (see [`Line::invalid`]).
+    pub invalid: bool,
 }
 
 impl Shape {
@@ -120,6 +147,17 @@ impl Shape {
         empty: true,
         blank: true,
         crlf: false,
+        invalid: false,
+    };
+
+    /// An invalid record's.
+    pub const INVALID: Shape = Shape {
+        into: None,
+        close: 0,
+        empty: true,
+        blank: false,
+        crlf: false,
+        invalid: true,
     };
 }
 
@@ -239,6 +277,7 @@ pub(crate) fn scan_line(
         empty: scanned.empty,
         blank: false,
         crlf: false,
+        invalid: false,
     };
     let raw = &b[start..end];
     if fields.key_prefix.is_empty() && raw[0] == b'"' && !raw.contains(&b'\\') {
@@ -360,6 +399,7 @@ impl SnapshotCodec for Line {
             empty: close_empty & (1 << 32) != 0,
             blank,
             crlf: close_empty & (1 << 34) != 0,
+            invalid: false,
         };
         let mut chunk = ChunkBuilder::with_capacity(text.len() + key.len());
         chunk.stage_checked(text, key, shape, number, index);

@@ -60,6 +60,8 @@ pub struct EnrichSummary {
     pub errors: u64,
     /// What the lookup client did (Redis stores; `None` for the built-in store).
     pub lookups: Option<super::LookupStats>,
+    /// What a stream input and output did (`None` for files).
+    pub stream: Option<super::StreamStats>,
 }
 
 impl EnrichSummary {
@@ -85,6 +87,7 @@ impl EnrichSummary {
             retries: 0,
             errors: 0,
             lookups: None,
+            stream: None,
         }
     }
 }
@@ -111,6 +114,28 @@ fn lookup_line(f: &mut std::fmt::Formatter<'_>, l: &super::LookupStats) -> std::
         write!(
             f,
             "; round trip µs: p50 {:.1}  p99 {:.1}  max {:.1}",
+            us(0.5),
+            us(0.99),
+            h.max() as f64 / 1_000.0
+        )?;
+    }
+    Ok(())
+}
+
+/// `  stream: consumer C, read N (claimed K), committed M, duplicates D, group lag L; commit
+/// µs: p50 .. p99 ..`
+fn stream_line(f: &mut std::fmt::Formatter<'_>, s: &super::StreamStats) -> std::fmt::Result {
+    write!(
+        f,
+        "\n  stream: consumer {}, read {} (claimed {}), committed {}, duplicates {}, group lag {}",
+        s.consumer, s.read, s.claimed, s.committed, s.duplicates, s.lag
+    )?;
+    let h = &s.commit_latency;
+    if !h.is_empty() {
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+        write!(
+            f,
+            "; commit µs: p50 {:.1}  p99 {:.1}  max {:.1}",
             us(0.5),
             us(0.99),
             h.max() as f64 / 1_000.0
@@ -168,6 +193,9 @@ impl std::fmt::Display for EnrichSummary {
         )?;
         if let Some(l) = &self.lookups {
             lookup_line(f, l)?;
+        }
+        if let Some(s) = &self.stream {
+            stream_line(f, s)?;
         }
         if let Ending::Stopped {
             partial,

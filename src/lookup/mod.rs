@@ -115,4 +115,5 @@ pub use probe::{probe, ProbeError};
 pub use reply::{Rejected, ReplyHandler, ReplyView};
 pub use shared::{ConnectionConfig, ConnectionState, ConnectionStats};
 pub use tls::{TlsSettings, TlsSetupError};
+pub(crate) use url::percent_decode;
 pub use url::{Auth, RedisUrl, Scheme, UrlError};

@@ -247,7 +247,7 @@ fn credentials(creds: &str, s: &str) -> Result<Auth, UrlError> {
     })
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -118,6 +118,9 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// Every write is in the append-only file, fsynced, before it is answered; a restart
+    /// (even after SIGKILL) keeps the data.
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -126,8 +129,17 @@ impl RedisServer {
         Self::start_on(free_port(), false)
     }
 
+    /// Starts a standalone server that keeps its data through a restart (AOF, fsync always).
+    pub fn start_persistent() -> Self {
+        Self::spawn(free_port(), false, true)
+    }
+
     /// Starts a server on `port` (cluster-enabled if `cluster`) and waits until it answers.
     pub fn start_on(port: u16, cluster: bool) -> Self {
+        Self::spawn(port, cluster, false)
+    }
+
+    fn spawn(port: u16, cluster: bool, persistent: bool) -> Self {
         let exe = binary("redis-server");
         let dir =
             std::env::temp_dir().join(format!("ringwait-redis-{}-{port}", std::process::id()));
@@ -141,7 +153,9 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "no",
+            if persistent { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
         ])
         .args([
             "--protected-mode",
@@ -172,6 +186,7 @@ impl RedisServer {
             port,
             dir,
             cluster,
+            persistent,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -200,13 +215,14 @@ impl RedisServer {
         }
     }
 
-    /// Kills the server and starts a new one on the same port.
+    /// Kills the server and starts a new one on the same port (with the same directory, so
+    /// a persistent server comes back with its data).
     pub fn restart(&mut self) {
         self.kill();
-        let cluster = self.cluster;
-        let port = self.port;
-        let fresh = RedisServer::start_on(port, cluster);
-        *self = fresh;
+        let mut fresh = RedisServer::spawn(self.port, self.cluster, self.persistent);
+        self.child = fresh.child.take();
+        // `fresh` shares this server's directory: dropping it would delete it.
+        std::mem::forget(fresh);
     }
 
     /// `SET k:i value_of(i)` for `i` in `0..n`, and hashes `h:i` with fields `id` and `v`.

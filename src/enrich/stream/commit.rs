@@ -1,0 +1,408 @@
+//! The committer: the writer's side of a stream output. Results gather in a batch; a full
+//! batch (or the writer going idle) leaves as one `EVAL` of [`SCRIPT`], which adds each
+//! entry's output and commits its progress atomically (see the [module docs](super)). Up to
+//! [`WINDOW`] batches are in flight at once; their replies are read in order. A lost
+//! connection is reopened and every batch whose reply did not arrive is sent again: the
+//! script adds nothing for an entry already committed, so resending is safe.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::conn::{BlockingConn, StreamConnError};
+use super::{CommitMode, StreamCounters, StreamPlan, PROGRESS_RETENTION};
+use crate::enrich::intake::Intake;
+use crate::enrich::record::Line;
+use crate::enrich::EnrichError;
+use crate::resp::{encode_command, write_array_header, write_bulk, Frame};
+
+/// Batches in flight before the writer waits for the oldest one's reply.
+pub(crate) const WINDOW: usize = 4;
+
+/// The commit script.
+///
+/// `KEYS`: output, side stream (the output again when there is none), progress key (the
+/// output again in ack mode), then the input streams (ack mode).
+/// `ARGV`: group, maxlen (`0`: none), mode (`a` ack, `p` progress), now (ms), trim bound
+/// (ms), the input streams' count `n`, their `n` names, then 5 per record: input stream
+/// (1-based), entry id, kind (`d` data, `e` error entry, `s` skip), payload, error text.
+/// Returns `{committed, duplicates}`.
+///
+/// The keys' types are checked before anything is written, so a wrong type stops the batch
+/// with nothing of it done; after that, per record, the guard (`XACK` or `ZADD NX`) comes
+/// first and the output only when the guard says the entry was not committed before.
+pub(crate) const SCRIPT: &str = r#"
+local out, side, progress = KEYS[1], KEYS[2], KEYS[3]
+local group, maxlen, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local now, keep_from, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
+for _, key in ipairs({out, side}) do
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'stream' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE the key ' .. key .. ' holds a ' .. t .. ', not a stream')
+  end
+end
+local function add(key, ...)
+  if maxlen > 0 then
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', ...)
+  else
+    redis.call('XADD', key, '*', ...)
+  end
+end
+local committed, duplicates = 0, 0
+for i = 7 + n, #ARGV, 5 do
+  local k, id, kind = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+  local fresh
+  if mode == 'a' then
+    fresh = redis.call('XACK', KEYS[3 + k], group, id) == 1
+  else
+    fresh = redis.call('ZADD', progress, 'NX', now, ARGV[6 + k] .. '/' .. id) == 1
+  end
+  if fresh then
+    if kind == 'd' then
+      if n > 1 then add(out, 'data', ARGV[i + 3], 'src', id, 'stream', ARGV[6 + k])
+      else add(out, 'data', ARGV[i + 3], 'src', id) end
+    elseif kind == 'e' then
+      if n > 1 then add(side, 'error', ARGV[i + 4], 'src', id, 'stream', ARGV[6 + k], 'data', ARGV[i + 3])
+      else add(side, 'error', ARGV[i + 4], 'src', id, 'data', ARGV[i + 3]) end
+    end
+    committed = committed + 1
+  else
+    duplicates = duplicates + 1
+  end
+end
+if mode == 'p' then
+  redis.call('ZREMRANGEBYSCORE', progress, '-inf', '(' .. keep_from)
+end
+return {committed, duplicates}
+"#;
+
+/// What a record commits as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Its output.
+    Data,
+    /// An error entry on the side stream.
+    Error,
+    /// Nothing but its progress (`--on-error skip`).
+    Skip,
+}
+
+/// A batch sent and not yet answered.
+struct Sent {
+    command: Vec<u8>,
+    /// Two-server commits: the `XACK`s to send once the script's reply arrives.
+    acks: Vec<u8>,
+    ack_count: usize,
+    sent_at: Instant,
+}
+
+/// The writer's committer for a stream output.
+pub(crate) struct StreamCommitter {
+    plan: Arc<StreamPlan>,
+    intake: Arc<Intake>,
+    conn: BlockingConn,
+    /// Two-server commits: the input's server, for `XACK`.
+    acks_conn: Option<BlockingConn>,
+    /// The records of the batch being built, encoded (5 arguments each).
+    body: Vec<u8>,
+    records: usize,
+    /// Two-server commits: the batch's entry ids per input stream.
+    ids: Vec<Vec<u8>>,
+    id_lens: Vec<Vec<u32>>,
+    in_flight: VecDeque<Sent>,
+    counters: Arc<StreamCounters>,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+impl StreamCommitter {
+    /// Connects to the output's server (and the input's, for two-server commits).
+    pub fn open(
+        plan: Arc<StreamPlan>,
+        intake: Arc<Intake>,
+        counters: Arc<StreamCounters>,
+    ) -> Result<StreamCommitter, EnrichError> {
+        let conn = plan.connect_output(&intake)?;
+        let acks_conn = match plan.mode {
+            CommitMode::Ack => None,
+            CommitMode::Progress(_) => Some(plan.connect_input(&intake)?),
+        };
+        let n = plan.input.streams.len();
+        Ok(StreamCommitter {
+            plan,
+            intake,
+            conn,
+            acks_conn,
+            body: Vec::with_capacity(64 << 10),
+            records: 0,
+            ids: vec![Vec::new(); n],
+            id_lens: vec![Vec::new(); n],
+            in_flight: VecDeque::with_capacity(WINDOW + 1),
+            counters,
+            latency: crate::metrics::latency_histogram(),
+        })
+    }
+
+    /// Adds a record's result to the batch: its output `data`, an error entry (`data` is
+    /// then the payload as it came, `error` why), or only its progress. A full batch leaves.
+    pub fn add(
+        &mut self,
+        line: &Line,
+        kind: Kind,
+        data: &[u8],
+        error: &str,
+    ) -> Result<(), EnrichError> {
+        let origin = line.origin();
+        let (k, id) = (usize::from(origin[0]), &origin[1..]);
+        let stream = (k + 1).to_string();
+        write_bulk(&mut self.body, stream.as_bytes());
+        write_bulk(&mut self.body, id);
+        write_bulk(
+            &mut self.body,
+            match kind {
+                Kind::Data => b"d",
+                Kind::Error => b"e",
+                Kind::Skip => b"s",
+            },
+        );
+        write_bulk(&mut self.body, data);
+        write_bulk(&mut self.body, error.as_bytes());
+        if self.acks_conn.is_some() {
+            self.ids[k].extend_from_slice(id);
+            self.id_lens[k].push(id.len() as u32);
+        }
+        self.records += 1;
+        if self.records >= self.plan.commit_batch {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    /// `STREAM/ID`: the entry a record came from, for messages.
+    pub fn describe(&self, line: &Line) -> String {
+        let origin = line.origin();
+        match origin.split_first() {
+            Some((k, id)) => format!(
+                "{}/{}",
+                self.plan.input.streams[usize::from(*k)],
+                String::from_utf8_lossy(id)
+            ),
+            None => format!("record {}", line.number),
+        }
+    }
+
+    /// Sends the batch being built and waits for every batch in flight.
+    pub fn flush(&mut self) -> Result<(), EnrichError> {
+        self.send_batch()?;
+        while !self.in_flight.is_empty() {
+            self.receive_one()?;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Sends the batch being built (if any); waits for the oldest reply past [`WINDOW`].
+    fn send_batch(&mut self) -> Result<(), EnrichError> {
+        if self.records == 0 {
+            return Ok(());
+        }
+        let command = self.encode();
+        let (acks, ack_count) = self.encode_acks();
+        self.body.clear();
+        self.records = 0;
+        let sent = Sent {
+            command,
+            acks,
+            ack_count,
+            sent_at: Instant::now(),
+        };
+        if let Err(e) = self.conn.send(&sent.command) {
+            self.in_flight.push_back(sent);
+            return self.recover(e);
+        }
+        self.in_flight.push_back(sent);
+        while self.in_flight.len() > WINDOW {
+            self.receive_one()?;
+        }
+        Ok(())
+    }
+
+    /// The `EVAL` of the batch being built.
+    fn encode(&self) -> Vec<u8> {
+        let plan = &self.plan;
+        let out = plan.output.streams[0].as_bytes();
+        let side = plan.side.as_deref().map_or(out, str::as_bytes);
+        let inputs = &plan.input.streams;
+        let (mode, progress): (&[u8], &[u8]) = match &plan.mode {
+            CommitMode::Ack => (b"a", out),
+            CommitMode::Progress(key) => (b"p", key.as_bytes()),
+        };
+        let ack_keys = if plan.mode == CommitMode::Ack {
+            inputs.len()
+        } else {
+            0
+        };
+        let keys = 3 + ack_keys;
+        let now = now_ms();
+        let keep_from = now.saturating_sub(PROGRESS_RETENTION.as_millis() as u64);
+        let args = 3 + keys + 6 + inputs.len() + 5 * self.records;
+        let mut c = Vec::with_capacity(self.body.len() + SCRIPT.len() + 256);
+        write_array_header(&mut c, args);
+        write_bulk(&mut c, b"EVAL");
+        write_bulk(&mut c, SCRIPT.as_bytes());
+        write_bulk(&mut c, keys.to_string().as_bytes());
+        write_bulk(&mut c, out);
+        write_bulk(&mut c, side);
+        write_bulk(&mut c, progress);
+        for s in inputs.iter().take(ack_keys) {
+            write_bulk(&mut c, s.as_bytes());
+        }
+        write_bulk(&mut c, plan.group.as_bytes());
+        write_bulk(
+            &mut c,
+            plan.output.maxlen.unwrap_or(0).to_string().as_bytes(),
+        );
+        write_bulk(&mut c, mode);
+        write_bulk(&mut c, now.to_string().as_bytes());
+        write_bulk(&mut c, keep_from.to_string().as_bytes());
+        write_bulk(&mut c, inputs.len().to_string().as_bytes());
+        for s in inputs {
+            write_bulk(&mut c, s.as_bytes());
+        }
+        c.extend_from_slice(&self.body);
+        c
+    }
+
+    /// Two-server commits: one `XACK` per input stream for the batch's entries.
+    fn encode_acks(&mut self) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut count = 0;
+        if self.acks_conn.is_none() {
+            return (out, 0);
+        }
+        for k in 0..self.ids.len() {
+            if self.id_lens[k].is_empty() {
+                continue;
+            }
+            let stream = self.plan.input.streams[k].as_bytes();
+            let mut args: Vec<&[u8]> = vec![b"XACK", stream, self.plan.group.as_bytes()];
+            let mut at = 0;
+            for len in &self.id_lens[k] {
+                args.push(&self.ids[k][at..at + *len as usize]);
+                at += *len as usize;
+            }
+            encode_command(&mut out, &args);
+            count += 1;
+            self.ids[k].clear();
+            self.id_lens[k].clear();
+        }
+        (out, count)
+    }
+
+    /// Reads the oldest batch's reply (and, on two servers, acknowledges its entries).
+    fn receive_one(&mut self) -> Result<(), EnrichError> {
+        let reply = self.conn.reply(|frame| match frame {
+            Frame::Array(items) => {
+                let mut it = items.iter();
+                match (it.next(), it.next()) {
+                    (Some(Frame::Integer(c)), Some(Frame::Integer(d))) => Ok((c as u64, d as u64)),
+                    _ => Err(bad_reply()),
+                }
+            }
+            _ => Err(bad_reply()),
+        });
+        let (committed, duplicates) = match reply {
+            Ok(counts) => counts,
+            Err(e) if e.is_connection() => return self.recover(e),
+            Err(e) => return Err(self.fatal(e)),
+        };
+        let sent = self.in_flight.pop_front().expect("a batch in flight");
+        let ns = sent.sent_at.elapsed().as_nanos() as u64;
+        self.latency.saturating_record(ns.max(1));
+        if sent.ack_count > 0 {
+            self.acknowledge(&sent)?;
+        }
+        self.counters
+            .committed
+            .fetch_add(committed, Ordering::Relaxed);
+        self.counters
+            .duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Two-server commits: `XACK` on the input's server, retried through reconnects (the
+    /// entries are committed; until acknowledged they stay pending and would be read again
+    /// and found committed).
+    fn acknowledge(&mut self, sent: &Sent) -> Result<(), EnrichError> {
+        loop {
+            let conn = self.acks_conn.as_mut().expect("two-server commits");
+            let result = conn.send(&sent.acks).and_then(|()| {
+                for _ in 0..sent.ack_count {
+                    conn.reply(|_| Ok(()))?;
+                }
+                Ok(())
+            });
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_connection() => {
+                    eprintln!("ringwait enrich: lost the input's server while acknowledging ({e}); reconnecting");
+                    self.acks_conn = Some(self.plan.connect_input(&self.intake)?);
+                }
+                Err(e) => return Err(EnrichError::Stream(format!("XACK on the input: {e}"))),
+            }
+        }
+    }
+
+    /// After a lost connection: reconnect, and send every batch in flight again.
+    fn recover(&mut self, error: StreamConnError) -> Result<(), EnrichError> {
+        eprintln!(
+            "ringwait enrich: lost the output's server ({error}); reconnecting and committing the {} batch(es) in flight again",
+            self.in_flight.len()
+        );
+        loop {
+            self.conn = self.plan.connect_output(&self.intake)?;
+            let resent = self
+                .in_flight
+                .iter()
+                .try_for_each(|sent| self.conn.send(&sent.command));
+            match resent {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_connection() => continue,
+                Err(e) => return Err(self.fatal(e)),
+            }
+        }
+    }
+
+    fn fatal(&self, error: StreamConnError) -> EnrichError {
+        EnrichError::Stream(format!(
+            "committing to --output {}: {error}",
+            self.plan.output
+        ))
+    }
+
+    /// Publishes the commit latencies for the summary.
+    fn publish(&mut self) {
+        let mut shared = self.counters.commit_latency.lock().expect("commit latency");
+        match shared.as_mut() {
+            Some(h) => {
+                let _ = h.add(&self.latency);
+            }
+            None => *shared = Some(self.latency.clone()),
+        }
+        self.latency.reset();
+    }
+}
+
+fn bad_reply() -> StreamConnError {
+    StreamConnError::Protocol {
+        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        what: "the commit script must answer {committed, duplicates}".into(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,404 @@
+//! The stream reader: the job's reader thread for a `redis-stream://` input. It reads its
+//! consumer's entries with `XREADGROUP` (first its own pending ones, left by an earlier run
+//! under the same consumer name, then new ones), claims entries idle in a dead consumer's
+//! pending list with `XAUTOCLAIM`, and deals them to the partitions as records whose origin
+//! is the entry's stream and id.
+//!
+//! Reads are bounded: `COUNT` entries at a time, and none while the partitions' queues are
+//! full (dealing blocks), so a slow store never lets read work pile up. An entry stays in the
+//! group's pending list until the committer acknowledges it together with its output, so
+//! whatever the reader read when the process dies is read again (by this consumer on
+//! restart, or claimed by another).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn::{BlockingConn, StreamConnError};
+use super::{EntryId, StreamCounters, StreamPlan};
+use crate::element::StreamElement;
+use crate::enrich::chunk::ChunkBuilder;
+use crate::enrich::input::{Dealer, ReaderSettings};
+use crate::enrich::record::Line;
+use crate::enrich::EnrichError;
+use crate::queue::BatchSender;
+use crate::resp::{encode_command, Frame};
+
+/// Longest `BLOCK` of one read: how soon a stop request or a claim round is seen.
+const BLOCK: Duration = Duration::from_millis(100);
+
+/// Starts the reader thread.
+pub(crate) fn spawn(
+    plan: Arc<StreamPlan>,
+    settings: Arc<ReaderSettings>,
+    queues: Vec<BatchSender<StreamElement<Line>>>,
+    counters: Arc<StreamCounters>,
+) -> std::thread::JoinHandle<Result<(), EnrichError>> {
+    std::thread::Builder::new()
+        .name("ringwait-stream-reader".into())
+        .spawn(move || {
+            let mut r = StreamReader::new(&plan, &settings, &queues, counters)?;
+            r.run()
+        })
+        .expect("spawning the stream reader thread")
+}
+
+/// What the reader is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading this consumer's own pending entries (left by an earlier run).
+    Own,
+    /// Reading new entries.
+    New,
+    /// `--until caught-up`: every entry present at the start was delivered; waiting until
+    /// none of them is pending any more.
+    Draining,
+}
+
+struct StreamReader<'a> {
+    plan: &'a StreamPlan,
+    settings: &'a ReaderSettings,
+    conn: BlockingConn,
+    dealer: Dealer<'a>,
+    chunk: ChunkBuilder,
+    counters: Arc<StreamCounters>,
+    /// Records dealt so far (the next one's index).
+    next_index: u64,
+    phase: Phase,
+    /// Own pending entries: the id after which each stream's next read starts.
+    own_cursor: Vec<String>,
+    /// The XAUTOCLAIM cursor per stream, and when the next claim round is due.
+    claim_cursor: Vec<String>,
+    next_claim: Instant,
+    next_lag: Instant,
+    command: Vec<u8>,
+}
+
+impl<'a> StreamReader<'a> {
+    fn new(
+        plan: &'a StreamPlan,
+        settings: &'a ReaderSettings,
+        queues: &'a [BatchSender<StreamElement<Line>>],
+        counters: Arc<StreamCounters>,
+    ) -> Result<Self, EnrichError> {
+        let conn = plan.connect_input(&settings.intake)?;
+        let n = plan.input.streams.len();
+        Ok(StreamReader {
+            plan,
+            settings,
+            conn,
+            dealer: Dealer::new(settings, queues),
+            chunk: ChunkBuilder::default(),
+            counters,
+            next_index: 0,
+            phase: Phase::Own,
+            own_cursor: vec!["0".into(); n],
+            claim_cursor: vec!["0-0".into(); n],
+            next_claim: Instant::now() + plan.claim_idle,
+            next_lag: Instant::now(),
+            command: Vec::with_capacity(512),
+        })
+    }
+
+    fn run(&mut self) -> Result<(), EnrichError> {
+        loop {
+            if self.settings.intake.stopping() {
+                self.last_lag();
+                return Ok(());
+            }
+            let step = self.step();
+            match step {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Caught up (`--until caught-up`): everything present at the start is
+                    // committed by someone.
+                    self.last_lag();
+                    self.settings.intake.reached_end(None, self.next_index);
+                    return Ok(());
+                }
+                Err(e) if e.is_connection() => {
+                    self.conn = self.plan.reconnect_input(&e, &self.settings.intake)?;
+                }
+                Err(e) => return Err(self.plan.input_error(e)),
+            }
+        }
+    }
+
+    /// The group's lag as the reader stops (for the summary; a failure leaves the last one).
+    fn last_lag(&mut self) {
+        if let Ok(lag) = self.plan.group_lag(&mut self.conn) {
+            self.counters.lag.store(lag, Ordering::Relaxed);
+        }
+    }
+
+    /// One read (or claim) and its entries dealt. False once caught up.
+    fn step(&mut self) -> Result<bool, StreamConnError> {
+        if Instant::now() >= self.next_lag {
+            self.next_lag = Instant::now() + Duration::from_millis(500);
+            let lag = self.plan.group_lag(&mut self.conn)?;
+            self.counters.lag.store(lag, Ordering::Relaxed);
+        }
+        if Instant::now() >= self.next_claim {
+            let claimed = self.claim()?;
+            if claimed == 0 {
+                self.next_claim = Instant::now() + (self.plan.claim_idle / 2).max(BLOCK);
+            }
+        }
+        match self.phase {
+            Phase::Own => {
+                let got = self.read(false)?;
+                if got == 0 {
+                    self.phase = Phase::New;
+                }
+            }
+            Phase::New => {
+                if self.plan.until.is_some() && self.plan.all_delivered(&mut self.conn)? {
+                    self.phase = Phase::Draining;
+                    return Ok(true);
+                }
+                self.read(true)?;
+            }
+            Phase::Draining => {
+                if self.plan.none_pending_up_to_targets(&mut self.conn)? {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(true)
+    }
+
+    /// `XREADGROUP`: new entries (`fresh`), or this consumer's own pending ones after the
+    /// cursors. Returns how many entries were read.
+    fn read(&mut self, fresh: bool) -> Result<usize, StreamConnError> {
+        let plan = self.plan;
+        let count = plan.read_count.to_string();
+        let block = BLOCK.as_millis().to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"XREADGROUP",
+            b"GROUP",
+            plan.group.as_bytes(),
+            plan.consumer.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        if fresh {
+            args.extend([&b"BLOCK"[..], block.as_bytes()]);
+        }
+        args.push(b"STREAMS");
+        args.extend(plan.input.streams.iter().map(|s| s.as_bytes()));
+        if fresh {
+            args.extend(plan.input.streams.iter().map(|_| &b">"[..]));
+        } else {
+            args.extend(self.own_cursor.iter().map(|c| c.as_bytes()));
+        }
+        self.command.clear();
+        encode_command(&mut self.command, &args);
+        let command = std::mem::take(&mut self.command);
+        let sent = self.conn.send(&command);
+        self.command = command;
+        sent?;
+        let mut lasts: Vec<Option<EntryId>> = vec![None; plan.input.streams.len()];
+        let addr = self.conn.addr();
+        let got = self.conn.reply(|frame| {
+            let Frame::Array(streams) = frame else {
+                return Ok(0); // nil: nothing within BLOCK
+            };
+            let mut got = 0;
+            for s in streams.iter() {
+                let (name, entries) = stream_and_entries(s, addr)?;
+                let Some(k) = plan.input.streams.iter().position(|n| n.as_bytes() == name) else {
+                    return Err(protocol(addr, "a reply for a stream not asked for"));
+                };
+                got += stage_entries(
+                    &mut self.chunk,
+                    k,
+                    entries,
+                    &mut self.next_index,
+                    self.settings,
+                    &plan.field,
+                    &mut lasts[k],
+                    addr,
+                )?;
+            }
+            Ok(got)
+        })?;
+        if !fresh {
+            for (cursor, last) in self.own_cursor.iter_mut().zip(lasts) {
+                if let Some(id) = last {
+                    *cursor = id.to_string();
+                }
+            }
+        }
+        self.counters.read.fetch_add(got as u64, Ordering::Relaxed);
+        self.deal();
+        Ok(got)
+    }
+
+    /// `XAUTOCLAIM` on each stream: entries idle for `--claim-idle-ms` in any consumer's
+    /// pending list (a dead instance's, or this one's own from a lost reply) become this
+    /// consumer's and are dealt. Returns how many were claimed.
+    fn claim(&mut self) -> Result<usize, StreamConnError> {
+        let plan = self.plan;
+        let idle = plan.claim_idle.as_millis().to_string();
+        let count = plan.read_count.to_string();
+        let mut claimed = 0;
+        for k in 0..plan.input.streams.len() {
+            self.command.clear();
+            encode_command(
+                &mut self.command,
+                &[
+                    b"XAUTOCLAIM",
+                    plan.input.streams[k].as_bytes(),
+                    plan.group.as_bytes(),
+                    plan.consumer.as_bytes(),
+                    idle.as_bytes(),
+                    self.claim_cursor[k].as_bytes(),
+                    b"COUNT",
+                    count.as_bytes(),
+                ],
+            );
+            let command = std::mem::take(&mut self.command);
+            let sent = self.conn.send(&command);
+            self.command = command;
+            sent?;
+            let mut last = None;
+            let addr = self.conn.addr();
+            let (next, got) = self.conn.reply(|frame| {
+                let Frame::Array(parts) = frame else {
+                    return Err(protocol(addr, "XAUTOCLAIM must answer an array"));
+                };
+                let mut parts = parts.iter();
+                let next = parts
+                    .next()
+                    .and_then(|f| f.as_bytes())
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .ok_or_else(|| protocol(addr, "XAUTOCLAIM's cursor"))?
+                    .to_string();
+                let Some(Frame::Array(entries)) = parts.next() else {
+                    return Err(protocol(addr, "XAUTOCLAIM's entries"));
+                };
+                let got = stage_entries(
+                    &mut self.chunk,
+                    k,
+                    entries,
+                    &mut self.next_index,
+                    self.settings,
+                    &plan.field,
+                    &mut last,
+                    addr,
+                )?;
+                Ok((next, got))
+            })?;
+            self.claim_cursor[k] = next;
+            claimed += got;
+        }
+        self.counters
+            .claimed
+            .fetch_add(claimed as u64, Ordering::Relaxed);
+        self.counters
+            .read
+            .fetch_add(claimed as u64, Ordering::Relaxed);
+        self.deal();
+        Ok(claimed)
+    }
+
+    /// Deals what was staged (unless intake is stopping: then the entries stay pending and
+    /// are read again by the next run).
+    fn deal(&mut self) {
+        let all = self.chunk.bytes().len();
+        self.dealer.deal_chunk(&mut self.chunk, all);
+    }
+}
+
+fn protocol(addr: std::net::SocketAddr, what: &str) -> StreamConnError {
+    StreamConnError::Protocol {
+        addr,
+        what: what.to_string(),
+    }
+}
+
+/// `[name, [entry, ...]]`.
+fn stream_and_entries<'f>(
+    frame: Frame<'f>,
+    addr: std::net::SocketAddr,
+) -> Result<(&'f [u8], crate::resp::ArrayView<'f>), StreamConnError> {
+    let Frame::Array(pair) = frame else {
+        return Err(protocol(addr, "XREADGROUP's stream"));
+    };
+    let mut it = pair.iter();
+    match (it.next().and_then(|f| f.as_bytes()), it.next()) {
+        (Some(name), Some(Frame::Array(entries))) => Ok((name, entries)),
+        _ => Err(protocol(addr, "XREADGROUP's stream")),
+    }
+}
+
+/// Stages the entries `[id, [field, value, ...] | nil]` of stream `k` as records; returns how
+/// many. An entry whose fields are gone (deleted from the stream while pending) or lack
+/// `field` becomes an invalid record, for the error policy.
+#[allow(clippy::too_many_arguments)]
+fn stage_entries(
+    chunk: &mut ChunkBuilder,
+    k: usize,
+    entries: crate::resp::ArrayView<'_>,
+    next_index: &mut u64,
+    settings: &ReaderSettings,
+    field: &str,
+    last: &mut Option<EntryId>,
+    addr: std::net::SocketAddr,
+) -> Result<usize, StreamConnError> {
+    let mut origin = [0u8; 48];
+    let mut got = 0;
+    for entry in entries.iter() {
+        let Frame::Array(parts) = entry else {
+            return Err(protocol(addr, "a stream entry"));
+        };
+        let mut parts = parts.iter();
+        let id = parts
+            .next()
+            .and_then(|f| f.as_bytes())
+            .ok_or_else(|| protocol(addr, "a stream entry's id"))?;
+        let parsed = EntryId::parse(id).ok_or_else(|| protocol(addr, "a stream entry's id"))?;
+        *last = Some(parsed);
+        if id.len() + 1 > origin.len() {
+            return Err(protocol(addr, "an entry id too long"));
+        }
+        origin[0] = k as u8;
+        origin[1..=id.len()].copy_from_slice(id);
+        let payload = match parts.next() {
+            Some(Frame::Array(fields)) => find_field(fields, field.as_bytes()).ok_or("no field"),
+            _ => Err("deleted"),
+        };
+        let missing;
+        let payload = match payload {
+            Ok(p) => Ok(p),
+            Err("deleted") => Err("the entry was deleted from the stream before it was processed"),
+            Err(_) => {
+                missing = format!("the entry has no field {field:?}");
+                Err(missing.as_str())
+            }
+        };
+        let index = *next_index;
+        chunk.push_entry(
+            payload,
+            &origin[..=id.len()],
+            index + 1,
+            index,
+            &settings.fields,
+        );
+        *next_index += 1;
+        got += 1;
+    }
+    Ok(got)
+}
+
+/// The value of `name` among an entry's `[field, value, ...]`.
+fn find_field<'f>(fields: crate::resp::ArrayView<'f>, name: &[u8]) -> Option<&'f [u8]> {
+    let mut it = fields.iter();
+    while let (Some(f), Some(v)) = (it.next(), it.next()) {
+        if f.as_bytes() == Some(name) {
+            return v.as_bytes();
+        }
+    }
+    None
+}

@@ -1,0 +1,626 @@
+//! `ringwait enrich` from a Redis stream to a Redis stream, against real redis-servers: every
+//! input entry has exactly one output (or error) entry, through SIGKILLs of the job, the
+//! death of one of two instances, and a restart of the server; bad entries go through the
+//! error policy by id; wrong addresses and keys are refused with one line.
+//!
+//! Every check reads the output stream independently (XRANGE) and matches it against the
+//! input entries: lost 0, duplicated 0, wrong 0, and per-key order in key-ordered mode.
+//!
+//! CI tier: 30 kills per mode over 200k entries; `RINGWAIT_LONG_TESTS=1` runs 300.
+
+mod common;
+mod job_support;
+mod tier;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::redis::{call, pipeline, RedisServer};
+use job_support::{ringwait, stderr};
+use ringwait::resp::OwnedFrame;
+
+const KEYS: u64 = 500;
+
+/// The input record `i`: its key repeats every [`KEYS`] records.
+fn record(i: u64) -> String {
+    format!(
+        "{{\"id\":{i},\"key\":\"k:{}\",\"pad\":\"{}\"}}",
+        (i * 7919) % KEYS,
+        "x".repeat((i % 7) as usize)
+    )
+}
+
+fn value(key: u64) -> String {
+    String::from_utf8(ringwait::dataset::value_of(key).to_vec()).unwrap()
+}
+
+/// `XADD stream * data payload` for each payload; the ids, in order.
+fn xadd(addr: SocketAddr, stream: &str, payloads: &[Vec<u8>]) -> Vec<String> {
+    let commands: Vec<Vec<Vec<u8>>> = payloads
+        .iter()
+        .map(|p| {
+            vec![
+                b"XADD".to_vec(),
+                stream.as_bytes().to_vec(),
+                b"*".to_vec(),
+                b"data".to_vec(),
+                p.clone(),
+            ]
+        })
+        .collect();
+    pipeline(addr, &commands)
+        .into_iter()
+        .map(|r| match r {
+            OwnedFrame::Bulk(id) => String::from_utf8(id).unwrap(),
+            other => panic!("XADD answered {other:?}"),
+        })
+        .collect()
+}
+
+fn xadd_records(addr: SocketAddr, stream: &str, n: u64) -> Vec<String> {
+    let payloads: Vec<Vec<u8>> = (0..n).map(|i| record(i).into_bytes()).collect();
+    xadd(addr, stream, &payloads)
+}
+
+/// A stream's entries as (id, fields), read with XRANGE 10,000 at a time.
+fn entries(addr: SocketAddr, stream: &str) -> Vec<(String, HashMap<String, Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut from = "-".to_string();
+    loop {
+        let reply = call(
+            addr,
+            &[
+                b"XRANGE",
+                stream.as_bytes(),
+                from.as_bytes(),
+                b"+",
+                b"COUNT",
+                b"10000",
+            ],
+        )
+        .unwrap();
+        let OwnedFrame::Array(items) = reply else {
+            panic!("XRANGE answered {reply:?}")
+        };
+        if items.is_empty() {
+            return out;
+        }
+        for item in items {
+            let OwnedFrame::Array(parts) = item else {
+                panic!("an entry")
+            };
+            let (OwnedFrame::Bulk(id), OwnedFrame::Array(fields)) = (&parts[0], &parts[1]) else {
+                panic!("an entry's parts")
+            };
+            let mut map = HashMap::new();
+            for pair in fields.chunks(2) {
+                let (OwnedFrame::Bulk(k), OwnedFrame::Bulk(v)) = (&pair[0], &pair[1]) else {
+                    panic!("fields")
+                };
+                map.insert(String::from_utf8(k.clone()).unwrap(), v.clone());
+            }
+            let id = String::from_utf8(id.clone()).unwrap();
+            from = format!("({id}");
+            out.push((id, map));
+        }
+    }
+}
+
+/// Entries pending in the group (XPENDING's summary count).
+fn pending(addr: SocketAddr, stream: &str, group: &str) -> i64 {
+    match call(addr, &[b"XPENDING", stream.as_bytes(), group.as_bytes()]).unwrap() {
+        OwnedFrame::Array(parts) => match parts[0] {
+            OwnedFrame::Integer(n) => n,
+            _ => panic!("XPENDING's count"),
+        },
+        other => panic!("XPENDING answered {other:?}"),
+    }
+}
+
+fn xlen(addr: SocketAddr, stream: &str) -> i64 {
+    match call(addr, &[b"XLEN", stream.as_bytes()]).unwrap() {
+        OwnedFrame::Integer(n) => n,
+        other => panic!("XLEN answered {other:?}"),
+    }
+}
+
+/// Entries pending in `consumer` of the group.
+fn pending_of(addr: SocketAddr, stream: &str, group: &str, consumer: &str) -> i64 {
+    let OwnedFrame::Array(parts) =
+        call(addr, &[b"XPENDING", stream.as_bytes(), group.as_bytes()]).unwrap()
+    else {
+        panic!("XPENDING")
+    };
+    let OwnedFrame::Array(consumers) = &parts[3] else {
+        return 0; // nil: nothing pending
+    };
+    consumers
+        .iter()
+        .find_map(|c| match c {
+            OwnedFrame::Array(pair) if pair[0] == OwnedFrame::Bulk(consumer.into()) => {
+                match &pair[1] {
+                    OwnedFrame::Bulk(n) => std::str::from_utf8(n).ok()?.parse().ok(),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("redis-stream://{addr}/{path}")
+}
+
+fn enrich_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "enrich", "--input", input, "--output", output, "--quiet", "--no-pin",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The independent checker: each input id has exactly one output entry whose `src` is it and
+/// whose `data` is the input record with the right value added; per-key order when asked.
+fn check_outputs(addr: SocketAddr, out: &str, ids: &[String], key_order: bool, context: &str) {
+    let index: HashMap<&str, u64> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i as u64))
+        .collect();
+    let mut seen = vec![0u32; ids.len()];
+    let (mut wrong, mut out_of_order) = (0u64, 0u64);
+    let mut last_of_key = vec![None::<u64>; KEYS as usize];
+    for (_, fields) in entries(addr, out) {
+        let src = std::str::from_utf8(&fields["src"]).unwrap();
+        let i = *index
+            .get(src)
+            .unwrap_or_else(|| panic!("{context}: unknown src {src}"));
+        seen[i as usize] += 1;
+        let key = (i * 7919) % KEYS;
+        let want = format!(
+            "{},\"value\":\"{}\"}}",
+            &record(i)[..record(i).len() - 1],
+            value(key)
+        );
+        if fields["data"] != want.as_bytes() {
+            wrong += 1;
+        }
+        if last_of_key[key as usize].is_some_and(|l| i <= l) {
+            out_of_order += 1;
+        }
+        last_of_key[key as usize] = Some(i);
+    }
+    let lost = seen.iter().filter(|c| **c == 0).count();
+    let duplicated: u32 = seen.iter().map(|c| c.saturating_sub(1)).sum();
+    let out_of_order = if key_order { out_of_order } else { 0 };
+    assert!(
+        lost == 0 && duplicated == 0 && wrong == 0 && out_of_order == 0,
+        "{context}: lost {lost}, duplicated {duplicated}, wrong {wrong}, out of key order {out_of_order}"
+    );
+}
+
+#[test]
+fn a_stream_is_enriched_into_a_stream_exactly_once_with_bad_entries_named() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let mut payloads: Vec<Vec<u8>> = (0..3000).map(|i| record(i).into_bytes()).collect();
+    payloads[10] = b"{\"id\":10,\"nokey\":1}".to_vec();
+    payloads[20] = b"not json".to_vec();
+    payloads[30] = b"{\"key\":\"k:1\",\"bad\":\"\xff\"}".to_vec();
+    let ids = xadd(addr, "in", &payloads);
+    // An entry without the field.
+    let odd = match call(addr, &[b"XADD", b"in", b"*", b"other", b"{}"]).unwrap() {
+        OwnedFrame::Bulk(id) => String::from_utf8(id).unwrap(),
+        r => panic!("{r:?}"),
+    };
+    let (input, output) = (url(addr, "in?group=g"), url(addr, "out"));
+    let o = ringwait(&enrich_args(
+        &input,
+        &output,
+        &[
+            "--until",
+            "caught-up",
+            "--partitions",
+            "2",
+            "--on-error",
+            "side-output:errors",
+            "--mode",
+            "ordered",
+        ],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("stream: consumer ")
+            && err.contains("read 3001")
+            && err.contains("committed 3001"),
+        "{err}"
+    );
+    assert_eq!(pending(addr, "in", "g"), 0, "everything is acknowledged");
+    let out = entries(addr, "out");
+    assert_eq!(out.len(), 2997);
+    // Ordered mode, one instance: the output is in the input's order, byte for byte.
+    let good: Vec<usize> = (0..3000).filter(|i| ![10, 20, 30].contains(i)).collect();
+    for ((_, fields), i) in out.iter().zip(&good) {
+        assert_eq!(fields["src"], ids[*i].as_bytes());
+        let rec = record(*i as u64);
+        let want = format!(
+            "{},\"value\":\"{}\"}}",
+            &rec[..rec.len() - 1],
+            value((*i as u64 * 7919) % KEYS)
+        );
+        assert_eq!(std::str::from_utf8(&fields["data"]).unwrap(), want);
+        assert!(!fields.contains_key("stream"), "one input stream");
+    }
+    let errors = entries(addr, "errors");
+    let by_src: HashMap<Vec<u8>, &HashMap<String, Vec<u8>>> =
+        errors.iter().map(|(_, f)| (f["src"].clone(), f)).collect();
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for (i, says) in [
+        (10, "the key field \"key\" is missing"),
+        (20, "not valid JSON"),
+        (30, "not valid UTF-8"),
+    ] {
+        let e = by_src[ids[i].as_bytes()];
+        let text = String::from_utf8_lossy(&e["error"]);
+        assert!(text.contains(says), "entry {i}: {text}");
+        assert_eq!(e["data"], payloads[i], "the payload as it came");
+    }
+    let e = by_src[odd.as_bytes()];
+    assert!(String::from_utf8_lossy(&e["error"]).contains("no field \"data\""));
+
+    // Running again finds nothing new and adds nothing.
+    let o = ringwait(&enrich_args(&input, &output, &["--until", "caught-up"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(entries(addr, "out").len(), 2997);
+}
+
+#[test]
+fn under_on_error_fail_a_bad_entry_is_named_and_stays_pending() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let ids = xadd(addr, "in", &[record(0).into_bytes(), b"[1,2]".to_vec()]);
+    let (input, output) = (url(addr, "in?group=g"), url(addr, "out"));
+    let o = ringwait(&enrich_args(&input, &output, &["--until", "caught-up"]));
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("entry in/{}", ids[1])) && err.contains("expected a JSON object"),
+        "{err}"
+    );
+    assert_eq!(
+        pending(addr, "in", "g"),
+        1,
+        "the bad entry is not acknowledged"
+    );
+    assert_eq!(entries(addr, "out").len(), 1, "the good one is committed");
+    // skip acknowledges it without output.
+    let o = ringwait(&enrich_args(
+        &input,
+        &output,
+        &["--until", "caught-up", "--on-error", "skip"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(pending(addr, "in", "g"), 0);
+    assert_eq!(entries(addr, "out").len(), 1);
+}
+
+#[test]
+fn wrong_keys_addresses_and_combinations_are_refused_with_one_line() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    call(addr, &[b"SET", b"astring", b"x"]).unwrap();
+    let dead = format!("127.0.0.1:{}", job_support::free_port());
+    let input = url(addr, "in?group=g");
+    let output = url(addr, "out");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![url(addr, "astring?group=g"), output.clone()],
+            "holds a string, not a stream",
+        ),
+        (
+            vec![input.clone(), url(addr, "astring")],
+            "holds a string, not a stream",
+        ),
+        (
+            vec![format!("redis-stream://{dead}/in?group=g"), output.clone()],
+            "cannot reach",
+        ),
+        (vec![url(addr, "in"), output.clone()], "?group=NAME"),
+        (vec![input.clone(), "-".into()], "needs a stream output"),
+        (vec![input.clone(), url(addr, "in")], "also an input stream"),
+    ];
+    for (args, says) in cases {
+        let started = Instant::now();
+        let o = ringwait(&enrich_args(&args[0], &args[1], &["--until", "caught-up"]));
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    let o = ringwait(&["enrich", "--records", "10", "--until", "caught-up"]);
+    assert!(stderr(&o).contains("caught-up is for a stream input"));
+    assert_eq!(
+        call(addr, &[b"EXISTS", b"out"]).unwrap(),
+        OwnedFrame::Integer(0),
+        "nothing was written"
+    );
+}
+
+#[test]
+fn input_and_output_on_two_servers_commit_exactly_once() {
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let ids = xadd_records(a.addr(), "in", 5000);
+    let (input, output) = (url(a.addr(), "in?group=g"), url(b.addr(), "out"));
+    let o = ringwait(&enrich_args(
+        &input,
+        &output,
+        &["--until", "caught-up", "--mode", "unordered"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_outputs(b.addr(), "out", &ids, false, "two servers");
+    assert_eq!(pending(a.addr(), "in", "g"), 0);
+    let OwnedFrame::Array(keys) = call(b.addr(), &[b"KEYS", b"*ringwait-progress*"]).unwrap()
+    else {
+        panic!("KEYS")
+    };
+    assert_eq!(keys.len(), 1, "the progress set lives beside the output");
+}
+
+/// Runs the job until it exits or `limit`; SIGKILLs it after `kill_after` if given.
+fn job(args: &[String], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_ringwait"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ringwait")
+}
+
+fn stream_job_args(input: &str, output: &str, mode: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = enrich_args(
+        input,
+        output,
+        &["--until", "caught-up", "--mode", mode, "--partitions", "2"],
+    )
+    .into_iter()
+    .map(String::from)
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn log_of(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// SplitMix64, seeded, so a failing run can be replayed with `RINGWAIT_CRASH_SEED`.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("RINGWAIT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// SIGKILLs the job at random moments (often within milliseconds of its start, i.e. while it
+/// reads its own pending entries again) and restarts it with the same command, until it
+/// exits on its own; then checks the output.
+fn kill_loop(mode: &str) {
+    let kills_wanted = tier::size("stream kills per mode", 30u64, 300);
+    let entries_n = 200_000;
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let ids = xadd_records(addr, "in", entries_n);
+    let (input, output) = (url(addr, "in?group=g"), url(addr, "out"));
+    // A small batch: more commits, more moments to die between them.
+    let args = stream_job_args(&input, &output, mode, &["--stream-batch", "64"]);
+    let log =
+        std::env::temp_dir().join(format!("rw-stream-kill-{}-{mode}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let context = format!("{mode}, seed {seed} (RINGWAIT_CRASH_SEED={seed} replays)");
+    let (mut kills, started) = (0u64, Instant::now());
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{context}: not done after 600 s; log:\n{}",
+            log_of(&log)
+        );
+        let mut child = job(&args, &log);
+        let life = if kills < kills_wanted {
+            Some(Duration::from_millis(match rng.below(4) {
+                0 => rng.below(10),
+                _ => 10 + rng.below(50),
+            }))
+        } else {
+            None
+        };
+        let give_up = Instant::now() + life.unwrap_or(Duration::from_secs(300));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() >= give_up {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        match status {
+            // It finished (before its kill, if one was planned).
+            Some(s) => {
+                assert!(s.success(), "{context}: exited {s}; log:\n{}", log_of(&log));
+                break;
+            }
+            None => {
+                assert!(
+                    life.is_some(),
+                    "{context}: the last run hung; log:\n{}",
+                    log_of(&log)
+                );
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    assert!(
+        kills >= kills_wanted,
+        "{context}: the job finished after {kills} kills; fewer than {kills_wanted}"
+    );
+    assert_eq!(pending(addr, "in", "g"), 0, "{context}");
+    check_outputs(addr, "out", &ids, mode == "key-ordered", &context);
+    eprintln!("{context}: {kills} kills, {entries_n} entries: lost 0, duplicated 0, wrong 0");
+}
+
+#[test]
+fn sigkill_loop_unordered_loses_and_duplicates_nothing() {
+    kill_loop("unordered");
+}
+
+#[test]
+fn sigkill_loop_key_ordered_keeps_each_keys_order() {
+    kill_loop("key-ordered");
+}
+
+#[test]
+fn when_one_of_two_instances_dies_the_other_claims_its_entries() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let ids = xadd_records(addr, "in", 50_000);
+    let output = url(addr, "out");
+    let dir = std::env::temp_dir();
+    let log_a = dir.join(format!("rw-stream-a-{}.log", std::process::id()));
+    let log_b = dir.join(format!("rw-stream-b-{}.log", std::process::id()));
+    let args = |consumer: &str| {
+        stream_job_args(
+            &url(addr, &format!("in?group=g&consumer={consumer}")),
+            &output,
+            "unordered",
+            &["--claim-idle-ms", "500"],
+        )
+    };
+    let mut a = job(&args("a"), &log_a);
+    let mut b = job(&args("b"), &log_b);
+    // Once they have committed some entries, kill a for good (it holds the entries it read
+    // and has not committed yet).
+    let started = Instant::now();
+    while xlen(addr, "out") < 1000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            log_of(&log_a)
+        );
+        assert!(a.try_wait().unwrap().is_none(), "{}", log_of(&log_a));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let left_by_a = pending_of(addr, "in", "g", "a");
+    let status = job_support::wait_at_most(&mut b, Duration::from_secs(120));
+    let log = log_of(&log_b);
+    assert!(status.success(), "{log}");
+    check_outputs(addr, "out", &ids, false, "survivor");
+    assert_eq!(pending(addr, "in", "g"), 0);
+    assert!(log.contains("stream: consumer b"), "{log}");
+    if left_by_a > 0 {
+        assert!(
+            !log.contains("(claimed 0)"),
+            "the survivor claimed the {left_by_a} entries the dead one held: {log}"
+        );
+    }
+    eprintln!("a held {left_by_a} entries when it died; b claimed them: {log}");
+}
+
+#[test]
+fn a_server_restarted_mid_run_loses_nothing() {
+    let mut redis = RedisServer::start_persistent();
+    let addr = redis.addr();
+    let ids = xadd_records(addr, "in", 60_000);
+    let (input, output) = (url(addr, "in?group=g"), url(addr, "out"));
+    let log = std::env::temp_dir().join(format!("rw-stream-restart-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut child = job(
+        &stream_job_args(&input, &output, "unordered", &["--stream-batch", "64"]),
+        &log,
+    );
+    let started = Instant::now();
+    while xlen(addr, "out") < 5000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            log_of(&log)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    redis.kill(); // SIGKILL: the append-only file, fsynced on every write, keeps the data
+    std::thread::sleep(Duration::from_millis(300));
+    redis.restart();
+    let status = job_support::wait_at_most(&mut child, Duration::from_secs(120));
+    let text = log_of(&log);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("reconnecting"), "{text}");
+    check_outputs(addr, "out", &ids, false, "server restart");
+    assert_eq!(pending(addr, "in", "g"), 0);
+}
+
+#[test]
+fn a_stopped_stream_job_commits_what_it_took_and_the_next_run_goes_on() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let ids = xadd_records(addr, "in", 20_000);
+    let (input, output) = (url(addr, "in?group=g"), url(addr, "out"));
+    // No --until: it runs until stopped.
+    let mut args: Vec<String> = enrich_args(&input, &output, &["--partitions", "1"])
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.push("--capacity".into());
+    args.push("50".into());
+    let mut child = job_support::bin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while xlen(addr, "out") < 100 {
+        assert!(started.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    job_support::signal(&child, libc::SIGTERM);
+    let status = job_support::wait_at_most(&mut child, Duration::from_secs(30));
+    let err = job_support::stderr_of(&mut child);
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(err.contains("stream: consumer"), "{err}");
+    // The rest, by the same consumer (the same command): its pending entries first.
+    let o = ringwait(&enrich_args(&input, &output, &["--until", "caught-up"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_outputs(addr, "out", &ids, false, "stop and go on");
+}

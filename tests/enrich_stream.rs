@@ -162,17 +162,29 @@ fn enrich_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'
     args
 }
 
+/// The order an output must keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// The input's (ordered mode, one instance).
+    Input,
+    /// Each key's (key-ordered mode).
+    PerKey,
+    /// None (unordered mode).
+    None,
+}
+
 /// The independent checker: each input id has exactly one output entry whose `src` is it and
 /// whose `data` is the input record with the right value added; per-key order when asked.
-fn check_outputs(addr: SocketAddr, out: &str, ids: &[String], key_order: bool, context: &str) {
+fn check_outputs(addr: SocketAddr, out: &str, ids: &[String], order: Order, context: &str) {
     let index: HashMap<&str, u64> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i as u64))
         .collect();
     let mut seen = vec![0u32; ids.len()];
-    let (mut wrong, mut out_of_order) = (0u64, 0u64);
+    let (mut wrong, mut out_of_order, mut out_of_key_order) = (0u64, 0u64, 0u64);
     let mut last_of_key = vec![None::<u64>; KEYS as usize];
+    let mut last = None::<u64>;
     for (_, fields) in entries(addr, out) {
         let src = std::str::from_utf8(&fields["src"]).unwrap();
         let i = *index
@@ -189,16 +201,24 @@ fn check_outputs(addr: SocketAddr, out: &str, ids: &[String], key_order: bool, c
             wrong += 1;
         }
         if last_of_key[key as usize].is_some_and(|l| i <= l) {
-            out_of_order += 1;
+            out_of_key_order += 1;
         }
         last_of_key[key as usize] = Some(i);
+        if last.is_some_and(|l| i <= l) {
+            out_of_order += 1;
+        }
+        last = Some(i);
     }
     let lost = seen.iter().filter(|c| **c == 0).count();
     let duplicated: u32 = seen.iter().map(|c| c.saturating_sub(1)).sum();
-    let out_of_order = if key_order { out_of_order } else { 0 };
+    let out_of_order = match order {
+        Order::Input => out_of_order,
+        Order::PerKey => out_of_key_order,
+        Order::None => 0,
+    };
     assert!(
         lost == 0 && duplicated == 0 && wrong == 0 && out_of_order == 0,
-        "{context}: lost {lost}, duplicated {duplicated}, wrong {wrong}, out of key order {out_of_order}"
+        "{context}: lost {lost}, duplicated {duplicated}, wrong {wrong}, out of {order:?} order {out_of_order}"
     );
 }
 
@@ -362,7 +382,7 @@ fn input_and_output_on_two_servers_commit_exactly_once() {
         &["--until", "caught-up", "--mode", "unordered"],
     ));
     assert!(o.status.success(), "{}", stderr(&o));
-    check_outputs(b.addr(), "out", &ids, false, "two servers");
+    check_outputs(b.addr(), "out", &ids, Order::None, "two servers");
     assert_eq!(pending(a.addr(), "in", "g"), 0);
     let OwnedFrame::Array(keys) = call(b.addr(), &[b"KEYS", b"*ringwait-progress*"]).unwrap()
     else {
@@ -495,13 +515,23 @@ fn kill_loop(mode: &str) {
         "{context}: the job finished after {kills} kills; fewer than {kills_wanted}"
     );
     assert_eq!(pending(addr, "in", "g"), 0, "{context}");
-    check_outputs(addr, "out", &ids, mode == "key-ordered", &context);
+    let order = match mode {
+        "ordered" => Order::Input,
+        "key-ordered" => Order::PerKey,
+        _ => Order::None,
+    };
+    check_outputs(addr, "out", &ids, order, &context);
     eprintln!("{context}: {kills} kills, {entries_n} entries: lost 0, duplicated 0, wrong 0");
 }
 
 #[test]
 fn sigkill_loop_unordered_loses_and_duplicates_nothing() {
     kill_loop("unordered");
+}
+
+#[test]
+fn sigkill_loop_ordered_keeps_the_inputs_order() {
+    kill_loop("ordered");
 }
 
 #[test]
@@ -546,7 +576,7 @@ fn when_one_of_two_instances_dies_the_other_claims_its_entries() {
     let status = job_support::wait_at_most(&mut b, Duration::from_secs(120));
     let log = log_of(&log_b);
     assert!(status.success(), "{log}");
-    check_outputs(addr, "out", &ids, false, "survivor");
+    check_outputs(addr, "out", &ids, Order::None, "survivor");
     assert_eq!(pending(addr, "in", "g"), 0);
     assert!(log.contains("stream: consumer b"), "{log}");
     if left_by_a > 0 {
@@ -586,7 +616,7 @@ fn a_server_restarted_mid_run_loses_nothing() {
     let text = log_of(&log);
     assert!(status.success(), "{text}");
     assert!(text.contains("reconnecting"), "{text}");
-    check_outputs(addr, "out", &ids, false, "server restart");
+    check_outputs(addr, "out", &ids, Order::None, "server restart");
     assert_eq!(pending(addr, "in", "g"), 0);
 }
 
@@ -595,14 +625,17 @@ fn a_stopped_stream_job_commits_what_it_took_and_the_next_run_goes_on() {
     let redis = RedisServer::start();
     let addr = redis.addr();
     let ids = xadd_records(addr, "in", 20_000);
-    let (input, output) = (url(addr, "in?group=g"), url(addr, "out"));
+    let (input, output) = (url(addr, "in?group=g&consumer=c1"), url(addr, "out"));
     // No --until: it runs until stopped.
     let mut args: Vec<String> = enrich_args(&input, &output, &["--partitions", "1"])
         .into_iter()
         .map(String::from)
         .collect();
-    args.push("--capacity".into());
-    args.push("50".into());
+    let metrics: SocketAddr = format!("127.0.0.1:{}", job_support::free_port())
+        .parse()
+        .unwrap();
+    args.extend(["--capacity".into(), "50".into()]);
+    args.extend(["--metrics".into(), metrics.to_string()]);
     let mut child = job_support::bin()
         .args(&args)
         .stdout(Stdio::null())
@@ -612,15 +645,32 @@ fn a_stopped_stream_job_commits_what_it_took_and_the_next_run_goes_on() {
     let started = Instant::now();
     while xlen(addr, "out") < 100 {
         assert!(started.elapsed() < Duration::from_secs(60));
+        assert!(child.try_wait().unwrap().is_none(), "the job exited");
         std::thread::sleep(Duration::from_millis(2));
+    }
+    // --metrics shows the instance's stream figures while it runs.
+    let mut body = String::new();
+    while !body.contains("ringwait_stream_acknowledged_total{consumer=\"c1\"}") {
+        assert!(started.elapsed() < Duration::from_secs(60), "{body}");
+        body = ringwait::metrics_http::fetch(metrics).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for family in [
+        "ringwait_stream_read_total{consumer=\"c1\"}",
+        "ringwait_stream_claimed_total{consumer=\"c1\"}",
+        "ringwait_stream_duplicates_total{consumer=\"c1\"}",
+        "ringwait_stream_group_lag{consumer=\"c1\"}",
+        "ringwait_stream_commit_seconds_count{consumer=\"c1\"}",
+    ] {
+        assert!(body.contains(family), "missing {family} in:\n{body}");
     }
     job_support::signal(&child, libc::SIGTERM);
     let status = job_support::wait_at_most(&mut child, Duration::from_secs(30));
     let err = job_support::stderr_of(&mut child);
     assert_eq!(status.code(), Some(143), "{err}");
     assert!(err.contains("stream: consumer"), "{err}");
-    // The rest, by the same consumer (the same command): its pending entries first.
+    // The rest, by the same consumer: its pending entries first.
     let o = ringwait(&enrich_args(&input, &output, &["--until", "caught-up"]));
     assert!(o.status.success(), "{}", stderr(&o));
-    check_outputs(addr, "out", &ids, false, "stop and go on");
+    check_outputs(addr, "out", &ids, Order::None, "stop and go on");
 }

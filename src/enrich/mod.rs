@@ -657,8 +657,12 @@ fn run_pipeline(
     if let Some(plan) = &plan {
         // Connected before anything is read, so a server gone since the checks stops the
         // job with nothing taken.
-        let committer =
-            stream::StreamCommitter::open(plan.clone(), intake.clone(), counters.clone())?;
+        let committer = stream::StreamCommitter::open(
+            plan.clone(),
+            intake.clone(),
+            counters.clone(),
+            writer_settings.live.clone(),
+        )?;
         writer_settings.committer = Some(committer);
     }
     let (reader, settings) = match (checkpointing.is_some(), &plan) {

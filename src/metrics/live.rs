@@ -226,6 +226,61 @@ impl PartitionSample {
 pub struct LiveMetrics {
     partitions: Box<[PartitionGauges]>,
     lookup_misses: AtomicU64,
+    /// A stream job's gauges, once it started.
+    stream: std::sync::OnceLock<StreamGauges>,
+}
+
+/// The gauges of a stream job (one instance: its consumer in the group), published by its
+/// writer thread.
+#[derive(Debug)]
+pub struct StreamGauges {
+    consumer: String,
+    read: AtomicU64,
+    acknowledged: AtomicU64,
+    claimed: AtomicU64,
+    duplicates: AtomicU64,
+    lag: AtomicU64,
+    commit_latency: HistogramGauges,
+}
+
+/// A plain copy of a stream job's gauges.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSample {
+    /// Entries read (claimed ones included).
+    pub read: u64,
+    /// Entries committed and acknowledged.
+    pub acknowledged: u64,
+    /// Entries claimed from other consumers.
+    pub claimed: u64,
+    /// Entries whose commit found them already committed.
+    pub duplicates: u64,
+    /// The group's lag: entries not yet delivered to any consumer.
+    pub lag: u64,
+    /// Commit round trips.
+    pub commit_latency: LatencyBuckets,
+}
+
+impl StreamGauges {
+    /// Publishes `s`.
+    pub fn store(&self, s: &StreamSample) {
+        self.read.store(s.read, Ordering::Relaxed);
+        self.acknowledged.store(s.acknowledged, Ordering::Relaxed);
+        self.claimed.store(s.claimed, Ordering::Relaxed);
+        self.duplicates.store(s.duplicates, Ordering::Relaxed);
+        self.lag.store(s.lag, Ordering::Relaxed);
+        self.commit_latency.store(&s.commit_latency);
+    }
+
+    fn sample(&self) -> StreamSample {
+        StreamSample {
+            read: self.read.load(Ordering::Relaxed),
+            acknowledged: self.acknowledged.load(Ordering::Relaxed),
+            claimed: self.claimed.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            lag: self.lag.load(Ordering::Relaxed),
+            commit_latency: self.commit_latency.load(),
+        }
+    }
 }
 
 impl LiveMetrics {
@@ -236,6 +291,20 @@ impl LiveMetrics {
                 .map(|_| PartitionGauges::default())
                 .collect(),
             lookup_misses: AtomicU64::new(0),
+            stream: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// A stream job's gauges, labelled with its consumer name (the first call sets it).
+    pub fn stream(&self, consumer: &str) -> &StreamGauges {
+        self.stream.get_or_init(|| StreamGauges {
+            consumer: consumer.to_string(),
+            read: AtomicU64::new(0),
+            acknowledged: AtomicU64::new(0),
+            claimed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
+            commit_latency: HistogramGauges::default(),
         })
     }
 
@@ -266,12 +335,21 @@ impl LiveMetrics {
         out
     }
 
-    fn snapshot(&self) -> (Vec<PartitionSample>, u64) {
-        (
-            self.partitions.iter().map(|p| p.sample()).collect(),
-            self.lookup_misses.load(Ordering::Relaxed),
-        )
+    fn snapshot(&self) -> Scrape {
+        Scrape {
+            partitions: self.partitions.iter().map(|p| p.sample()).collect(),
+            misses: self.lookup_misses.load(Ordering::Relaxed),
+            stream: self.stream.get().map(|g| (g.consumer.clone(), g.sample())),
+        }
     }
+}
+
+/// One scrape's values.
+#[derive(Debug)]
+struct Scrape {
+    partitions: Vec<PartitionSample>,
+    misses: u64,
+    stream: Option<(String, StreamSample)>,
 }
 
 /// Which histogram of a sample a family shows.
@@ -279,7 +357,7 @@ type HistogramOf = fn(&PartitionSample) -> &LatencyBuckets;
 
 /// One scrape's values, encoded by prometheus-client.
 #[derive(Debug)]
-struct Snapshot((Vec<PartitionSample>, u64));
+struct Snapshot(Scrape);
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(
@@ -289,7 +367,7 @@ impl prometheus_client::collector::Collector for Snapshot {
         use prometheus_client::encoding::{EncodeMetric, NoLabelSet};
         use prometheus_client::metrics::MetricType;
         use prometheus_client::registry::Unit;
-        let (samples, misses) = &self.0;
+        let (samples, misses) = (&self.0.partitions, &self.0.misses);
         for (name, kind, help, read) in FAMILIES {
             let (metric_type, unit, name) = match kind {
                 Kind::Counter => (MetricType::Counter, None, format!("ringwait_{name}")),
@@ -360,8 +438,76 @@ impl prometheus_client::collector::Collector for Snapshot {
             None,
             counter.metric_type(),
         )?;
-        counter.encode(family)
+        counter.encode(family)?;
+        if let Some((consumer, s)) = &self.0.stream {
+            encode_stream(&mut encoder, consumer, s)?;
+        }
+        Ok(())
     }
+}
+
+/// A stream job's families, labelled with the consumer.
+fn encode_stream(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    consumer: &str,
+    s: &StreamSample,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::NoLabelSet;
+    use prometheus_client::metrics::MetricType;
+    use prometheus_client::registry::Unit;
+    let labels = [("consumer", consumer.to_string())];
+    let counters = [
+        (
+            "ringwait_stream_read",
+            "Stream entries read (claimed ones included).",
+            s.read,
+        ),
+        (
+            "ringwait_stream_acknowledged",
+            "Stream entries committed with their output and acknowledged.",
+            s.acknowledged,
+        ),
+        (
+            "ringwait_stream_claimed",
+            "Stream entries claimed from other consumers' pending lists.",
+            s.claimed,
+        ),
+        (
+            "ringwait_stream_duplicates",
+            "Stream entries whose commit found them already committed (nothing added).",
+            s.duplicates,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "ringwait_stream_group_lag",
+        "Entries in the input streams not yet delivered to any consumer of the group.",
+        None,
+        MetricType::Gauge,
+    )?;
+    family.encode_family(&labels)?.encode_gauge(&s.lag)?;
+    let h = &s.commit_latency;
+    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+        .iter()
+        .zip(h.le)
+        .map(|(b, c)| (*b, c))
+        .chain(std::iter::once((f64::MAX, h.count)))
+        .collect();
+    let mut family = encoder.encode_descriptor(
+        "ringwait_stream_commit",
+        "Round trip of a commit: one script adding a batch's outputs and its progress.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    family
+        .encode_family(&labels)?
+        .encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count, &buckets, None)?;
+    Ok(())
 }
 
 #[cfg(all(test, loom))]
@@ -377,6 +523,7 @@ mod loom_tests {
             let live = loom::sync::Arc::new(LiveMetrics {
                 partitions: vec![PartitionGauges::default()].into_boxed_slice(),
                 lookup_misses: AtomicU64::new(0),
+                stream: std::sync::OnceLock::new(),
             });
             let writer = live.clone();
             let published = PartitionSample {

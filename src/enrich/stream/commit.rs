@@ -15,7 +15,7 @@ use super::{CommitMode, StreamCounters, StreamPlan, PROGRESS_RETENTION};
 use crate::enrich::intake::Intake;
 use crate::enrich::record::Line;
 use crate::enrich::EnrichError;
-use crate::resp::{encode_command, write_array_header, write_bulk, Frame};
+use crate::resp::{encode_command, write_array_header, write_bulk, write_bulk_integer, Frame};
 
 /// Batches in flight before the writer waits for the oldest one's reply.
 pub(crate) const WINDOW: usize = 4;
@@ -112,7 +112,15 @@ pub(crate) struct StreamCommitter {
     id_lens: Vec<Vec<u32>>,
     in_flight: VecDeque<Sent>,
     counters: Arc<StreamCounters>,
+    /// Commit round trips since the last [`publish`](Self::publish) (for the summary).
     latency: hdrhistogram::Histogram<u64>,
+    /// `--metrics`: the gauges, every commit round trip of the run, and when they were last
+    /// published.
+    live: Option<(
+        Arc<crate::metrics::live::LiveMetrics>,
+        hdrhistogram::Histogram<u64>,
+        Instant,
+    )>,
 }
 
 impl StreamCommitter {
@@ -121,6 +129,7 @@ impl StreamCommitter {
         plan: Arc<StreamPlan>,
         intake: Arc<Intake>,
         counters: Arc<StreamCounters>,
+        live: Option<Arc<crate::metrics::live::LiveMetrics>>,
     ) -> Result<StreamCommitter, EnrichError> {
         let conn = plan.connect_output(&intake)?;
         let acks_conn = match plan.mode {
@@ -140,6 +149,7 @@ impl StreamCommitter {
             in_flight: VecDeque::with_capacity(WINDOW + 1),
             counters,
             latency: crate::metrics::latency_histogram(),
+            live: live.map(|l| (l, crate::metrics::latency_histogram(), Instant::now())),
         })
     }
 
@@ -154,8 +164,7 @@ impl StreamCommitter {
     ) -> Result<(), EnrichError> {
         let origin = line.origin();
         let (k, id) = (usize::from(origin[0]), &origin[1..]);
-        let stream = (k + 1).to_string();
-        write_bulk(&mut self.body, stream.as_bytes());
+        write_bulk_integer(&mut self.body, k as i64 + 1);
         write_bulk(&mut self.body, id);
         write_bulk(
             &mut self.body,
@@ -198,6 +207,7 @@ impl StreamCommitter {
             self.receive_one()?;
         }
         self.publish();
+        self.publish_live();
         Ok(())
     }
 
@@ -319,6 +329,9 @@ impl StreamCommitter {
         let sent = self.in_flight.pop_front().expect("a batch in flight");
         let ns = sent.sent_at.elapsed().as_nanos() as u64;
         self.latency.saturating_record(ns.max(1));
+        if let Some((_, all, _)) = self.live.as_mut() {
+            all.saturating_record(ns.max(1));
+        }
         if sent.ack_count > 0 {
             self.acknowledge(&sent)?;
         }
@@ -328,7 +341,32 @@ impl StreamCommitter {
         self.counters
             .duplicates
             .fetch_add(duplicates, Ordering::Relaxed);
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|(_, _, at)| at.elapsed() >= crate::metrics::live::PUBLISH_EVERY)
+        {
+            self.publish_live();
+        }
         Ok(())
+    }
+
+    /// `--metrics`: publishes the stream gauges.
+    fn publish_live(&mut self) {
+        let Some((live, all, at)) = self.live.as_mut() else {
+            return;
+        };
+        let c = &self.counters;
+        live.stream(&self.plan.consumer)
+            .store(&crate::metrics::live::StreamSample {
+                read: c.read.load(Ordering::Relaxed),
+                acknowledged: c.committed.load(Ordering::Relaxed),
+                claimed: c.claimed.load(Ordering::Relaxed),
+                duplicates: c.duplicates.load(Ordering::Relaxed),
+                lag: c.lag.load(Ordering::Relaxed),
+                commit_latency: crate::metrics::live::LatencyBuckets::of(all),
+            });
+        *at = Instant::now();
     }
 
     /// Two-server commits: `XACK` on the input's server, retried through reconnects (the

@@ -116,7 +116,40 @@ def main():
         "enrich-zipf (the same lines with keys drawn Zipf(0.99) over 1M keys; ordered; "
         "ringwait-cache: --cache-size 65536 --coalesce on; tokio-moka: a moka cache of 65,536; "
         "ratio against the tokio program of the same kind)"))
+    out.extend(stream_table([r for r in rows if r.get("workload") == "stream"]))
     print("\n".join(out))
+
+
+def stream_table(rows):
+    """The stream table: medians over repetitions of the ceiling's and the job's entries/s,
+    their ratio per repetition (median), and the end-to-end latency at 10% of the rate."""
+    if not rows:
+        return []
+    reps = defaultdict(dict)
+    for r in rows:
+        reps[r.get("rep")][r["part"]] = r
+    full = [d for d in reps.values() if {"ceiling", "job", "latency"} <= d.keys()]
+    if not full:
+        return []
+    med = lambda xs: statistics.median(xs)
+    ceiling = med([float(d["ceiling"]["records_per_s"]) for d in full])
+    job = med([float(d["job"]["records_per_s"]) for d in full])
+    ratio = med([float(d["job"]["records_per_s"]) / float(d["ceiling"]["records_per_s"])
+                 for d in full])
+    lat = lambda c: med([float(d["latency"][c]) for d in full])
+    n = full[0]["job"]["records"]
+    return ["\n## stream (Redis stream -> enrich, built-in lookup -> Redis stream, exactly "
+            "once; redis-server on the same 2 cores)\n",
+            f"Medians of {len(full)} repetition(s), {n} entries each. ceiling = one client "
+            "moving the same entries with XREADGROUP + XADD pipelined (no lookup, no "
+            "acknowledgement, no exactly-once); ratio = job ÷ ceiling per repetition (target "
+            "≥ 0.80); latency = XADD of an input entry to its output entry visible, at 10% "
+            "of the job's rate.\n",
+            "| ceiling entries/s | job entries/s | ratio | latency rate/s | p50 µs | p99 µs | p99.9 µs |",
+            "|---|---|---|---|---|---|---|",
+            f"| {ceiling / 1e3:.0f} k | {job / 1e3:.0f} k | **{ratio:.2f}** | "
+            f"{lat('rate'):.0f} | {fmt_us(lat('p50_us'))} | {fmt_us(lat('p99_us'))} | "
+            f"{fmt_us(lat('p999_us'))} |"]
 
 
 ENRICH_ROWS = [  # (impl, store, partitions), in table order

@@ -203,7 +203,7 @@ enum Until {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// overhead | delay | redis | latency | soak | checkpoint
+    /// overhead | delay | redis | latency | soak | checkpoint | stream (needs --redis)
     #[arg(long)]
     workload: Workload,
     /// ordered | unordered | key-ordered

@@ -674,3 +674,36 @@ fn a_stopped_stream_job_commits_what_it_took_and_the_next_run_goes_on() {
     assert!(o.status.success(), "{}", stderr(&o));
     check_outputs(addr, "out", &ids, Order::None, "stop and go on");
 }
+
+#[test]
+fn the_stream_benchmark_reports_the_job_against_the_servers_ceiling() {
+    let redis = RedisServer::start();
+    let addr = redis.addr().to_string();
+    let o = ringwait(&[
+        "bench",
+        "--workload",
+        "stream",
+        "--redis",
+        &addr,
+        "--records",
+        "3000",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    for part in [
+        "workload=stream part=ceiling records=3000 records_per_s=",
+        "workload=stream part=job records=3000 records_per_s=",
+        "of_ceiling=",
+        "workload=stream part=latency rate=",
+    ] {
+        assert!(out.contains(part), "missing {part} in:\n{out}");
+    }
+    assert_eq!(
+        call(redis.addr(), &[b"EXISTS", b"ringwait-bench:in"]).unwrap(),
+        OwnedFrame::Integer(0),
+        "the benchmark removes its keys"
+    );
+    let o = ringwait(&["bench", "--workload", "stream", "--records", "10"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("give --redis"), "{}", stderr(&o));
+}

@@ -120,7 +120,7 @@ impl PerfArgs {
     /// Whether [`run`] handles `workload` with these options (else the plain loop does).
     pub fn handles(&self, workload: Workload) -> bool {
         match workload {
-            Workload::Redis | Workload::Latency | Workload::Soak => true,
+            Workload::Redis | Workload::Latency | Workload::Soak | Workload::Stream => true,
             Workload::Checkpoint => false,
             Workload::Overhead | Workload::Delay => self.hist_out.is_some() || self.chart.is_some(),
         }
@@ -256,6 +256,19 @@ fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
         Workload::Soak => Err("soak is run by run".into()),
         Workload::Checkpoint => Err("checkpoint prints its own lines; it has no histogram".into()),
         Workload::Redis => run_redis(cfg, &args.redis_options()?),
+        Workload::Stream => {
+            let redis = args.redis_options()?.redis.ok_or(
+                "stream: give --redis redis://HOST:PORT, a Redis server with streams (the built-in store has none)",
+            )?;
+            let run = super::stream::run_stream(cfg, &redis)?;
+            Ok(Measured {
+                result: run.result,
+                latency: run.latency,
+                verified: None,
+                extra_lines: run.lines,
+                extra_series: Vec::new(),
+            })
+        }
         Workload::Latency => {
             let opts = LatencyOptions {
                 rate: args.rate,

@@ -10,6 +10,7 @@ pub mod hist;
 pub mod latency;
 pub mod redis;
 pub mod soak;
+pub mod stream;
 mod workloads;
 
 use std::fmt;
@@ -38,6 +39,9 @@ pub enum Workload {
     Latency,
     /// Steady load for a set time while RSS and descriptors are sampled.
     Soak,
+    /// Redis stream → `enrich` (built-in lookup) → Redis stream, exactly once, against the
+    /// server's ceiling for the same traffic.
+    Stream,
 }
 
 impl std::str::FromStr for Workload {
@@ -50,6 +54,7 @@ impl std::str::FromStr for Workload {
             "redis" => Ok(Workload::Redis),
             "latency" => Ok(Workload::Latency),
             "soak" => Ok(Workload::Soak),
+            "stream" => Ok(Workload::Stream),
             other => Err(format!(
                 "unknown workload {other:?}: use overhead, delay, redis, latency, soak or checkpoint"
             )),
@@ -66,6 +71,7 @@ impl fmt::Display for Workload {
             Workload::Redis => "redis",
             Workload::Latency => "latency",
             Workload::Soak => "soak",
+            Workload::Stream => "stream",
         })
     }
 }
@@ -105,6 +111,7 @@ impl BenchConfig {
             records: match workload {
                 Workload::Delay => 2_000_000,
                 Workload::Redis => 1_000_000,
+                Workload::Stream => 200_000,
                 // 0: rate × duration.
                 Workload::Latency | Workload::Soak => 0,
                 Workload::Overhead | Workload::Checkpoint => 20_000_000,

@@ -33,7 +33,7 @@ mod output;
 mod record;
 mod routing;
 pub mod scan;
-mod stream;
+pub(crate) mod stream;
 mod summary;
 mod value;
 

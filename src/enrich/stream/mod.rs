@@ -43,8 +43,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub(crate) use commit::{Kind, StreamCommitter};
+use conn::text;
+pub(crate) use conn::BlockingConn;
 pub use conn::StreamConnError;
-use conn::{text, BlockingConn};
 pub(crate) use reader::spawn as spawn_reader;
 pub use url::{GroupStart, StreamUrl, StreamUrlError};
 

@@ -707,3 +707,90 @@ fn the_stream_benchmark_reports_the_job_against_the_servers_ceiling() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("give --redis"), "{}", stderr(&o));
 }
+
+/// `EVAL` of the commit script with one output key, one input stream and these records
+/// (tag, id, payload...).
+fn commit(addr: SocketAddr, mode: &str, progress: &str, records: &[&[u8]]) -> OwnedFrame {
+    let script = ringwait::enrich::COMMIT_SCRIPT.as_bytes();
+    let mut args: Vec<&[u8]> = vec![b"EVAL", script];
+    if mode == "a" {
+        args.extend([&b"4"[..], b"out", b"out", b"out", b"in"]);
+    } else {
+        args.extend([&b"3"[..], b"out", b"out", progress.as_bytes()]);
+    }
+    args.extend([
+        &b"g"[..],
+        b"0",
+        mode.as_bytes(),
+        b"1000",
+        b"0",
+        b"1",
+        b"in",
+        b"c",
+    ]);
+    args.extend_from_slice(records);
+    call(addr, &args).unwrap()
+}
+
+#[test]
+fn the_commit_script_adds_an_entrys_output_once_however_often_it_is_committed() {
+    for mode in ["a", "p"] {
+        let redis = RedisServer::start();
+        let addr = redis.addr();
+        let ids = xadd(addr, "in", &[b"{}".to_vec(), b"{}".to_vec()]);
+        call(addr, &[b"XGROUP", b"CREATE", b"in", b"g", b"0"]).unwrap();
+        call(
+            addr,
+            &[b"XREADGROUP", b"GROUP", b"g", b"c", b"STREAMS", b"in", b">"],
+        )
+        .unwrap();
+        let (a, b) = (ids[0].as_bytes(), ids[1].as_bytes());
+        let counts = |c: i64, d: i64| {
+            OwnedFrame::Array(vec![OwnedFrame::Integer(c), OwnedFrame::Integer(d)])
+        };
+        // The same entry twice in one batch, then the whole batch again (a resend after a
+        // lost reply), then a batch with the other entry: one output each.
+        let batch: [&[u8]; 6] = [b"d1", a, b"x", b"d1", a, b"x"];
+        assert_eq!(
+            commit(addr, mode, "prog", &batch),
+            counts(1, 1),
+            "mode {mode}"
+        );
+        assert_eq!(
+            commit(addr, mode, "prog", &batch),
+            counts(0, 2),
+            "mode {mode}"
+        );
+        assert_eq!(
+            commit(addr, mode, "prog", &[b"e1", b, b"raw", b"why"]),
+            counts(1, 0)
+        );
+        let out = entries(addr, "out");
+        assert_eq!(out.len(), 2, "mode {mode}: {out:?}");
+        assert_eq!(
+            (&out[0].1["data"][..], &out[0].1["src"][..]),
+            (&b"x"[..], a)
+        );
+        assert_eq!(&out[1].1["error"][..], b"why");
+        if mode == "a" {
+            assert_eq!(pending(addr, "in", "g"), 0, "ack mode acknowledges");
+        } else {
+            assert_eq!(
+                pending(addr, "in", "g"),
+                2,
+                "progress mode leaves the XACK to the job"
+            );
+            assert_eq!(
+                call(addr, &[b"ZCARD", b"prog"]).unwrap(),
+                OwnedFrame::Integer(2)
+            );
+        }
+        // A key of the wrong type stops the batch before anything is written.
+        call(addr, &[b"SET", b"out", b"x"]).unwrap();
+        let e = commit(addr, mode, "prog", &[b"d1", a, b"x"]);
+        assert!(
+            matches!(&e, OwnedFrame::Error(m) if m.starts_with(b"WRONGTYPE")),
+            "{e:?}"
+        );
+    }
+}

@@ -54,7 +54,7 @@ pub use record::{parse_line, Line, LineError, LineFields};
 pub use routing::{key_hash, partition_of_key, ROUTING_VERSION};
 pub use stream::{
     EntryId, GroupStart, StreamConnError, StreamCounters, StreamOptions, StreamStats, StreamUrl,
-    StreamUrlError, PROGRESS_RETENTION, SERVER_DOWN_LIMIT,
+    StreamUrlError, COMMIT_SCRIPT, PROGRESS_RETENTION, SERVER_DOWN_LIMIT,
 };
 pub use summary::{Ending, EnrichSummary, Resumed};
 pub use value::{Command, NotJson, ValueFormat, ValueSpec};

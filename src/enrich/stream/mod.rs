@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use commit::SCRIPT as COMMIT_SCRIPT;
 pub(crate) use commit::{Kind, StreamCommitter};
 use conn::text;
 pub(crate) use conn::BlockingConn;

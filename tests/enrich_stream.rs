@@ -794,3 +794,43 @@ fn the_commit_script_adds_an_entrys_output_once_however_often_it_is_committed() 
         );
     }
 }
+
+#[test]
+fn in_a_redis_cluster_the_keys_of_a_commit_must_share_a_slot() {
+    let cluster = common::redis::RedisCluster::start();
+    let slot = ringwait::lookup::key_slot(b"{orders}");
+    let owner = cluster.owner(slot);
+    let other = *cluster.addrs().iter().find(|a| **a != owner).unwrap();
+    let ids = xadd_records(owner, "{orders}:in", 2000);
+    let input = url(owner, "{orders}:in?group=g");
+    let o = ringwait(&enrich_args(
+        &input,
+        &url(owner, "{orders}:out"),
+        &["--until", "caught-up", "--mode", "unordered"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_outputs(owner, "{orders}:out", &ids, Order::None, "cluster");
+    // An output in another slot is refused, naming the keys and the way out.
+    let o = ringwait(&enrich_args(
+        &input,
+        &url(owner, "elsewhere"),
+        &["--until", "caught-up"],
+    ));
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("must share a hash slot") && err.contains("{tag}"),
+        "{err}"
+    );
+    // A node that does not hold the stream says where it is.
+    let o = ringwait(&enrich_args(
+        &url(other, "{orders}:in?group=g"),
+        &url(other, "{orders}:out"),
+        &["--until", "caught-up"],
+    ));
+    assert!(
+        stderr(&o).contains("lives on another node"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -268,13 +268,6 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
         .map_err(|e| flag("--output", format!("cannot reach {}: {e}", output.server)))?;
     let mut in_conn = BlockingConn::open(&input.server, CONNECT_TIMEOUT)
         .map_err(|e| flag("--input", format!("cannot reach {}: {e}", input.server)))?;
-    for name in &input.streams {
-        must_be_stream(&mut in_conn, name, "--input")?;
-    }
-    must_be_stream(&mut out_conn, &out_stream, "--output")?;
-    if let Some(s) = &side {
-        must_be_stream(&mut out_conn, s, "--on-error")?;
-    }
     let mode = if input.same_server(&output) {
         CommitMode::Ack
     } else {
@@ -283,6 +276,13 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
     check_slots(&mut out_conn, &input, &out_stream, side.as_deref(), &mode)?;
     if !input.same_server(&output) {
         check_input_slots(&mut in_conn, &input)?;
+    }
+    for name in &input.streams {
+        must_be_stream(&mut in_conn, name, "--input")?;
+    }
+    must_be_stream(&mut out_conn, &out_stream, "--output")?;
+    if let Some(s) = &side {
+        must_be_stream(&mut out_conn, s, "--on-error")?;
     }
     let until = match options.until_caught_up {
         true => Some(
@@ -367,9 +367,15 @@ fn must_be_stream(
     key: &str,
     flag_name: &'static str,
 ) -> Result<(), EnrichError> {
-    let reply = conn
-        .call(&[b"TYPE", key.as_bytes()])
-        .map_err(|e| flag(flag_name, e.to_string()))?;
+    let reply = conn.call(&[b"TYPE", key.as_bytes()]).map_err(|e| match &e {
+        StreamConnError::Server { message, .. } if message.starts_with("MOVED") => flag(
+            flag_name,
+            format!(
+                "the key {key:?} lives on another node of the Redis Cluster ({message}): give that node's address"
+            ),
+        ),
+        _ => flag(flag_name, e.to_string()),
+    })?;
     match text(&reply) {
         Some("stream") | Some("none") => Ok(()),
         Some(other) => Err(flag(

@@ -11,6 +11,7 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
+pub mod connect;
 pub mod dataset;
 pub mod element;
 pub mod enrich;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::enrich::stream::{BlockingConn, GroupStart, StreamUrl};
+use crate::connect::redis_stream::{BlockingConn, GroupStart, StreamUrl};
 use crate::enrich::{EnrichConfig, Input, Lookup, Output, StreamOptions};
 use crate::lookup::RedisUrl;
 use crate::resp::{encode_command, Frame, OwnedFrame};

@@ -34,28 +34,25 @@
 //! and refuses otherwise, naming the keys.
 
 mod commit;
-mod conn;
 mod reader;
-mod url;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use commit::SCRIPT as COMMIT_SCRIPT;
-pub(crate) use commit::{Kind, StreamCommitter};
-use conn::text;
-pub(crate) use conn::BlockingConn;
-pub use conn::StreamConnError;
+pub(crate) use commit::StreamCommitter;
 pub(crate) use reader::spawn as spawn_reader;
-pub use url::{GroupStart, StreamUrl, StreamUrlError};
+
+pub(crate) use crate::connect::redis_stream::Kind;
+use crate::connect::redis_stream::{create_group, text, CommitMode, CommitTarget};
+pub use crate::connect::redis_stream::{
+    BlockingConn, EntryId, GroupStart, StreamConnError, StreamUrl, StreamUrlError,
+    PROGRESS_RETENTION, SCRIPT as COMMIT_SCRIPT,
+};
 
 use super::intake::Intake;
 use super::{EnrichConfig, EnrichError, Input, OnError, Output};
 use crate::resp::OwnedFrame;
-
-/// How long a progress member (two-server commits) is kept.
-pub const PROGRESS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// How long the job waits for a stream's server that went away before it gives up (the
 /// entries it holds stay pending and are read again by the next run).
@@ -87,43 +84,6 @@ impl Default for StreamOptions {
             batch: 256,
         }
     }
-}
-
-/// A stream entry's id, `MS-SEQ`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EntryId {
-    /// Milliseconds part.
-    pub ms: u64,
-    /// Sequence part.
-    pub seq: u64,
-}
-
-impl EntryId {
-    /// Parses `MS-SEQ` (or `MS`).
-    pub fn parse(b: &[u8]) -> Option<EntryId> {
-        let s = std::str::from_utf8(b).ok()?;
-        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
-        Some(EntryId {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
-    }
-}
-
-impl std::fmt::Display for EntryId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-/// How a batch's outputs and the input's progress are committed together.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CommitMode {
-    /// Input and output on one server: the script acknowledges and adds.
-    Ack,
-    /// Two servers: the script records progress in this sorted set on the output's server
-    /// and adds; the writer acknowledges on the input's server after.
-    Progress(String),
 }
 
 /// Counters of a stream run, shared by the reader, the writer and `--metrics`.
@@ -197,9 +157,9 @@ pub(crate) struct StreamPlan {
     pub claim_idle: Duration,
     /// `--until caught-up`: per input stream, its last entry at the start (`None`: empty).
     pub until: Option<Vec<Option<EntryId>>>,
-    pub mode: CommitMode,
-    /// `--on-error side-output:NAME`: the side stream on the output's server.
-    pub side: Option<String>,
+    /// What the commit script is given: output, side stream, inputs, group, consumer, and
+    /// whether one server holds them all.
+    pub target: CommitTarget,
 }
 
 /// Whether the job reads or writes a stream.
@@ -271,7 +231,11 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
     let mode = if input.same_server(&output) {
         CommitMode::Ack
     } else {
-        CommitMode::Progress(progress_key(&out_stream, &input.streams, &group))
+        CommitMode::Progress(CommitTarget::progress_key(
+            &out_stream,
+            &input.streams,
+            &group,
+        ))
     };
     check_slots(&mut out_conn, &input, &out_stream, side.as_deref(), &mode)?;
     if !input.same_server(&output) {
@@ -296,12 +260,26 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
         false => None,
     };
     for name in &input.streams {
-        create_group(&mut in_conn, name, &group, input.start)?;
+        create_group(&mut in_conn, name, &group, input.start).map_err(|e| {
+            flag(
+                "--input",
+                format!("cannot create the group {group:?} on {name:?}: {e}"),
+            )
+        })?;
     }
     let consumer = input
         .consumer
         .clone()
         .unwrap_or_else(|| default_consumer(config, &input, &output));
+    let target = CommitTarget {
+        output: out_stream,
+        side,
+        maxlen: output.maxlen,
+        inputs: input.streams.clone(),
+        group: group.clone(),
+        consumer: consumer.clone(),
+        mode,
+    };
     Ok(StreamPlan {
         input,
         output,
@@ -312,8 +290,7 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
         commit_batch: options.batch.max(1),
         claim_idle: options.claim_idle,
         until,
-        mode,
-        side,
+        target,
     })
 }
 
@@ -340,25 +317,6 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// The progress sorted set of two-server commits: beside the output stream, in its hash
-/// slot (the output's `{tag}`, or the output's whole name as the tag).
-fn progress_key(output: &str, inputs: &[String], group: &str) -> String {
-    let tagged = has_hash_tag(output);
-    let base = if tagged {
-        output.to_string()
-    } else {
-        format!("{{{output}}}")
-    };
-    format!("{base}:ringwait-progress:{}:{group}", inputs.join(","))
-}
-
-fn has_hash_tag(key: &str) -> bool {
-    match key.find('{') {
-        Some(open) => key[open + 1..].find('}').is_some_and(|close| close > 0),
-        None => false,
-    }
 }
 
 /// Refuses a key that holds something other than a stream.
@@ -460,34 +418,6 @@ fn last_entry(conn: &mut BlockingConn, stream: &str) -> Result<Option<EntryId>, 
         }),
         _ => None,
     })
-}
-
-/// `XGROUP CREATE … MKSTREAM`; a group that exists is left as it is.
-fn create_group(
-    conn: &mut BlockingConn,
-    stream: &str,
-    group: &str,
-    start: GroupStart,
-) -> Result<(), EnrichError> {
-    let start: &[u8] = match start {
-        GroupStart::Beginning => b"0",
-        GroupStart::New => b"$",
-    };
-    match conn.call(&[
-        b"XGROUP",
-        b"CREATE",
-        stream.as_bytes(),
-        group.as_bytes(),
-        start,
-        b"MKSTREAM",
-    ]) {
-        Ok(_) => Ok(()),
-        Err(StreamConnError::Server { message, .. }) if message.starts_with("BUSYGROUP") => Ok(()),
-        Err(e) => Err(flag(
-            "--input",
-            format!("cannot create the group {group:?} on {stream:?}: {e}"),
-        )),
-    }
 }
 
 impl StreamPlan {

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{BlockingConn, StreamConnError};
-use super::{EntryId, StreamCounters, StreamPlan};
+use super::{StreamCounters, StreamPlan};
+use crate::connect::redis_stream::{BlockingConn, EntryId, StreamConnError};
 use crate::element::StreamElement;
 use crate::enrich::chunk::ChunkBuilder;
 use crate::enrich::input::{Dealer, ReaderSettings};

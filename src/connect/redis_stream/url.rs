@@ -25,7 +25,7 @@ pub enum GroupStart {
 /// A parsed `redis-stream://` address.
 ///
 /// ```
-/// use ringwait::enrich::StreamUrl;
+/// use ringwait::connect::redis_stream::StreamUrl;
 /// let url: StreamUrl = "redis-stream://127.0.0.1:6379/2/in,other?group=g&consumer=c".parse()?;
 /// assert_eq!(url.streams, ["in", "other"]);
 /// assert_eq!((url.server.db, url.group.as_deref()), (2, Some("g")));

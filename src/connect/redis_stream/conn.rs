@@ -46,8 +46,11 @@ impl StreamConnError {
     }
 }
 
-/// One blocking connection, authenticated and on its database.
-pub(crate) struct BlockingConn {
+/// One blocking RESP connection, authenticated and on its database, with requests
+/// pipelined (send several, then read their replies in order, each parsed where it lies in
+/// the read buffer). [`try_reply`](Self::try_reply) and [`readable`](Self::readable) let a
+/// partition's executor use it without blocking.
+pub struct BlockingConn {
     addr: SocketAddr,
     stream: TcpStream,
     buf: Vec<u8>,
@@ -59,7 +62,7 @@ pub(crate) struct BlockingConn {
 }
 
 /// How long a reply may take (beyond a blocking read's own wait).
-pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl BlockingConn {
     /// Connects within `timeout`, then `AUTH` and `SELECT` as the address says.
@@ -148,6 +151,56 @@ impl BlockingConn {
             }
             self.fill()?;
         }
+    }
+
+    /// The next reply if it is complete, reading only what the socket already holds;
+    /// `Ok(None)` when it has not arrived yet.
+    pub fn try_reply<T>(
+        &mut self,
+        f: impl FnOnce(Frame<'_>) -> Result<T, StreamConnError>,
+    ) -> Result<Option<T>, StreamConnError> {
+        loop {
+            let addr = self.addr;
+            let complete = self
+                .parser
+                .parse(&self.buf[self.start..self.len])
+                .map_err(|e| StreamConnError::Protocol {
+                    addr,
+                    what: e.to_string(),
+                })?
+                .is_some();
+            if complete {
+                return self.reply(f).map(Some);
+            }
+            if !self.socket_readable(Duration::ZERO) {
+                return Ok(None);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Waits at most `timeout` until a reply can be read without blocking (one is complete
+    /// in the buffer, or the socket has bytes or was closed); whether one can.
+    pub fn readable(&self, timeout: Duration) -> bool {
+        let complete = matches!(
+            self.parser.parse(&self.buf[self.start..self.len]),
+            Ok(Some(_))
+        );
+        complete || self.socket_readable(timeout)
+    }
+
+    /// Waits at most `timeout` for the socket to have bytes to read (or to be closed).
+    fn socket_readable(&self, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, and its count; poll(2) only writes `revents`.
+        let n = unsafe { libc::poll(&mut fd, 1, ms) };
+        n > 0
     }
 
     /// Reads more bytes, making room first.

@@ -1,0 +1,87 @@
+//! Redis Streams as a source and a sink.
+//!
+//! * [`StreamUrl`], the address: `redis-stream://[USER:PW@]HOST:PORT[/DB]/STREAM[,STREAM...][?group=G&…]`;
+//! * [`RedisStreamSource`], one partition's consumer in a group: its own pending entries
+//!   first, then new ones, and entries idle in dead consumers' pending lists (claimed);
+//! * [`RedisStreamSink`], which commits each entry's output and its acknowledgement in one script
+//!   per batch ([`SCRIPT`]), so an entry gets exactly one output however often it is read or
+//!   committed (a restart, a claim, a resent batch).
+//!
+//! Both do their I/O without blocking the partition's executor: requests are written at
+//! once, replies are read when they are there, and an idle partition waits on the socket
+//! ([`Source::wait_for_input`](crate::source::Source::wait_for_input),
+//! [`Sink::wait_for_room`](crate::sink::Sink::wait_for_room)).
+
+mod commit;
+mod conn;
+mod sink;
+mod source;
+mod url;
+
+pub use commit::{
+    commit_counts, CommitBatch, CommitMode, CommitTarget, EncodedBatch, Kind, PROGRESS_RETENTION,
+    SCRIPT,
+};
+pub(crate) use conn::text;
+pub use conn::{BlockingConn, StreamConnError};
+pub use sink::{RedisStreamSink, SinkStats, StreamOutput};
+pub use source::{RedisStreamSource, SourceOptions, StreamEntry};
+pub use url::{GroupStart, StreamUrl, StreamUrlError};
+
+/// A stream entry's id, `MS-SEQ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence part.
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// Parses `MS-SEQ` (or `MS`).
+    ///
+    /// ```
+    /// use ringwait::connect::redis_stream::EntryId;
+    /// assert_eq!(EntryId::parse(b"17-3"), Some(EntryId { ms: 17, seq: 3 }));
+    /// assert!(EntryId::parse(b"17-3") < EntryId::parse(b"18-0"));
+    /// ```
+    pub fn parse(b: &[u8]) -> Option<EntryId> {
+        let s = std::str::from_utf8(b).ok()?;
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// `XGROUP CREATE … MKSTREAM`; a group that exists is left as it is.
+pub fn create_group(
+    conn: &mut BlockingConn,
+    stream: &str,
+    group: &str,
+    start: GroupStart,
+) -> Result<(), StreamConnError> {
+    let start: &[u8] = match start {
+        GroupStart::Beginning => b"0",
+        GroupStart::New => b"$",
+    };
+    match conn.call(&[
+        b"XGROUP",
+        b"CREATE",
+        stream.as_bytes(),
+        group.as_bytes(),
+        start,
+        b"MKSTREAM",
+    ]) {
+        Ok(_) => Ok(()),
+        Err(StreamConnError::Server { message, .. }) if message.starts_with("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}

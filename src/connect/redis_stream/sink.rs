@@ -1,0 +1,236 @@
+//! [`RedisStreamSink`]: one partition's outputs committed to a stream with their entries'
+//! acknowledgements, exactly once, without blocking the partition's executor.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::commit::{commit_counts, CommitBatch, CommitMode, CommitTarget, EncodedBatch, Kind};
+use super::conn::{BlockingConn, StreamConnError};
+use super::{StreamEntry, StreamUrl};
+use crate::element::Emitted;
+use crate::sink::Sink;
+use crate::source::BoxError;
+
+/// An output a [`RedisStreamSink`] can commit: the entry it was made from, and its bytes
+/// (the output entry's `data`). Each input entry must complete with exactly one output
+/// (or fail): the first output of an entry commits it, a second is dropped as a duplicate.
+pub trait StreamOutput: 'static {
+    /// The input entry.
+    fn entry(&self) -> &StreamEntry;
+    /// What goes into the output entry's `data`.
+    fn payload(&self) -> &[u8];
+}
+
+impl StreamOutput for (StreamEntry, Vec<u8>) {
+    fn entry(&self) -> &StreamEntry {
+        &self.0
+    }
+    fn payload(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+/// What a [`RedisStreamSink`] committed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Entries committed (output or error entry added, or skipped, and acknowledged).
+    pub committed: u64,
+    /// Entries whose commit found them committed already (nothing added).
+    pub duplicates: u64,
+    /// Batches committed.
+    pub batches: u64,
+}
+
+/// Batches in flight before [`has_room`](Sink::has_room) says no.
+const WINDOW: usize = 4;
+
+/// One partition's output to a Redis stream. Each output becomes an entry `{data, src: the
+/// input entry's id}` (and `stream`, with several inputs); a failed record becomes an entry
+/// `{error, src, data: its payload}` on the side stream, or is acknowledged without output
+/// when there is none. Outputs gather per partition round into one batch, committed by one
+/// script that acknowledges each entry and adds its output only if that acknowledged it
+/// (input and output on one server), or records it in a progress set beside the output and
+/// adds only if it was not there (two servers; then the sink acknowledges on the input's
+/// server). So however often an entry is read and committed, it has one output.
+///
+/// A lost connection fails the partition at [`finish`](Sink::finish); what it had not
+/// committed stays pending in the group and is read again.
+pub struct RedisStreamSink<O> {
+    conn: BlockingConn,
+    acks_conn: Option<BlockingConn>,
+    target: CommitTarget,
+    batch: CommitBatch,
+    batch_size: usize,
+    in_flight: VecDeque<(EncodedBatch, Instant)>,
+    stats: SinkStats,
+    error: Option<StreamConnError>,
+    _out: std::marker::PhantomData<O>,
+}
+
+impl<O: StreamOutput> RedisStreamSink<O> {
+    /// Commits to `output` (one stream) the outputs of what `consumer` read from `input`;
+    /// failed records go to the stream `side` on the output's server, or are skipped.
+    pub fn open(
+        output: &StreamUrl,
+        input: &StreamUrl,
+        consumer: &str,
+        side: Option<&str>,
+    ) -> Result<RedisStreamSink<O>, BoxError> {
+        output.check_output()?;
+        input.check_input()?;
+        let group = input.group.clone().expect("checked");
+        let mode = if input.same_server(output) {
+            CommitMode::Ack
+        } else {
+            CommitMode::Progress(CommitTarget::progress_key(
+                &output.streams[0],
+                &input.streams,
+                &group,
+            ))
+        };
+        let acks_conn = match mode {
+            CommitMode::Ack => None,
+            CommitMode::Progress(_) => Some(BlockingConn::open(&input.server, TIMEOUT)?),
+        };
+        Ok(RedisStreamSink {
+            conn: BlockingConn::open(&output.server, TIMEOUT)?,
+            acks_conn,
+            target: CommitTarget {
+                output: output.streams[0].clone(),
+                side: side.map(str::to_string),
+                maxlen: output.maxlen,
+                inputs: input.streams.clone(),
+                group,
+                consumer: consumer.to_string(),
+                mode,
+            },
+            batch: CommitBatch::default(),
+            batch_size: 256,
+            in_flight: VecDeque::with_capacity(WINDOW + 1),
+            stats: SinkStats::default(),
+            error: None,
+            _out: std::marker::PhantomData,
+        })
+    }
+
+    /// Sends the batch being built (if any).
+    fn send(&mut self) {
+        if self.batch.is_empty() || self.error.is_some() {
+            return;
+        }
+        let encoded = self.batch.take(&self.target);
+        match self.conn.send(&encoded.eval) {
+            Ok(()) => self.in_flight.push_back((encoded, Instant::now())),
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Takes the replies that arrived (all of them, waiting, when `wait`).
+    fn receive(&mut self, wait: bool) {
+        while !self.in_flight.is_empty() && self.error.is_none() {
+            let addr = self.conn.addr();
+            let counts = |frame: crate::resp::Frame<'_>| {
+                commit_counts(frame).ok_or_else(|| StreamConnError::Protocol {
+                    addr,
+                    what: "the commit script must answer {committed, duplicates}".into(),
+                })
+            };
+            let reply = if wait {
+                self.conn.reply(counts).map(Some)
+            } else {
+                self.conn.try_reply(counts)
+            };
+            match reply {
+                Ok(Some((committed, duplicates))) => {
+                    let (batch, _) = self.in_flight.pop_front().expect("in flight");
+                    self.stats.committed += committed;
+                    self.stats.duplicates += duplicates;
+                    self.stats.batches += 1;
+                    if let Err(e) = self.acknowledge(&batch) {
+                        self.error = Some(e);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
+    /// Two servers: `XACK` the batch's entries on the input's server.
+    fn acknowledge(&mut self, batch: &EncodedBatch) -> Result<(), StreamConnError> {
+        let Some(conn) = self.acks_conn.as_mut() else {
+            return Ok(());
+        };
+        conn.send(&batch.acks)?;
+        for _ in 0..batch.ack_count {
+            conn.reply(|_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+impl<O: StreamOutput> Sink<O, StreamEntry> for RedisStreamSink<O> {
+    type Output = SinkStats;
+
+    fn accept(&mut self, item: Emitted<O, StreamEntry>) {
+        let (entry, kind, data, error) = match &item {
+            Emitted::Record { value, .. } => (value.entry(), Kind::Data, value.payload(), None),
+            Emitted::Failed { input, error, .. } => {
+                let kind = if self.target.side.is_some() {
+                    Kind::Error
+                } else {
+                    Kind::Skip
+                };
+                (
+                    input,
+                    kind,
+                    input.payload().unwrap_or_default(),
+                    Some(error.to_string()),
+                )
+            }
+            Emitted::Watermark(_) => return,
+        };
+        let target = &self.target;
+        self.batch.add(
+            target,
+            entry.stream(),
+            entry.id(),
+            kind,
+            data,
+            error.as_deref().unwrap_or(""),
+        );
+        if self.batch.len() >= self.batch_size {
+            self.send();
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < WINDOW || self.error.is_some()
+    }
+
+    fn flush(&mut self) {
+        self.receive(false);
+        self.send();
+    }
+
+    fn wait_for_room(&mut self, timeout: Duration) -> bool {
+        self.conn.readable(timeout);
+        self.receive(false);
+        true
+    }
+
+    fn finish(&mut self) -> Result<SinkStats, BoxError> {
+        self.send();
+        self.receive(true);
+        match self.error.take() {
+            Some(e) => Err(format!(
+                "committing to {}: {e} (what was not committed stays pending in the group)",
+                self.target.output
+            )
+            .into()),
+            None => Ok(self.stats),
+        }
+    }
+}

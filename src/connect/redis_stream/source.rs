@@ -1,0 +1,393 @@
+//! [`RedisStreamSource`]: one partition's consumer in a group, read without blocking the
+//! partition's executor.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn::{BlockingConn, StreamConnError};
+use super::{create_group, EntryId, StreamUrl};
+use crate::element::StreamElement;
+use crate::resp::{encode_command, ArrayView, Frame};
+use crate::source::{BoxError, Source, SourceEvent};
+
+/// One entry read from an input stream. The entries of one read share one buffer, so an
+/// entry costs no allocation of its own.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    chunk: Arc<Vec<u8>>,
+    id: (u32, u32),
+    /// `None`: the entry has no such field, or it was deleted while pending.
+    payload: Option<(u32, u32)>,
+    stream: u8,
+}
+
+impl StreamEntry {
+    /// The entry's id as the server wrote it (`MS-SEQ`).
+    pub fn id(&self) -> &[u8] {
+        &self.chunk[self.id.0 as usize..self.id.1 as usize]
+    }
+
+    /// The value of the source's field; `None` when the entry has none (or was deleted from
+    /// the stream while it was pending).
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload
+            .map(|(s, e)| &self.chunk[s as usize..e as usize])
+    }
+
+    /// Which of the source's input streams it came from (its position in the URL).
+    pub fn stream(&self) -> usize {
+        usize::from(self.stream)
+    }
+}
+
+/// How a [`RedisStreamSource`] reads.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// The field holding the record.
+    pub field: String,
+    /// Entries per read.
+    pub count: usize,
+    /// Claim entries idle this long in other consumers' pending lists.
+    pub claim_idle: Duration,
+    /// End (instead of waiting for more) once a read finds nothing new for this consumer.
+    pub end_when_empty: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            field: "data".into(),
+            count: 256,
+            claim_idle: Duration::from_secs(30),
+            end_when_empty: false,
+        }
+    }
+}
+
+/// What the request in flight asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// This consumer's own pending entries (from an earlier run).
+    Own,
+    /// New entries (`>`), blocking up to [`BLOCK`].
+    New,
+    /// `XAUTOCLAIM` on input stream `k`.
+    Claim(usize),
+}
+
+/// How long a read of new entries waits on the server.
+const BLOCK: Duration = Duration::from_millis(100);
+
+/// One partition's input from Redis Streams: a consumer in a group, which reads its own
+/// pending entries first (left by an earlier run under the same name), then new ones, and
+/// claims entries idle in other consumers' pending lists. An entry stays pending until a
+/// [`RedisStreamSink`](super::RedisStreamSink) commits its output, so whatever a partition
+/// read when its process died is read again.
+///
+/// Give each partition its own consumer name (e.g. `format!("{host}-p{index}")`), the same
+/// across restarts. A lost connection fails the partition (its entries stay pending).
+pub struct RedisStreamSource {
+    conn: BlockingConn,
+    url: StreamUrl,
+    group: String,
+    consumer: String,
+    options: SourceOptions,
+    asked: Option<Asked>,
+    own_done: bool,
+    own_cursor: Vec<String>,
+    claim_cursor: Vec<String>,
+    next_claim: Instant,
+    ready: VecDeque<StreamEntry>,
+    taken: u64,
+    ended: bool,
+    command: Vec<u8>,
+}
+
+impl RedisStreamSource {
+    /// Connects to `url`'s server, creates its group where missing (`XGROUP CREATE …
+    /// MKSTREAM`, from `start=`), and reads as `consumer`.
+    pub fn open(
+        url: &StreamUrl,
+        consumer: &str,
+        options: SourceOptions,
+    ) -> Result<RedisStreamSource, BoxError> {
+        url.check_input()?;
+        let group = url.group.clone().expect("checked");
+        let mut conn = BlockingConn::open(&url.server, Duration::from_secs(2))?;
+        for s in &url.streams {
+            create_group(&mut conn, s, &group, url.start)?;
+        }
+        let n = url.streams.len();
+        Ok(RedisStreamSource {
+            conn,
+            url: url.clone(),
+            group,
+            consumer: consumer.to_string(),
+            next_claim: Instant::now() + options.claim_idle,
+            options,
+            asked: None,
+            own_done: false,
+            own_cursor: vec!["0".into(); n],
+            claim_cursor: vec!["0-0".into(); n],
+            ready: VecDeque::new(),
+            taken: 0,
+            ended: false,
+            command: Vec::with_capacity(256),
+        })
+    }
+
+    /// Sends the next request: a claim round when one is due, else a read.
+    fn ask(&mut self) -> Result<(), StreamConnError> {
+        let asked = if self.own_done && Instant::now() >= self.next_claim {
+            Asked::Claim(0)
+        } else if self.own_done {
+            Asked::New
+        } else {
+            Asked::Own
+        };
+        self.send(asked)
+    }
+
+    fn send(&mut self, asked: Asked) -> Result<(), StreamConnError> {
+        let count = self.options.count.max(1).to_string();
+        let block = BLOCK.as_millis().to_string();
+        let idle = self.options.claim_idle.as_millis().to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(10 + 2 * self.url.streams.len());
+        match asked {
+            Asked::Claim(k) => args.extend([
+                &b"XAUTOCLAIM"[..],
+                self.url.streams[k].as_bytes(),
+                self.group.as_bytes(),
+                self.consumer.as_bytes(),
+                idle.as_bytes(),
+                self.claim_cursor[k].as_bytes(),
+                b"COUNT",
+                count.as_bytes(),
+            ]),
+            Asked::Own | Asked::New => {
+                args.extend([
+                    &b"XREADGROUP"[..],
+                    b"GROUP",
+                    self.group.as_bytes(),
+                    self.consumer.as_bytes(),
+                    b"COUNT",
+                    count.as_bytes(),
+                ]);
+                if asked == Asked::New {
+                    args.extend([&b"BLOCK"[..], block.as_bytes()]);
+                }
+                args.push(b"STREAMS");
+                args.extend(self.url.streams.iter().map(|s| s.as_bytes()));
+                match asked {
+                    Asked::New => args.extend(self.url.streams.iter().map(|_| &b">"[..])),
+                    _ => args.extend(self.own_cursor.iter().map(|c| c.as_bytes())),
+                }
+            }
+        }
+        self.command.clear();
+        encode_command(&mut self.command, &args);
+        let command = std::mem::take(&mut self.command);
+        let sent = self.conn.send(&command);
+        self.command = command;
+        sent?;
+        self.asked = Some(asked);
+        Ok(())
+    }
+
+    /// Takes the reply of the request in flight if it arrived; true when it did.
+    fn receive(&mut self) -> Result<bool, StreamConnError> {
+        let Some(asked) = self.asked else {
+            return Ok(false);
+        };
+        let addr = self.conn.addr();
+        let field = self.options.field.as_bytes().to_vec();
+        let streams = &self.url.streams;
+        let mut cursors: Vec<Option<String>> = vec![None; streams.len()];
+        let mut got = Vec::new();
+        let reply = self.conn.try_reply(|frame| {
+            let mut chunk = Vec::new();
+            match (asked, frame) {
+                (Asked::Claim(k), Frame::Array(parts)) => {
+                    let mut parts = parts.iter();
+                    let next = parts.next().and_then(|f| f.as_bytes());
+                    cursors[k] = next.map(|b| String::from_utf8_lossy(b).into_owned());
+                    if let Some(Frame::Array(entries)) = parts.next() {
+                        collect(entries, k, &field, &mut chunk, &mut got, addr)?;
+                    }
+                }
+                (Asked::Claim(_), _) => return Err(protocol(addr, "XAUTOCLAIM's reply")),
+                (_, Frame::Array(per_stream)) => {
+                    for s in per_stream.iter() {
+                        let Frame::Array(pair) = s else {
+                            return Err(protocol(addr, "XREADGROUP's reply"));
+                        };
+                        let mut pair = pair.iter();
+                        let name = pair.next().and_then(|f| f.as_bytes());
+                        let k = streams
+                            .iter()
+                            .position(|s| Some(s.as_bytes()) == name)
+                            .ok_or_else(|| protocol(addr, "a stream not asked for"))?;
+                        if let Some(Frame::Array(entries)) = pair.next() {
+                            let before = got.len();
+                            collect(entries, k, &field, &mut chunk, &mut got, addr)?;
+                            if got.len() > before {
+                                cursors[k] = Some(
+                                    String::from_utf8_lossy(last_id(&chunk, &got)).into_owned(),
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => {} // nil: nothing within BLOCK
+            }
+            Ok(chunk)
+        })?;
+        let Some(chunk) = reply else {
+            return Ok(false);
+        };
+        self.asked = None;
+        let chunk = Arc::new(chunk);
+        let n = got.len();
+        for f in got {
+            self.ready.push_back(StreamEntry {
+                chunk: chunk.clone(),
+                id: f.id,
+                payload: f.payload,
+                stream: f.stream,
+            });
+        }
+        match asked {
+            Asked::Own => {
+                if n == 0 {
+                    self.own_done = true;
+                }
+                for (c, new) in self.own_cursor.iter_mut().zip(cursors) {
+                    if let Some(new) = new {
+                        *c = new;
+                    }
+                }
+            }
+            Asked::Claim(k) => {
+                let next = cursors[k].take().unwrap_or_else(|| "0-0".into());
+                let wrapped = next == "0-0";
+                self.claim_cursor[k] = next;
+                if wrapped {
+                    if k + 1 < self.url.streams.len() {
+                        self.send(Asked::Claim(k + 1))?;
+                    } else {
+                        self.next_claim = Instant::now() + self.options.claim_idle / 2;
+                    }
+                }
+            }
+            Asked::New => {
+                if n == 0 && self.options.end_when_empty {
+                    self.ended = true;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Where an entry of a reply was copied: its input stream, id and payload in the chunk.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    stream: u8,
+    id: (u32, u32),
+    payload: Option<(u32, u32)>,
+}
+
+fn protocol(addr: std::net::SocketAddr, what: &str) -> StreamConnError {
+    StreamConnError::Protocol {
+        addr,
+        what: what.to_string(),
+    }
+}
+
+/// The entries `[id, [field, value, ...] | nil]` of stream `k`, copied into `chunk`.
+fn collect(
+    entries: ArrayView<'_>,
+    k: usize,
+    field: &[u8],
+    chunk: &mut Vec<u8>,
+    got: &mut Vec<Found>,
+    addr: std::net::SocketAddr,
+) -> Result<(), StreamConnError> {
+    for entry in entries.iter() {
+        let Frame::Array(parts) = entry else {
+            return Err(protocol(addr, "a stream entry"));
+        };
+        let mut parts = parts.iter();
+        let id = parts
+            .next()
+            .and_then(|f| f.as_bytes())
+            .filter(|id| EntryId::parse(id).is_some())
+            .ok_or_else(|| protocol(addr, "a stream entry's id"))?;
+        let at = chunk.len() as u32;
+        chunk.extend_from_slice(id);
+        let id = (at, chunk.len() as u32);
+        let payload = match parts.next() {
+            Some(Frame::Array(fields)) => {
+                let mut it = fields.iter();
+                let mut found = None;
+                while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                    if f.as_bytes() == Some(field) {
+                        found = v.as_bytes();
+                        break;
+                    }
+                }
+                found.map(|v| {
+                    let at = chunk.len() as u32;
+                    chunk.extend_from_slice(v);
+                    (at, chunk.len() as u32)
+                })
+            }
+            _ => None,
+        };
+        got.push(Found {
+            stream: k as u8,
+            id,
+            payload,
+        });
+    }
+    Ok(())
+}
+
+fn last_id<'c>(chunk: &'c [u8], got: &[Found]) -> &'c [u8] {
+    let (s, e) = got[got.len() - 1].id;
+    &chunk[s as usize..e as usize]
+}
+
+impl Source for RedisStreamSource {
+    type Item = StreamEntry;
+
+    fn next(&mut self) -> Result<SourceEvent<StreamEntry>, BoxError> {
+        loop {
+            if let Some(entry) = self.ready.pop_front() {
+                self.taken += 1;
+                return Ok(SourceEvent::Element(StreamElement::record(entry)));
+            }
+            if self.ended {
+                return Ok(SourceEvent::End);
+            }
+            if self.asked.is_none() {
+                self.ask()?;
+            }
+            if !self.receive()? {
+                return Ok(SourceEvent::Idle);
+            }
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.taken
+    }
+
+    fn wait_for_input(&mut self, timeout: Duration) -> bool {
+        if self.asked.is_some() {
+            self.conn.readable(timeout);
+        }
+        true
+    }
+}

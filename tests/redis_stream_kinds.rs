@@ -1,0 +1,145 @@
+//! The Redis Streams kinds from the library: a pipeline of your own with
+//! `RedisStreamSource`, your `AsyncFunction` and `RedisStreamSink`, against a real
+//! redis-server. Every entry gets exactly one output, also after a partition read entries and
+//! died without committing them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{call, pipeline, RedisServer};
+use ringwait::connect::redis_stream::{
+    RedisStreamSink, RedisStreamSource, SinkStats, SourceOptions, StreamEntry, StreamUrl,
+};
+use ringwait::function::from_fn;
+use ringwait::resp::OwnedFrame;
+use ringwait::source::{Source, SourceEvent};
+use ringwait::{OperatorConfig, OrderMode, Pipeline, ResultFuture};
+
+fn xadd(addr: std::net::SocketAddr, n: usize) -> Vec<Vec<u8>> {
+    let commands: Vec<Vec<Vec<u8>>> = (0..n)
+        .map(|i| {
+            let data = if i == 7 {
+                vec![b"other".to_vec(), b"x".to_vec()] // no "data" field: the function fails it
+            } else {
+                vec![b"data".to_vec(), format!("record {i}").into_bytes()]
+            };
+            [vec![b"XADD".to_vec(), b"in".to_vec(), b"*".to_vec()], data].concat()
+        })
+        .collect();
+    pipeline(addr, &commands)
+        .into_iter()
+        .map(|r| match r {
+            OwnedFrame::Bulk(id) => id,
+            r => panic!("{r:?}"),
+        })
+        .collect()
+}
+
+fn run(input: &StreamUrl, output: &StreamUrl) -> Vec<SinkStats> {
+    let operator = OperatorConfig::builder()
+        .mode(OrderMode::Unordered)
+        .capacity(100)
+        .on_error(ringwait::ErrorPolicy::SideOutput)
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder()
+        .partitions(2)
+        .pin(false)
+        .operator(operator)
+        .build()
+        .unwrap();
+    let (i, o, input2) = (input.clone(), output.clone(), input.clone());
+    let report = pipeline
+        .run(
+            move |p| {
+                let options = SourceOptions {
+                    end_when_empty: true,
+                    ..SourceOptions::default()
+                };
+                RedisStreamSource::open(&i, &format!("lib-p{}", p.index), options)
+            },
+            |_p| async {
+                Ok(from_fn(
+                    |e: &StreamEntry, r: ResultFuture<(StreamEntry, Vec<u8>)>| match e.payload() {
+                        Some(p) => {
+                            let _ = r.complete_one((e.clone(), p.to_ascii_uppercase()));
+                        }
+                        None => {
+                            let _ = r.fail(ringwait::AsyncError::msg("no data field"));
+                        }
+                    },
+                ))
+            },
+            move |p| {
+                let consumer = format!("lib-p{}", p.index);
+                RedisStreamSink::open(&o, &input2, &consumer, Some("errors"))
+            },
+        )
+        .unwrap();
+    report.outputs().copied().collect()
+}
+
+#[test]
+fn a_pipeline_of_your_own_reads_and_commits_a_stream_exactly_once() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let ids = xadd(addr, 5000);
+    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
+
+    // A partition that read 300 entries and died before committing any.
+    let mut dead = RedisStreamSource::open(&input, "lib-p0", SourceOptions::default()).unwrap();
+    let mut taken = 0;
+    while taken < 300 {
+        match dead.next().unwrap() {
+            SourceEvent::Element(_) => taken += 1,
+            SourceEvent::Idle => {
+                dead.wait_for_input(Duration::from_millis(10));
+            }
+            SourceEvent::End => unreachable!("it waits for more"),
+        }
+    }
+    drop(dead);
+
+    let stats = run(&input, &output);
+    let committed: u64 = stats.iter().map(|s| s.committed).sum();
+    assert_eq!(committed, 5000, "{stats:?}");
+    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    assert_eq!(out.len(), 4999);
+    let mut seen = std::collections::HashSet::new();
+    for e in &out {
+        let OwnedFrame::Array(parts) = e else {
+            panic!()
+        };
+        let OwnedFrame::Array(f) = &parts[1] else {
+            panic!()
+        };
+        let (OwnedFrame::Bulk(data), OwnedFrame::Bulk(src)) = (&f[1], &f[3]) else {
+            panic!("{f:?}")
+        };
+        let i = ids.iter().position(|id| id == src).expect("a known src");
+        assert_eq!(data, format!("RECORD {i}").as_bytes());
+        assert!(seen.insert(i), "entry {i} twice");
+    }
+    let OwnedFrame::Array(errors) = call(addr, &[b"XRANGE", b"errors", b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    assert_eq!(
+        errors.len(),
+        1,
+        "the entry without data goes to the side stream"
+    );
+    assert_eq!(
+        call(addr, &[b"XPENDING", b"in", b"g"]).unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::Integer(0),
+            OwnedFrame::Nil,
+            OwnedFrame::Nil,
+            OwnedFrame::NilArray
+        ]),
+        "everything acknowledged"
+    );
+}

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::{call, pipeline, RedisServer};
 use job_support::{ringwait, stderr};
+use ringwait::connect::redis_stream::EntryId;
 use ringwait::resp::OwnedFrame;
 
 const KEYS: u64 = 500;
@@ -553,7 +554,7 @@ fn when_one_of_two_instances_dies_the_other_claims_its_entries() {
             &url(addr, &format!("in?group=g&consumer={consumer}")),
             &output,
             "unordered",
-            &["--claim-idle-ms", "500"],
+            &["--claim-idle-ms", "1500", "--timeout-ms", "200"],
         )
     };
     let mut a = job(&args("a"), &log_a);
@@ -832,5 +833,95 @@ fn in_a_redis_cluster_the_keys_of_a_commit_must_share_a_slot() {
         stderr(&o).contains("lives on another node"),
         "{}",
         stderr(&o)
+    );
+}
+
+#[test]
+fn a_commit_that_fails_for_good_acknowledges_nothing_without_its_output() {
+    // Two servers, so each batch's XACKs follow its script's reply: once a script fails (a
+    // side stream turned into a string mid-run), no later reply may acknowledge its batch.
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let mut payloads: Vec<Vec<u8>> = (0..30_000).map(|i| record(i).into_bytes()).collect();
+    for i in (20_000..30_000).step_by(500) {
+        payloads[i] = b"not json".to_vec();
+    }
+    let ids = xadd(a.addr(), "in", &payloads);
+    let (input, output) = (url(a.addr(), "in?group=g"), url(b.addr(), "out"));
+    let log = std::env::temp_dir().join(format!("rw-stream-fatal-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut child = job(
+        &stream_job_args(
+            &input,
+            &output,
+            "unordered",
+            &["--stream-batch", "64", "--on-error", "side-output:errs"],
+        ),
+        &log,
+    );
+    let started = Instant::now();
+    while xlen(b.addr(), "out") < 2000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            log_of(&log)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    call(b.addr(), &[b"SET", b"errs", b"not a stream"]).unwrap();
+    let status = job_support::wait_at_most(&mut child, Duration::from_secs(60));
+    let text = log_of(&log);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("WRONGTYPE"), "{text}");
+    // Every acknowledged entry has its output.
+    let outputs: std::collections::HashSet<Vec<u8>> = entries(b.addr(), "out")
+        .into_iter()
+        .map(|(_, f)| f["src"].clone())
+        .collect();
+    let OwnedFrame::Array(pending_entries) =
+        call(a.addr(), &[b"XPENDING", b"in", b"g", b"-", b"+", b"100000"]).unwrap()
+    else {
+        panic!("XPENDING")
+    };
+    let pending_ids: std::collections::HashSet<Vec<u8>> = pending_entries
+        .into_iter()
+        .map(|e| match e {
+            OwnedFrame::Array(p) => match &p[0] {
+                OwnedFrame::Bulk(id) => id.clone(),
+                _ => panic!(),
+            },
+            _ => panic!(),
+        })
+        .collect();
+    // The entries delivered to the group: up to its last-delivered-id.
+    let OwnedFrame::Array(groups) = call(a.addr(), &[b"XINFO", b"GROUPS", b"in"]).unwrap() else {
+        panic!("XINFO")
+    };
+    let OwnedFrame::Array(fields) = &groups[0] else {
+        panic!("a group")
+    };
+    let at = fields
+        .iter()
+        .position(|f| *f == OwnedFrame::Bulk(b"last-delivered-id".to_vec()))
+        .unwrap();
+    let OwnedFrame::Bulk(last) = &fields[at + 1] else {
+        panic!("last-delivered-id")
+    };
+    let last = EntryId::parse(last).unwrap();
+    let mut lost = 0;
+    let mut delivered = 0;
+    for (i, id) in ids.iter().enumerate() {
+        if EntryId::parse(id.as_bytes()).unwrap() > last {
+            break;
+        }
+        delivered += 1;
+        let acked = !pending_ids.contains(id.as_bytes());
+        if acked && payloads[i] != b"not json" && !outputs.contains(id.as_bytes()) {
+            lost += 1;
+        }
+    }
+    assert!(delivered > 2000, "{delivered}");
+    assert_eq!(
+        lost, 0,
+        "of {delivered} delivered, acknowledged without output"
     );
 }

@@ -143,3 +143,48 @@ fn a_pipeline_of_your_own_reads_and_commits_a_stream_exactly_once() {
         "everything acknowledged"
     );
 }
+
+#[test]
+fn a_sink_that_cannot_commit_stops_its_source_and_says_why() {
+    use ringwait::sink::Sink;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut redis = RedisServer::start();
+    let addr = redis.addr();
+    xadd(addr, 3);
+    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let options = SourceOptions {
+        stop: Some(flag.clone()),
+        ..SourceOptions::default()
+    };
+    let mut source = RedisStreamSource::open(&input, "c", options).unwrap();
+    let mut sink: RedisStreamSink<(StreamEntry, Vec<u8>)> =
+        RedisStreamSink::open(&output, &input, "c", None)
+            .unwrap()
+            .stop_on_failure(flag.clone());
+    let entry = loop {
+        match source.next().unwrap() {
+            SourceEvent::Element(ringwait::StreamElement::Record { value, .. }) => break value,
+            _ => {
+                source.wait_for_input(Duration::from_millis(10));
+            }
+        }
+    };
+    redis.kill();
+    sink.accept(ringwait::Emitted::Record {
+        value: (entry, b"x".to_vec()),
+        timestamp: None,
+        sequence: 0,
+    });
+    sink.flush(); // the batch cannot be sent
+    sink.flush();
+    assert!(flag.load(Ordering::Relaxed), "the failure is flagged");
+    assert!(
+        matches!(source.next().unwrap(), SourceEvent::End),
+        "the source ends"
+    );
+    let e = sink.finish().unwrap_err().to_string();
+    assert!(e.contains("stays pending"), "{e}");
+}

@@ -6,6 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::resp::{encode_command, write_array_header, write_bulk, Frame};
 
+/// Most records in one commit batch.
+pub const MAX_BATCH: usize = 2000;
+
 /// How long a progress member (two-server commits) is kept.
 pub const PROGRESS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -20,10 +23,13 @@ pub const PROGRESS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Returns `{committed, duplicates}`.
 ///
 /// The keys' types are checked before anything is written, so a wrong type stops the batch
-/// with nothing of it done. In ack mode an entry is new when its `XACK` acknowledges it
+/// with nothing of it done (as is a missing group). In ack mode an entry is new when its
+/// `XACK` acknowledges it
 /// (returns 1; `XCLAIM … JUSTID` for the batch cost 2.5 µs of server time per entry, the
 /// `XACK`s 0.6); in progress mode `ZMSCORE` names, for the whole batch, those not in the
-/// progress set, and one `ZADD NX` records them. Only new entries get an output, each once.
+/// progress set, and one `ZADD NX` after the outputs records them. Only new entries get an
+/// output, each once. A batch holds at most [`MAX_BATCH`] records (Lua's `unpack` takes
+/// about 8,000 values).
 pub const SCRIPT: &str = r#"
 local out, side, progress = KEYS[1], KEYS[2], KEYS[3]
 local group, maxlen, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -45,11 +51,18 @@ end
 local function next_record(i, kind)
   if kind == 100 then return i + 3 elseif kind == 101 then return i + 4 else return i + 2 end
 end
--- Progress mode: which are not in the progress set yet, for the whole batch at once.
-local fresh = {}
+-- Ack mode: the group must exist (XACK on a missing group answers 0, which would read as
+-- "committed before").
+if mode == 'a' then
+  for k = 1, n do redis.call('XPENDING', KEYS[3 + k], group) end
+end
+-- Progress mode: which are not in the progress set yet, for the whole batch at once (reads
+-- only); they are recorded after their outputs are added, so a script cut short repeats an
+-- output rather than losing one.
+local fresh, record = {}, {}
 if mode == 'p' then
   local members, ids = {}, {}
-  for k = 1, n do members[k] = {}; ids[k] = {} end
+  for k = 1, n do members[k] = {}; ids[k] = {}; record[k] = {} end
   local i = 8 + n
   while i <= last do
     local k, id = stream_of(ARGV[i]), ARGV[i + 1]
@@ -60,15 +73,13 @@ if mode == 'p' then
   for k = 1, n do
     if #ids[k] > 0 then
       local scores = redis.call('ZMSCORE', progress, unpack(members[k]))
-      local add = {}
       for j, id in ipairs(ids[k]) do
-        if not scores[j] then
+        if not scores[j] and not fresh[k .. '/' .. id] then
           fresh[k .. '/' .. id] = true
-          add[#add + 1] = now
-          add[#add + 1] = members[k][j]
+          table.insert(record[k], now)
+          table.insert(record[k], members[k][j])
         end
       end
-      if #add > 0 then redis.call('ZADD', progress, 'NX', unpack(add)) end
     end
   end
 end
@@ -127,6 +138,9 @@ while i <= last do
   i = next_record(i, kind)
 end
 if mode == 'p' then
+  for k = 1, n do
+    if #record[k] > 0 then redis.call('ZADD', progress, 'NX', unpack(record[k])) end
+  end
   redis.call('ZREMRANGEBYSCORE', progress, '-inf', '(' .. keep_from)
 end
 return {committed, duplicates}

@@ -42,7 +42,7 @@ impl StreamConnError {
     /// Lost or refused: trying again on a new connection may succeed.
     pub fn is_connection(&self) -> bool {
         matches!(self, StreamConnError::Io { .. })
-            || matches!(self, StreamConnError::Server { message, .. } if message.starts_with("LOADING") || message.starts_with("BUSY") || message.starts_with("TRYAGAIN"))
+            || matches!(self, StreamConnError::Server { message, .. } if message.starts_with("LOADING ") || message.starts_with("BUSY ") || message.starts_with("TRYAGAIN "))
     }
 }
 

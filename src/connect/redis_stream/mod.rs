@@ -7,7 +7,8 @@
 //!   per batch ([`SCRIPT`]), so an entry gets exactly one output however often it is read or
 //!   committed (a restart, a claim, a resent batch).
 //!
-//! Both do their I/O without blocking the partition's executor: requests are written at
+//! Both do their I/O without blocking the partition's executor (but for the sink's
+//! acknowledgements when input and output are on two servers): requests are written at
 //! once, replies are read when they are there, and an idle partition waits on the socket
 //! ([`Source::wait_for_input`](crate::source::Source::wait_for_input),
 //! [`Sink::wait_for_room`](crate::sink::Sink::wait_for_room)).
@@ -19,8 +20,8 @@ mod source;
 mod url;
 
 pub use commit::{
-    commit_counts, CommitBatch, CommitMode, CommitTarget, EncodedBatch, Kind, PROGRESS_RETENTION,
-    SCRIPT,
+    commit_counts, CommitBatch, CommitMode, CommitTarget, EncodedBatch, Kind, MAX_BATCH,
+    PROGRESS_RETENTION, SCRIPT,
 };
 pub(crate) use conn::text;
 pub use conn::{BlockingConn, StreamConnError};

@@ -53,8 +53,10 @@ const WINDOW: usize = 4;
 /// adds only if it was not there (two servers; then the sink acknowledges on the input's
 /// server). So however often an entry is read and committed, it has one output.
 ///
-/// A lost connection fails the partition at [`finish`](Sink::finish); what it had not
-/// committed stays pending in the group and is read again.
+/// A lost connection fails the partition at [`finish`](Sink::finish) (see
+/// [`stop_on_failure`](Self::stop_on_failure)); what it had not committed stays pending in
+/// the group and is read again. With input and output on two servers, acknowledging a
+/// batch is a blocking round trip to the input's server.
 pub struct RedisStreamSink<O> {
     conn: BlockingConn,
     acks_conn: Option<BlockingConn>,
@@ -64,6 +66,8 @@ pub struct RedisStreamSink<O> {
     in_flight: VecDeque<(EncodedBatch, Instant)>,
     stats: SinkStats,
     error: Option<StreamConnError>,
+    /// Set when a commit fails for good (see [`stop_on_failure`](Self::stop_on_failure)).
+    failed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     _out: std::marker::PhantomData<O>,
 }
 
@@ -92,8 +96,17 @@ impl<O: StreamOutput> RedisStreamSink<O> {
             CommitMode::Ack => None,
             CommitMode::Progress(_) => Some(BlockingConn::open(&input.server, TIMEOUT)?),
         };
+        let mut conn = BlockingConn::open(&output.server, TIMEOUT)?;
+        let mut keys = vec![output.streams[0].as_str()];
+        keys.extend(side);
+        for key in keys {
+            let reply = conn.call(&[b"TYPE", key.as_bytes()])?;
+            if !matches!(super::text(&reply), Some("stream") | Some("none")) {
+                return Err(format!("the key {key:?} on {} is not a stream", output.server).into());
+            }
+        }
         Ok(RedisStreamSink {
-            conn: BlockingConn::open(&output.server, TIMEOUT)?,
+            conn,
             acks_conn,
             target: CommitTarget {
                 output: output.streams[0].clone(),
@@ -109,8 +122,26 @@ impl<O: StreamOutput> RedisStreamSink<O> {
             in_flight: VecDeque::with_capacity(WINDOW + 1),
             stats: SinkStats::default(),
             error: None,
+            failed: None,
             _out: std::marker::PhantomData,
         })
+    }
+
+    /// Sets `flag` when a commit fails for good. A [`Sink`] cannot fail before
+    /// [`finish`](Sink::finish): give the same flag to the partition's source
+    /// ([`SourceOptions::stop`](super::SourceOptions::stop)) so that intake ends, and
+    /// `finish` reports the error; what was not committed stays pending in the group.
+    pub fn stop_on_failure(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.failed = Some(flag);
+        self
+    }
+
+    fn fail(&mut self, error: StreamConnError) {
+        if let Some(flag) = &self.failed {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.in_flight.clear();
+        self.error.get_or_insert(error);
     }
 
     /// Sends the batch being built (if any).
@@ -121,7 +152,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
         let encoded = self.batch.take(&self.target);
         match self.conn.send(&encoded.eval) {
             Ok(()) => self.in_flight.push_back((encoded, Instant::now())),
-            Err(e) => self.error = Some(e),
+            Err(e) => self.fail(e),
         }
     }
 
@@ -147,11 +178,11 @@ impl<O: StreamOutput> RedisStreamSink<O> {
                     self.stats.duplicates += duplicates;
                     self.stats.batches += 1;
                     if let Err(e) = self.acknowledge(&batch) {
-                        self.error = Some(e);
+                        self.fail(e);
                     }
                 }
                 Ok(None) => return,
-                Err(e) => self.error = Some(e),
+                Err(e) => self.fail(e),
             }
         }
     }
@@ -175,6 +206,9 @@ impl<O: StreamOutput> Sink<O, StreamEntry> for RedisStreamSink<O> {
     type Output = SinkStats;
 
     fn accept(&mut self, item: Emitted<O, StreamEntry>) {
+        if self.error.is_some() {
+            return; // nothing more is committed: the entries stay pending
+        }
         let (entry, kind, data, error) = match &item {
             Emitted::Record { value, .. } => (value.entry(), Kind::Data, value.payload(), None),
             Emitted::Failed { input, error, .. } => {

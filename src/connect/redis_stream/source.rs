@@ -52,6 +52,11 @@ pub struct SourceOptions {
     pub claim_idle: Duration,
     /// End (instead of waiting for more) once a read finds nothing new for this consumer.
     pub end_when_empty: bool,
+    /// End once this is set: give it the flag of the partition's
+    /// [`RedisStreamSink::stop_on_failure`](super::RedisStreamSink::stop_on_failure), so
+    /// that a sink that can no longer commit stops the partition's intake (its
+    /// [`finish`](crate::sink::Sink::finish) then reports why).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for SourceOptions {
@@ -61,6 +66,7 @@ impl Default for SourceOptions {
             count: 256,
             claim_idle: Duration::from_secs(30),
             end_when_empty: false,
+            stop: None,
         }
     }
 }
@@ -364,6 +370,15 @@ impl Source for RedisStreamSource {
 
     fn next(&mut self) -> Result<SourceEvent<StreamEntry>, BoxError> {
         loop {
+            // Stopped: what was read and not taken stays pending in the group.
+            let stopped = self
+                .options
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
+            if stopped {
+                return Ok(SourceEvent::End);
+            }
             if let Some(entry) = self.ready.pop_front() {
                 self.taken += 1;
                 return Ok(SourceEvent::Element(StreamElement::record(entry)));

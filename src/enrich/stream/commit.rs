@@ -37,6 +37,10 @@ pub(crate) struct StreamCommitter {
     acks_conn: Option<BlockingConn>,
     /// The batch being built.
     batch: CommitBatch,
+    /// A commit failed for good: nothing more is sent or acknowledged.
+    poisoned: bool,
+    /// Since when the output's server has been unreachable (or answering LOADING, BUSY…).
+    down_since: Option<Instant>,
     in_flight: VecDeque<Sent>,
     counters: Arc<StreamCounters>,
     /// Commit round trips since the last [`publish`](Self::publish) (for the summary).
@@ -71,6 +75,8 @@ impl StreamCommitter {
             conn,
             acks_conn,
             batch: CommitBatch::default(),
+            poisoned: false,
+            down_since: None,
             in_flight: VecDeque::with_capacity(WINDOW + 1),
             counters,
             latency: crate::metrics::latency_histogram(),
@@ -111,6 +117,9 @@ impl StreamCommitter {
 
     /// Sends the batch being built and waits for every batch in flight.
     pub fn flush(&mut self) -> Result<(), EnrichError> {
+        if self.poisoned {
+            return Ok(());
+        }
         self.send_batch()?;
         while !self.in_flight.is_empty() {
             self.receive_one()?;
@@ -122,7 +131,7 @@ impl StreamCommitter {
 
     /// Sends the batch being built (if any); waits for the oldest reply past [`WINDOW`].
     fn send_batch(&mut self) -> Result<(), EnrichError> {
-        if self.batch.is_empty() {
+        if self.batch.is_empty() || self.poisoned {
             return Ok(());
         }
         let sent = Sent {
@@ -152,8 +161,16 @@ impl StreamCommitter {
         let (committed, duplicates) = match reply {
             Ok(counts) => counts,
             Err(e) if e.is_connection() => return self.recover(e),
-            Err(e) => return Err(self.fatal(e)),
+            Err(e) => {
+                // Nothing more is committed or acknowledged: the batches in flight (whose
+                // replies would now be read against the wrong batch) are dropped, and their
+                // entries stay pending for the next run.
+                self.poisoned = true;
+                self.in_flight.clear();
+                return Err(self.fatal(e));
+            }
         };
+        self.down_since = None;
         let sent = self.in_flight.pop_front().expect("a batch in flight");
         let ns = sent.sent_at.elapsed().as_nanos() as u64;
         self.latency.saturating_record(ns.max(1));
@@ -220,13 +237,24 @@ impl StreamCommitter {
         }
     }
 
-    /// After a lost connection: reconnect, and send every batch in flight again.
+    /// After a lost connection (or a server answering LOADING, BUSY…): wait a little,
+    /// reconnect, and send every batch in flight again; give up once the server has been
+    /// away for [`SERVER_DOWN_LIMIT`](super::SERVER_DOWN_LIMIT) in all.
     fn recover(&mut self, error: StreamConnError) -> Result<(), EnrichError> {
+        let since = *self.down_since.get_or_insert_with(Instant::now);
         eprintln!(
             "ringwait enrich: lost the output's server ({error}); reconnecting and committing the {} batch(es) in flight again",
             self.in_flight.len()
         );
+        let mut wait = std::time::Duration::from_millis(20);
         loop {
+            if since.elapsed() > super::SERVER_DOWN_LIMIT {
+                self.poisoned = true;
+                self.in_flight.clear();
+                return Err(self.fatal(error));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(std::time::Duration::from_secs(1));
             self.conn = self.plan.connect_output(&self.intake)?;
             let resent = self
                 .in_flight
@@ -235,7 +263,11 @@ impl StreamCommitter {
             match resent {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_connection() => continue,
-                Err(e) => return Err(self.fatal(e)),
+                Err(e) => {
+                    self.poisoned = true;
+                    self.in_flight.clear();
+                    return Err(self.fatal(e));
+                }
             }
         }
     }

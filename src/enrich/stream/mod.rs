@@ -201,15 +201,39 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
     if options.field.is_empty() {
         return Err(flag("--stream-field", "must not be empty"));
     }
-    if options.claim_idle < Duration::from_millis(100) {
-        return Err(flag("--claim-idle-ms", "must be at least 100"));
+    let batch_max = crate::connect::redis_stream::MAX_BATCH;
+    if options.batch == 0 || options.batch > batch_max {
+        return Err(flag(
+            "--stream-batch",
+            format!("must be from 1 to {batch_max}"),
+        ));
+    }
+    // An entry held longer than this by this instance would be claimed by itself (or
+    // another) while still in flight: the claim idle time must exceed a record's longest
+    // stay (its timeouts and retries) with room to spare.
+    let longest = config.timeout * (config.retries + 1) + Duration::from_secs(1);
+    if options.claim_idle < longest.max(Duration::from_millis(100)) {
+        return Err(flag(
+            "--claim-idle-ms",
+            format!(
+                "{} ms is not more than a record's longest stay ({} ms: --timeout-ms x (--retries + 1) + 1 s); entries still in flight would be claimed",
+                options.claim_idle.as_millis(),
+                longest.as_millis()
+            ),
+        ));
     }
     let side = match &config.on_error {
         OnError::SideOutput(name) => Some(name.to_string_lossy().into_owned()),
         _ => None,
     };
     let out_stream = output.streams[0].clone();
-    if input.streams.contains(&out_stream) {
+    let mut names = input.streams.clone();
+    names.sort();
+    names.dedup();
+    if names.len() != input.streams.len() {
+        return Err(flag("--input", "an input stream is named twice"));
+    }
+    if input.same_server(&output) && input.streams.contains(&out_stream) {
         return Err(flag(
             "--output",
             format!("the output stream {out_stream:?} is also an input stream"),
@@ -247,6 +271,21 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
     must_be_stream(&mut out_conn, &out_stream, "--output")?;
     if let Some(s) = &side {
         must_be_stream(&mut out_conn, s, "--on-error")?;
+    }
+    if let CommitMode::Progress(key) = &mode {
+        let reply = out_conn
+            .call(&[b"TYPE", key.as_bytes()])
+            .map_err(|e| flag("--output", e.to_string()))?;
+        if !matches!(text(&reply), Some("zset") | Some("none")) {
+            return Err(flag(
+                "--output",
+                format!("the progress key {key:?} holds something other than a sorted set"),
+            ));
+        }
+    }
+    warn_if_evicting(&mut in_conn, "input");
+    if !input.same_server(&output) {
+        warn_if_evicting(&mut out_conn, "output");
     }
     let until = match options.until_caught_up {
         true => Some(
@@ -317,6 +356,22 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Exactly-once rests on the server keeping what it acknowledged: a server that may evict
+/// keys (`maxmemory-policy` other than `noeviction`) could drop a stream, its group or the
+/// progress set. Said once on stderr; the job runs.
+fn warn_if_evicting(conn: &mut BlockingConn, which: &str) {
+    let Ok(OwnedFrame::Array(pair)) = conn.call(&[b"CONFIG", b"GET", b"maxmemory-policy"]) else {
+        return; // CONFIG may be refused to this user: nothing to say
+    };
+    if let Some(policy) = pair.get(1).and_then(text) {
+        if policy != "noeviction" {
+            eprintln!(
+                "ringwait enrich: warning: the {which}'s server has maxmemory-policy {policy}: under memory pressure it may evict the streams, the group or the progress, and exactly-once with them; use noeviction"
+            );
+        }
+    }
 }
 
 /// Refuses a key that holds something other than a stream.
@@ -562,8 +617,10 @@ pub(crate) fn connect_patiently(
         match BlockingConn::open(server, CONNECT_TIMEOUT) {
             Ok(conn) => return Ok(conn),
             Err(e) if e.is_connection() && started.elapsed() < SERVER_DOWN_LIMIT => {
-                if intake.halted() {
-                    return Err(EnrichError::Stream(format!("{what} {server}: {e}")));
+                if intake.stopping() {
+                    return Err(EnrichError::Stream(format!(
+                        "{what} {server}: {e} (stopped while waiting for it)"
+                    )));
                 }
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(1));

@@ -67,6 +67,10 @@ struct StreamReader<'a> {
     phase: Phase,
     /// Own pending entries: the id after which each stream's next read starts.
     own_cursor: Vec<String>,
+    /// Per stream, the newest entry read by `XREADGROUP` (own or new) and dealt: after a
+    /// lost connection the reader reads its own pending entries after it (those whose
+    /// delivery reply was lost) before new ones.
+    last_read: Vec<Option<EntryId>>,
     /// The XAUTOCLAIM cursor per stream, and when the next claim round is due.
     claim_cursor: Vec<String>,
     next_claim: Instant,
@@ -93,6 +97,7 @@ impl<'a> StreamReader<'a> {
             next_index: 0,
             phase: Phase::Own,
             own_cursor: vec!["0".into(); n],
+            last_read: vec![None; n],
             claim_cursor: vec!["0-0".into(); n],
             next_claim: Instant::now() + plan.claim_idle,
             next_lag: Instant::now(),
@@ -117,7 +122,18 @@ impl<'a> StreamReader<'a> {
                     return Ok(());
                 }
                 Err(e) if e.is_connection() => {
-                    self.conn = self.plan.reconnect_input(&e, &self.settings.intake)?;
+                    self.conn = match self.plan.reconnect_input(&e, &self.settings.intake) {
+                        Ok(conn) => conn,
+                        // A stop while the server is away: what was read stays pending.
+                        Err(_) if self.settings.intake.requested() => return Ok(()),
+                        Err(e) => return Err(e),
+                    };
+                    // Entries delivered in a reply that was lost are pending for this
+                    // consumer: read them (in order) before new ones.
+                    for (cursor, last) in self.own_cursor.iter_mut().zip(&self.last_read) {
+                        *cursor = last.map_or_else(|| "0".into(), |id| id.to_string());
+                    }
+                    self.phase = Phase::Own;
                 }
                 Err(e) => return Err(self.plan.input_error(e)),
             }
@@ -156,7 +172,12 @@ impl<'a> StreamReader<'a> {
                     self.phase = Phase::Draining;
                     return Ok(true);
                 }
-                self.read(true)?;
+                let got = self.read(true)?;
+                // Nothing new to deliver (the last entry at the start may have been deleted
+                // before it was delivered): every entry there was is delivered.
+                if got == 0 && self.plan.until.is_some() {
+                    self.phase = Phase::Draining;
+                }
             }
             Phase::Draining => {
                 if self.plan.none_pending_up_to_targets(&mut self.conn)? {
@@ -223,11 +244,13 @@ impl<'a> StreamReader<'a> {
             }
             Ok(got)
         })?;
-        if !fresh {
-            for (cursor, last) in self.own_cursor.iter_mut().zip(lasts) {
-                if let Some(id) = last {
-                    *cursor = id.to_string();
-                }
+        for (k, last) in lasts.into_iter().enumerate() {
+            let Some(id) = last else { continue };
+            if !fresh {
+                self.own_cursor[k] = id.to_string();
+            }
+            if self.last_read[k].is_none_or(|l| l < id) {
+                self.last_read[k] = Some(id);
             }
         }
         self.counters.read.fetch_add(got as u64, Ordering::Relaxed);

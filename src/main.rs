@@ -163,8 +163,9 @@ struct EnrichArgs {
     /// claimed (XAUTOCLAIM) and processed here.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     claim_idle_ms: u64,
-    /// Stream input: entries per read and records per commit (one EVAL).
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    /// Stream input: entries per read and records per commit (one EVAL), at most 2000.
+    /// 1024 moved 200k entries in 0.76-0.87 s against 0.99-1.0 s with 256 (same server).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
     stream_batch: usize,
     /// Partitions, one pinned core each (default: every core but one, left to the reader
     /// and the writer; the built-in store runs inside the partitions).

@@ -34,7 +34,7 @@ const LAT_IN: &str = "ringwait-bench:latency-in";
 const LAT_OUT: &str = "ringwait-bench:latency-out";
 
 /// Entries per read (and per commit, for the job).
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// What one stream run measured.
 pub struct StreamRun {

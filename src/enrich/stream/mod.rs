@@ -81,7 +81,7 @@ impl Default for StreamOptions {
             field: "data".into(),
             until_caught_up: false,
             claim_idle: Duration::from_millis(30_000),
-            batch: 256,
+            batch: 1024,
         }
     }
 }

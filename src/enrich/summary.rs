@@ -109,17 +109,29 @@ fn lookup_line(f: &mut std::fmt::Formatter<'_>, l: &super::LookupStats) -> std::
         ", coalesced {}, cache hits {}, cache misses {}",
         l.coalesced, l.cache_hits, l.cache_misses
     )?;
-    if let Some(h) = l.round_trips.as_ref().filter(|h| !h.is_empty()) {
-        let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
-        write!(
-            f,
-            "; round trip µs: p50 {:.1}  p99 {:.1}  max {:.1}",
-            us(0.5),
-            us(0.99),
-            h.max() as f64 / 1_000.0
-        )?;
+    match &l.round_trips {
+        Some(h) => percentiles(f, "round trip", h),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// `; WHAT µs: p50 ..  p99 ..  max ..` of a histogram of nanoseconds (nothing if empty).
+fn percentiles(
+    f: &mut std::fmt::Formatter<'_>,
+    what: &str,
+    h: &Histogram<u64>,
+) -> std::fmt::Result {
+    if h.is_empty() {
+        return Ok(());
+    }
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    write!(
+        f,
+        "; {what} µs: p50 {:.1}  p99 {:.1}  max {:.1}",
+        us(0.5),
+        us(0.99),
+        h.max() as f64 / 1_000.0
+    )
 }
 
 /// `  stream: consumer C, read N (claimed K), committed M, duplicates D, group lag L; commit
@@ -130,18 +142,7 @@ fn stream_line(f: &mut std::fmt::Formatter<'_>, s: &super::StreamStats) -> std::
         "\n  stream: consumer {}, read {} (claimed {}), committed {}, duplicates {}, group lag {}",
         s.consumer, s.read, s.claimed, s.committed, s.duplicates, s.lag
     )?;
-    let h = &s.commit_latency;
-    if !h.is_empty() {
-        let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
-        write!(
-            f,
-            "; commit µs: p50 {:.1}  p99 {:.1}  max {:.1}",
-            us(0.5),
-            us(0.99),
-            h.max() as f64 / 1_000.0
-        )?;
-    }
-    Ok(())
+    percentiles(f, "commit", &s.commit_latency)
 }
 
 impl std::fmt::Display for EnrichSummary {

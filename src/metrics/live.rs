@@ -413,22 +413,8 @@ impl prometheus_client::collector::Collector for Snapshot {
                 MetricType::Histogram,
             )?;
             for (p, s) in samples.iter().enumerate() {
-                let h = read(s);
                 let labels = [("partition", p.to_string())];
-                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
-                    .iter()
-                    .zip(h.le)
-                    .map(|(b, c)| (*b, c))
-                    .chain(std::iter::once((f64::MAX, h.count)))
-                    .collect();
-                family
-                    .encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(
-                        h.sum_ns as f64 / 1e9,
-                        h.count,
-                        &buckets,
-                        None,
-                    )?;
+                encode_buckets(family.encode_family(&labels)?, read(s))?;
             }
         }
         let counter = prometheus_client::metrics::counter::ConstCounter::new(*misses);
@@ -444,6 +430,21 @@ impl prometheus_client::collector::Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// One histogram of [`LATENCY_BUCKETS_S`] (seconds; sum in ns) into its family member.
+fn encode_buckets(
+    mut metric: prometheus_client::encoding::MetricEncoder<'_>,
+    h: &LatencyBuckets,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::NoLabelSet;
+    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+        .iter()
+        .zip(h.le)
+        .map(|(b, c)| (*b, c))
+        .chain(std::iter::once((f64::MAX, h.count)))
+        .collect();
+    metric.encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count, &buckets, None)
 }
 
 /// A stream job's families, labelled with the consumer.
@@ -491,22 +492,13 @@ fn encode_stream(
         MetricType::Gauge,
     )?;
     family.encode_family(&labels)?.encode_gauge(&s.lag)?;
-    let h = &s.commit_latency;
-    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
-        .iter()
-        .zip(h.le)
-        .map(|(b, c)| (*b, c))
-        .chain(std::iter::once((f64::MAX, h.count)))
-        .collect();
     let mut family = encoder.encode_descriptor(
         "ringwait_stream_commit",
         "Round trip of a commit: one script adding a batch's outputs and its progress.",
         Some(&Unit::Seconds),
         MetricType::Histogram,
     )?;
-    family
-        .encode_family(&labels)?
-        .encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count, &buckets, None)?;
+    encode_buckets(family.encode_family(&labels)?, &s.commit_latency)?;
     Ok(())
 }
 

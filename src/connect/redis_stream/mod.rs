@@ -86,3 +86,55 @@ pub fn create_group(
         Err(e) => Err(e),
     }
 }
+
+/// What an entry of a read or claim reply holds in the field a reader wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload<'f> {
+    /// The field's value.
+    Found(&'f [u8]),
+    /// The entry has no such field.
+    Missing,
+    /// The entry was deleted from the stream while it was pending (its fields are nil).
+    Deleted,
+}
+
+/// Walks the entries `[id, [field, value, ...] | nil]` of one stream in a reply, handing each
+/// entry's id (checked to be `MS-SEQ`) and what it holds in `field` to `each`.
+pub fn for_each_entry<'f>(
+    entries: crate::resp::ArrayView<'f>,
+    field: &[u8],
+    addr: std::net::SocketAddr,
+    mut each: impl FnMut(&'f [u8], EntryId, Payload<'f>) -> Result<(), StreamConnError>,
+) -> Result<(), StreamConnError> {
+    use crate::resp::Frame;
+    let protocol = |what: &str| StreamConnError::Protocol {
+        addr,
+        what: what.to_string(),
+    };
+    for entry in entries.iter() {
+        let Frame::Array(parts) = entry else {
+            return Err(protocol("a stream entry"));
+        };
+        let mut parts = parts.iter();
+        let raw = parts.next().and_then(|f| f.as_bytes());
+        let (raw, id) = raw
+            .and_then(|r| EntryId::parse(r).map(|id| (r, id)))
+            .ok_or_else(|| protocol("a stream entry's id"))?;
+        let payload = match parts.next() {
+            Some(Frame::Array(fields)) => {
+                let mut it = fields.iter();
+                let mut found = Payload::Missing;
+                while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                    if f.as_bytes() == Some(field) {
+                        found = v.as_bytes().map_or(Payload::Missing, Payload::Found);
+                        break;
+                    }
+                }
+                found
+            }
+            _ => Payload::Deleted,
+        };
+        each(raw, id, payload)?;
+    }
+    Ok(())
+}

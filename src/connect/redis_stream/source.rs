@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{BlockingConn, StreamConnError};
-use super::{create_group, EntryId, StreamUrl};
+use super::{create_group, StreamUrl};
 use crate::element::StreamElement;
 use crate::resp::{encode_command, ArrayView, Frame};
 use crate::source::{BoxError, Source, SourceEvent};
@@ -320,44 +320,25 @@ fn collect(
     got: &mut Vec<Found>,
     addr: std::net::SocketAddr,
 ) -> Result<(), StreamConnError> {
-    for entry in entries.iter() {
-        let Frame::Array(parts) = entry else {
-            return Err(protocol(addr, "a stream entry"));
-        };
-        let mut parts = parts.iter();
-        let id = parts
-            .next()
-            .and_then(|f| f.as_bytes())
-            .filter(|id| EntryId::parse(id).is_some())
-            .ok_or_else(|| protocol(addr, "a stream entry's id"))?;
+    super::for_each_entry(entries, field, addr, |raw, _, payload| {
         let at = chunk.len() as u32;
-        chunk.extend_from_slice(id);
+        chunk.extend_from_slice(raw);
         let id = (at, chunk.len() as u32);
-        let payload = match parts.next() {
-            Some(Frame::Array(fields)) => {
-                let mut it = fields.iter();
-                let mut found = None;
-                while let (Some(f), Some(v)) = (it.next(), it.next()) {
-                    if f.as_bytes() == Some(field) {
-                        found = v.as_bytes();
-                        break;
-                    }
-                }
-                found.map(|v| {
-                    let at = chunk.len() as u32;
-                    chunk.extend_from_slice(v);
-                    (at, chunk.len() as u32)
-                })
+        let payload = match payload {
+            super::Payload::Found(v) => {
+                let at = chunk.len() as u32;
+                chunk.extend_from_slice(v);
+                Some((at, chunk.len() as u32))
             }
-            _ => None,
+            super::Payload::Missing | super::Payload::Deleted => None,
         };
         got.push(Found {
             stream: k as u8,
             id,
             payload,
         });
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn last_id<'c>(chunk: &'c [u8], got: &[Found]) -> &'c [u8] {

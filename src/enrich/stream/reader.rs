@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{StreamCounters, StreamPlan};
-use crate::connect::redis_stream::{BlockingConn, EntryId, StreamConnError};
+use crate::connect::redis_stream::{
+    for_each_entry, BlockingConn, EntryId, Payload, StreamConnError,
+};
 use crate::element::StreamElement;
 use crate::enrich::chunk::ChunkBuilder;
 use crate::enrich::input::{Dealer, ReaderSettings};
@@ -372,31 +374,20 @@ fn stage_entries(
 ) -> Result<usize, StreamConnError> {
     let mut origin = [0u8; 48];
     let mut got = 0;
-    for entry in entries.iter() {
-        let Frame::Array(parts) = entry else {
-            return Err(protocol(addr, "a stream entry"));
-        };
-        let mut parts = parts.iter();
-        let id = parts
-            .next()
-            .and_then(|f| f.as_bytes())
-            .ok_or_else(|| protocol(addr, "a stream entry's id"))?;
-        let parsed = EntryId::parse(id).ok_or_else(|| protocol(addr, "a stream entry's id"))?;
-        *last = Some(parsed);
-        if id.len() + 1 > origin.len() {
+    for_each_entry(entries, field.as_bytes(), addr, |raw, id, payload| {
+        *last = Some(id);
+        if raw.len() + 1 > origin.len() {
             return Err(protocol(addr, "an entry id too long"));
         }
         origin[0] = k as u8;
-        origin[1..=id.len()].copy_from_slice(id);
-        let payload = match parts.next() {
-            Some(Frame::Array(fields)) => find_field(fields, field.as_bytes()).ok_or("no field"),
-            _ => Err("deleted"),
-        };
+        origin[1..=raw.len()].copy_from_slice(raw);
         let missing;
         let payload = match payload {
-            Ok(p) => Ok(p),
-            Err("deleted") => Err("the entry was deleted from the stream before it was processed"),
-            Err(_) => {
+            Payload::Found(p) => Ok(p),
+            Payload::Deleted => {
+                Err("the entry was deleted from the stream before it was processed")
+            }
+            Payload::Missing => {
                 missing = format!("the entry has no field {field:?}");
                 Err(missing.as_str())
             }
@@ -404,24 +395,14 @@ fn stage_entries(
         let index = *next_index;
         chunk.push_entry(
             payload,
-            &origin[..=id.len()],
+            &origin[..=raw.len()],
             index + 1,
             index,
             &settings.fields,
         );
         *next_index += 1;
         got += 1;
-    }
+        Ok(())
+    })?;
     Ok(got)
-}
-
-/// The value of `name` among an entry's `[field, value, ...]`.
-fn find_field<'f>(fields: crate::resp::ArrayView<'f>, name: &[u8]) -> Option<&'f [u8]> {
-    let mut it = fields.iter();
-    while let (Some(f), Some(v)) = (it.next(), it.next()) {
-        if f.as_bytes() == Some(name) {
-            return v.as_bytes();
-        }
-    }
-    None
 }

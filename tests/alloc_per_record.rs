@@ -136,12 +136,13 @@ fn the_redis_path_does_not_allocate_per_record() {
             "redis {mode}: {one} allocations for {N} records, {two} for {}: {per_record:.4} per record",
             2 * N
         );
-        // Measured 0.020-0.023 (one allocation per ~50 records): the I/O layer allocates per
-        // read/write batch, not per request (as tests/lookup_alloc_free.rs found for the
-        // client alone), so the count grows with the number of I/O batches, never by a
-        // record's worth: a per-record allocation makes this ≥ 1.
+        // Measured 0.020-0.023 (one allocation per ~50 records) on a quiet machine, 0.065 in a
+        // CI run with other tests' processes about: the I/O layer allocates per read/write
+        // batch, not per request (as tests/lookup_alloc_free.rs found for the client alone),
+        // so the count grows with the number of I/O batches, which a busy machine makes
+        // smaller, never by a record's worth: a per-record allocation makes this ≥ 1.
         assert!(
-            per_record < 0.05,
+            per_record < 0.5,
             "redis {mode}: {per_record:.4} allocations per record"
         );
     }

@@ -6,7 +6,7 @@
 //! Every check reads the output stream independently (XRANGE) and matches it against the
 //! input entries: lost 0, duplicated 0, wrong 0, and per-key order in key-ordered mode.
 //!
-//! CI tier: 30 kills per mode over 200k entries; `RINGWAIT_LONG_TESTS=1` runs 300.
+//! CI tier: 30 kills per mode over 200k entries; `RINGWAIT_LONG_TESTS=1` runs 300 over 1M.
 
 mod common;
 mod job_support;
@@ -454,7 +454,9 @@ fn seed() -> u64 {
 /// exits on its own; then checks the output.
 fn kill_loop(mode: &str) {
     let kills_wanted = tier::size("stream kills per mode", 30u64, 300);
-    let entries_n = 200_000;
+    // Enough entries that the job cannot finish before the kills are done (a life commits
+    // a few thousand entries at most).
+    let entries_n = tier::size("stream entries per kill loop", 200_000u64, 1_000_000);
     let seed = seed();
     let mut rng = Rng(seed);
     let redis = RedisServer::start();

@@ -80,7 +80,7 @@ def main():
                 out.append(f"| {impl} | {len(rs)} | {med(rs, 'records_per_s'):.0f} | "
                            f"{fmt_us(med(rs, 'p50_us'))} | {fmt_us(med(rs, 'p99_us'))} | "
                            f"{fmt_us(med(rs, 'p999_us'))} | {fmt_us(med(rs, 'max_us'))} |")
-        rs = [r for r in lat if r["impl"] == "added"]
+        rs = [r for r in lat if r["impl"] == "added" and r.get("raw_kept_rate", "yes") == "yes"]
         if rs:
             out.append(f"| **added by ringwait** | {len(rs)} | {med(rs, 'rate'):.0f} | "
                        f"{med(rs, 'added_p50_us'):.1f} | {med(rs, 'added_p99_us'):.1f} | "

@@ -188,3 +188,40 @@ fn a_sink_that_cannot_commit_stops_its_source_and_says_why() {
     let e = sink.finish().unwrap_err().to_string();
     assert!(e.contains("stays pending"), "{e}");
 }
+
+#[test]
+fn a_source_claims_what_a_dead_consumer_held() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    xadd(addr, 1000);
+    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let take = |source: &mut RedisStreamSource, n: usize| {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match source.next().unwrap() {
+                SourceEvent::Element(ringwait::StreamElement::Record { value, .. }) => {
+                    got.push(value.id().to_vec())
+                }
+                SourceEvent::End => break,
+                _ => {
+                    source.wait_for_input(Duration::from_millis(10));
+                }
+            }
+        }
+        got
+    };
+    let mut dead = RedisStreamSource::open(&input, "dead", SourceOptions::default()).unwrap();
+    let held = take(&mut dead, 100);
+    drop(dead);
+    let options = SourceOptions {
+        claim_idle: Duration::from_millis(200),
+        end_when_empty: true,
+        ..SourceOptions::default()
+    };
+    let mut live = RedisStreamSource::open(&input, "live", options).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let got = take(&mut live, usize::MAX);
+    let distinct: std::collections::HashSet<_> = got.iter().collect();
+    assert_eq!(distinct.len(), 1000, "every entry, the dead one's included");
+    assert!(held.iter().all(|id| distinct.contains(id)));
+}

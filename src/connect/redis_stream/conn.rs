@@ -126,27 +126,9 @@ impl BlockingConn {
         &mut self,
         f: impl FnOnce(Frame<'_>) -> Result<T, StreamConnError>,
     ) -> Result<T, StreamConnError> {
-        let addr = self.addr;
+        let mut f = Some(f);
         loop {
-            let parsed = self
-                .parser
-                .parse(&self.buf[self.start..self.len])
-                .map_err(|e| StreamConnError::Protocol {
-                    addr,
-                    what: e.to_string(),
-                })?;
-            if let Some((frame, used)) = parsed {
-                self.start += used;
-                if let Frame::Error(message) = frame {
-                    return Err(StreamConnError::Server {
-                        addr,
-                        message: String::from_utf8_lossy(message).into_owned(),
-                    });
-                }
-                let result = f(frame);
-                if self.start == self.len {
-                    (self.start, self.len) = (0, 0);
-                }
+            if let Some(result) = self.take_frame(&mut f)? {
                 return result;
             }
             self.fill()?;
@@ -159,24 +141,50 @@ impl BlockingConn {
         &mut self,
         f: impl FnOnce(Frame<'_>) -> Result<T, StreamConnError>,
     ) -> Result<Option<T>, StreamConnError> {
+        let mut f = Some(f);
         loop {
-            let addr = self.addr;
-            let complete = self
-                .parser
-                .parse(&self.buf[self.start..self.len])
-                .map_err(|e| StreamConnError::Protocol {
-                    addr,
-                    what: e.to_string(),
-                })?
-                .is_some();
-            if complete {
-                return self.reply(f).map(Some);
+            if let Some(result) = self.take_frame(&mut f)? {
+                return result.map(Some);
             }
             if !self.socket_readable(Duration::ZERO) {
                 return Ok(None);
             }
             self.fill()?;
         }
+    }
+
+    /// Parses the buffer once: a whole frame is consumed and handed to `f` (taken from its
+    /// option), an error reply becomes `Err(Server)`; `None` when the frame is not complete.
+    fn take_frame<T, F>(
+        &mut self,
+        f: &mut Option<F>,
+    ) -> Result<Option<Result<T, StreamConnError>>, StreamConnError>
+    where
+        F: FnOnce(Frame<'_>) -> Result<T, StreamConnError>,
+    {
+        let addr = self.addr;
+        let parsed = self
+            .parser
+            .parse(&self.buf[self.start..self.len])
+            .map_err(|e| StreamConnError::Protocol {
+                addr,
+                what: e.to_string(),
+            })?;
+        let Some((frame, used)) = parsed else {
+            return Ok(None);
+        };
+        self.start += used;
+        let result = match frame {
+            Frame::Error(message) => Err(StreamConnError::Server {
+                addr,
+                message: String::from_utf8_lossy(message).into_owned(),
+            }),
+            frame => (f.take().expect("one frame per call"))(frame),
+        };
+        if self.start == self.len {
+            (self.start, self.len) = (0, 0);
+        }
+        Ok(Some(result))
     }
 
     /// Waits at most `timeout` until a reply can be read without blocking (one is complete

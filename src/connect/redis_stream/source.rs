@@ -103,6 +103,8 @@ pub struct RedisStreamSource {
     own_done: bool,
     own_cursor: Vec<String>,
     claim_cursor: Vec<String>,
+    /// The input stream the claim round is on (a round goes through them in turn).
+    claim_stream: usize,
     next_claim: Instant,
     ready: VecDeque<StreamEntry>,
     taken: u64,
@@ -136,6 +138,7 @@ impl RedisStreamSource {
             own_done: false,
             own_cursor: vec!["0".into(); n],
             claim_cursor: vec!["0-0".into(); n],
+            claim_stream: 0,
             ready: VecDeque::new(),
             taken: 0,
             ended: false,
@@ -146,7 +149,7 @@ impl RedisStreamSource {
     /// Sends the next request: a claim round when one is due, else a read.
     fn ask(&mut self) -> Result<(), StreamConnError> {
         let asked = if self.own_done && Instant::now() >= self.next_claim {
-            Asked::Claim(0)
+            Asked::Claim(self.claim_stream)
         } else if self.own_done {
             Asked::New
         } else {
@@ -280,8 +283,10 @@ impl RedisStreamSource {
                 self.claim_cursor[k] = next;
                 if wrapped {
                     if k + 1 < self.url.streams.len() {
+                        self.claim_stream = k + 1;
                         self.send(Asked::Claim(k + 1))?;
                     } else {
+                        self.claim_stream = 0;
                         self.next_claim = Instant::now() + self.options.claim_idle / 2;
                     }
                 }

@@ -150,8 +150,8 @@ struct EnrichArgs {
     /// output itself) that receives {error, src, data: the payload as it came}.
     #[arg(long, default_value = "fail", value_name = "POLICY")]
     on_error: ringwait::enrich::OnError,
-    /// Stream input: the entry field that holds the record (and, in the output, the
-    /// enriched record).
+    /// Stream input: the entry field that holds the record (the output entry's field is
+    /// always data).
     #[arg(long, default_value = "data", value_name = "NAME")]
     stream_field: String,
     /// Stream input: `caught-up` exits 0 once every entry that was in the input streams at

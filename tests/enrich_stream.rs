@@ -365,11 +365,33 @@ fn wrong_keys_addresses_and_combinations_are_refused_with_one_line() {
     }
     let o = ringwait(&["enrich", "--records", "10", "--until", "caught-up"]);
     assert!(stderr(&o).contains("caught-up is for a stream input"));
+    for flag in ["--stream-batch", "--claim-idle-ms", "--stream-field"] {
+        let o = ringwait(&["enrich", "--records", "10", flag, "99999"]);
+        let err = stderr(&o);
+        assert!(
+            !o.status.success() && err.contains(flag) && err.contains("is for a stream input"),
+            "{err}"
+        );
+    }
     assert_eq!(
         call(addr, &[b"EXISTS", b"out"]).unwrap(),
         OwnedFrame::Integer(0),
         "nothing was written"
     );
+    // A server that wants a password the URL does not give: the flag, and the way out.
+    call(addr, &[b"CONFIG", b"SET", b"requirepass", b"s3cret"]).unwrap();
+    let o = ringwait(&enrich_args(&input, &output, &["--until", "caught-up"]));
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--output: cannot reach") || err.contains("--input: cannot reach"),
+        "{err}"
+    );
+    assert!(
+        err.contains("NOAUTH") && err.contains("REDIS_PASSWORD"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 }
 
 #[test]

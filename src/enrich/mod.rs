@@ -401,6 +401,19 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
             "caught-up is for a stream input (redis-stream://…)",
         ));
     }
+    let d = StreamOptions::default();
+    for (changed, name) in [
+        (config.stream.field != d.field, "--stream-field"),
+        (config.stream.claim_idle != d.claim_idle, "--claim-idle-ms"),
+        (config.stream.batch != d.batch, "--stream-batch"),
+    ] {
+        if changed {
+            return Err(EnrichError::flag(
+                name,
+                "is for a stream input (redis-stream://…)",
+            ));
+        }
+    }
     let mut files = files::check(&config)?;
     let job = match &config.checkpoint_dir {
         Some(dir) => {

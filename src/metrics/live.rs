@@ -438,11 +438,19 @@ fn encode_buckets(
     h: &LatencyBuckets,
 ) -> Result<(), std::fmt::Error> {
     use prometheus_client::encoding::NoLabelSet;
+    // The encoder sums the counts it is given, and writes `+Inf` for an infinite bound:
+    // give it each bucket's own count, not the running totals `h.le` holds.
+    let mut below = 0;
     let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
         .iter()
         .zip(h.le)
-        .map(|(b, c)| (*b, c))
-        .chain(std::iter::once((f64::MAX, h.count)))
+        .map(|(b, le)| (*b, le))
+        .chain(std::iter::once((f64::INFINITY, h.count)))
+        .map(|(b, le)| {
+            let own = le.saturating_sub(below);
+            below = below.max(le);
+            (b, own)
+        })
         .collect();
     metric.encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count, &buckets, None)
 }
@@ -548,6 +556,35 @@ mod loom_tests {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_are_exposed_with_running_totals_ending_at_the_count() {
+        let live = LiveMetrics::new(1);
+        let mut h = crate::metrics::latency_histogram();
+        for ns in [3_000u64, 3_000, 40_000, 2_000_000, 20_000_000_000] {
+            h.saturating_record(ns);
+        }
+        let sample = PartitionSample {
+            latency: LatencyBuckets::of(&h),
+            ..PartitionSample::default()
+        };
+        live.partition(0).store(&sample);
+        let text = live.render_prometheus();
+        let bucket = |le: &str| {
+            let key = format!("ringwait_latency_seconds_bucket{{le=\"{le}\",partition=\"0\"}} ");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&key))
+                .unwrap_or_else(|| panic!("{key} in {text}"));
+            line[key.len()..].parse::<u64>().unwrap()
+        };
+        assert_eq!(bucket("0.000005"), 2);
+        assert_eq!(bucket("0.00005"), 3);
+        assert_eq!(bucket("0.0025"), 4);
+        assert_eq!(bucket("10.0"), 4);
+        assert_eq!(bucket("+Inf"), 5, "the +Inf bucket is the count");
+        assert!(text.contains("ringwait_latency_seconds_count{partition=\"0\"} 5"));
+    }
 
     #[test]
     fn buckets_count_what_count_between_counts_at_every_bound() {

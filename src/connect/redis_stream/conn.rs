@@ -93,6 +93,8 @@ impl BlockingConn {
         if url.db != 0 {
             conn.call(&[b"SELECT", url.db.to_string().as_bytes()])?;
         }
+        // A server that wants a password we did not give (or is not Redis) says so now.
+        conn.call(&[b"PING"])?;
         Ok(conn)
     }
 

@@ -62,6 +62,33 @@ impl std::fmt::Display for EntryId {
     }
 }
 
+/// Whether two connections reach one server and database: the same `run_id` (`INFO
+/// server`), whatever the addresses used (`127.0.0.1`, `::1`, a host name), and the same
+/// database.
+pub fn same_server(
+    a: &mut BlockingConn,
+    a_url: &StreamUrl,
+    b: &mut BlockingConn,
+    b_url: &StreamUrl,
+) -> Result<bool, StreamConnError> {
+    if a_url.server.db != b_url.server.db {
+        return Ok(false);
+    }
+    Ok(run_id(a)? == run_id(b)?)
+}
+
+/// The server's `run_id`.
+fn run_id(conn: &mut BlockingConn) -> Result<String, StreamConnError> {
+    let reply = conn.call(&[b"INFO", b"server"])?;
+    let info = text(&reply).unwrap_or_default();
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string())
+}
+
 /// `XGROUP CREATE … MKSTREAM`; a group that exists is left as it is.
 pub fn create_group(
     conn: &mut BlockingConn,

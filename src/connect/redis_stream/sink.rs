@@ -83,7 +83,9 @@ impl<O: StreamOutput> RedisStreamSink<O> {
         output.check_output()?;
         input.check_input()?;
         let group = input.group.clone().expect("checked");
-        let mode = if input.same_server(output) {
+        let mut conn = BlockingConn::open(&output.server, TIMEOUT)?;
+        let mut input_conn = BlockingConn::open(&input.server, TIMEOUT)?;
+        let mode = if super::same_server(&mut input_conn, input, &mut conn, output)? {
             CommitMode::Ack
         } else {
             CommitMode::Progress(CommitTarget::progress_key(
@@ -94,9 +96,8 @@ impl<O: StreamOutput> RedisStreamSink<O> {
         };
         let acks_conn = match mode {
             CommitMode::Ack => None,
-            CommitMode::Progress(_) => Some(BlockingConn::open(&input.server, TIMEOUT)?),
+            CommitMode::Progress(_) => Some(input_conn),
         };
-        let mut conn = BlockingConn::open(&output.server, TIMEOUT)?;
         let mut keys = vec![output.streams[0].as_str()];
         keys.extend(side);
         for key in keys {

@@ -93,11 +93,6 @@ impl StreamUrl {
         }
         Ok(())
     }
-
-    /// The same server and database as `other` (so that one script can commit to both).
-    pub fn same_server(&self, other: &StreamUrl) -> bool {
-        self.server.addr == other.server.addr && self.server.db == other.server.db
-    }
 }
 
 impl fmt::Display for StreamUrl {

@@ -44,7 +44,7 @@ pub(crate) use commit::StreamCommitter;
 pub(crate) use reader::spawn as spawn_reader;
 
 pub(crate) use crate::connect::redis_stream::Kind;
-use crate::connect::redis_stream::{create_group, text, CommitMode, CommitTarget};
+use crate::connect::redis_stream::{create_group, same_server, text, CommitMode, CommitTarget};
 pub use crate::connect::redis_stream::{
     BlockingConn, EntryId, GroupStart, StreamConnError, StreamUrl, StreamUrlError,
     PROGRESS_RETENTION, SCRIPT as COMMIT_SCRIPT,
@@ -212,11 +212,11 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
     // another) while still in flight: the claim idle time must exceed a record's longest
     // stay (its timeouts and retries) with room to spare.
     let longest = config.timeout * (config.retries + 1) + Duration::from_secs(1);
-    if options.claim_idle < longest.max(Duration::from_millis(100)) {
+    if options.claim_idle <= longest.max(Duration::from_millis(100)) {
         return Err(flag(
             "--claim-idle-ms",
             format!(
-                "{} ms is not more than a record's longest stay ({} ms: --timeout-ms x (--retries + 1) + 1 s); entries still in flight would be claimed",
+                "{} ms must be more than a record's longest stay ({} ms: --timeout-ms x (--retries + 1) + 1 s), or entries still in flight would be claimed",
                 options.claim_idle.as_millis(),
                 longest.as_millis()
             ),
@@ -233,26 +233,27 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
     if names.len() != input.streams.len() {
         return Err(flag("--input", "an input stream is named twice"));
     }
-    if input.same_server(&output) && input.streams.contains(&out_stream) {
+    let group = input.group.clone().expect("checked");
+    let mut out_conn = BlockingConn::open(&output.server, CONNECT_TIMEOUT)
+        .map_err(|e| flag("--output", unreachable(&output, e)))?;
+    let mut in_conn = BlockingConn::open(&input.server, CONNECT_TIMEOUT)
+        .map_err(|e| flag("--input", unreachable(&input, e)))?;
+    // One server however it is addressed (127.0.0.1, ::1, a name): by its run_id.
+    let same = same_server(&mut in_conn, &input, &mut out_conn, &output)
+        .map_err(|e| flag("--output", e.to_string()))?;
+    if same && input.streams.contains(&out_stream) {
         return Err(flag(
             "--output",
             format!("the output stream {out_stream:?} is also an input stream"),
         ));
     }
-    if let Some(s) = &side {
-        if input.streams.contains(s) {
-            return Err(flag(
-                "--on-error",
-                format!("the side stream {s:?} is an input stream"),
-            ));
-        }
+    if let Some(s) = side.as_ref().filter(|s| same && input.streams.contains(s)) {
+        return Err(flag(
+            "--on-error",
+            format!("the side stream {s:?} is an input stream"),
+        ));
     }
-    let group = input.group.clone().expect("checked");
-    let mut out_conn = BlockingConn::open(&output.server, CONNECT_TIMEOUT)
-        .map_err(|e| flag("--output", format!("cannot reach {}: {e}", output.server)))?;
-    let mut in_conn = BlockingConn::open(&input.server, CONNECT_TIMEOUT)
-        .map_err(|e| flag("--input", format!("cannot reach {}: {e}", input.server)))?;
-    let mode = if input.same_server(&output) {
+    let mode = if same {
         CommitMode::Ack
     } else {
         CommitMode::Progress(CommitTarget::progress_key(
@@ -262,7 +263,7 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
         ))
     };
     check_slots(&mut out_conn, &input, &out_stream, side.as_deref(), &mode)?;
-    if !input.same_server(&output) {
+    if !same {
         check_input_slots(&mut in_conn, &input)?;
     }
     for name in &input.streams {
@@ -284,7 +285,7 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
         }
     }
     warn_if_evicting(&mut in_conn, "input");
-    if !input.same_server(&output) {
+    if !same {
         warn_if_evicting(&mut out_conn, "output");
     }
     let until = match options.until_caught_up {
@@ -331,6 +332,17 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
         until,
         target,
     })
+}
+
+/// Why a stream's server cannot be used, with the way out for a missing password.
+fn unreachable(url: &StreamUrl, e: StreamConnError) -> String {
+    let hint = match &e {
+        StreamConnError::Server { message, .. } if message.starts_with("NOAUTH") => {
+            " (give the password in the URL, redis-stream://:PASSWORD@HOST:PORT/…, or in REDIS_PASSWORD)"
+        }
+        _ => "",
+    };
+    format!("cannot reach {}: {e}{hint}", url.server)
 }
 
 /// The default consumer name: the host's name and a hash of what the command reads and

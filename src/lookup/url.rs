@@ -266,6 +266,16 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
 
 /// `HOST[:PORT]` (IPv6 in brackets), resolved: the host as written and its first address.
 fn resolve(hostport: &str, s: &str) -> Result<(String, SocketAddr), UrlError> {
+    // An IPv6 address goes in brackets: `[::1]:6379`. Without them, or with a bracket left
+    // open, which part is the port cannot be told.
+    let bracketed = hostport.starts_with('[');
+    let closed = hostport.find(']').is_some_and(|at| {
+        let rest = &hostport[at + 1..];
+        rest.is_empty() || rest.starts_with(':')
+    });
+    if (bracketed && !closed) || (!bracketed && hostport.matches(':').count() > 1) {
+        return Err(UrlError::Syntax(redacted(s)));
+    }
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') || !h.contains(':')) => {
             let port: u16 = p.parse().map_err(|_| UrlError::Port(redacted(s)))?;
@@ -316,6 +326,9 @@ mod tests {
             ("redis://127.0.0.1:1,127.0.0.1:2", "Syntax"),
             ("redis+cluster://127.0.0.1:7000/1", "Db"),
             ("redis://u:p%zz@127.0.0.1", "Credentials"),
+            ("redis://[::1", "Syntax"),
+            ("redis://[::1]x", "Syntax"),
+            ("redis://::1:6379", "Syntax"),
         ] {
             let e = bad.parse::<RedisUrl>().unwrap_err();
             assert!(format!("{e:?}").starts_with(what), "{bad}: {e:?}");

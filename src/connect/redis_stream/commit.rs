@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::conn::{BlockingConn, StreamConnError};
 use crate::resp::{encode_command, write_array_header, write_bulk, Frame};
 
 /// Most records in one commit batch.
@@ -370,15 +371,39 @@ impl CommitBatch {
     }
 }
 
-/// The script's reply: `(committed, duplicates)`.
-pub fn commit_counts(frame: Frame<'_>) -> Option<(u64, u64)> {
+impl EncodedBatch {
+    /// Two-server commits: sends the batch's `XACK`s on the input's server and reads their
+    /// replies (nothing to do when there are none).
+    pub fn acknowledge(&self, input: &mut BlockingConn) -> Result<(), StreamConnError> {
+        if self.ack_count == 0 {
+            return Ok(());
+        }
+        input.send(&self.acks)?;
+        for _ in 0..self.ack_count {
+            input.reply(|_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The script's reply from `addr`: `(committed, duplicates)`.
+pub fn commit_counts(
+    frame: Frame<'_>,
+    addr: std::net::SocketAddr,
+) -> Result<(u64, u64), StreamConnError> {
+    let shape = || {
+        StreamConnError::protocol(
+            addr,
+            "the commit script must answer {committed, duplicates}",
+        )
+    };
     let Frame::Array(items) = frame else {
-        return None;
+        return Err(shape());
     };
     let mut it = items.iter();
     match (it.next(), it.next()) {
-        (Some(Frame::Integer(c)), Some(Frame::Integer(d))) => Some((c as u64, d as u64)),
-        _ => None,
+        (Some(Frame::Integer(c)), Some(Frame::Integer(d))) => Ok((c as u64, d as u64)),
+        _ => Err(shape()),
     }
 }
 

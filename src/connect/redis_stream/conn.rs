@@ -39,6 +39,14 @@ pub enum StreamConnError {
 }
 
 impl StreamConnError {
+    /// A reply of the wrong shape from `addr`.
+    pub fn protocol(addr: SocketAddr, what: &str) -> StreamConnError {
+        StreamConnError::Protocol {
+            addr,
+            what: what.to_string(),
+        }
+    }
+
     /// Lost or refused: trying again on a new connection may succeed.
     pub fn is_connection(&self) -> bool {
         matches!(self, StreamConnError::Io { .. })
@@ -105,13 +113,19 @@ impl BlockingConn {
 
     /// Sends a command now and returns its reply (an error reply is `Err(Server)`).
     pub fn call(&mut self, args: &[&[u8]]) -> Result<OwnedFrame, StreamConnError> {
+        self.send_command(args)?;
+        self.reply(|frame| Ok(OwnedFrame::from(frame)))
+    }
+
+    /// Encodes one command into the connection's own buffer and writes it; its reply is read
+    /// with [`reply`](Self::reply) or [`try_reply`](Self::try_reply).
+    pub fn send_command(&mut self, args: &[&[u8]]) -> Result<(), StreamConnError> {
         self.out.clear();
         encode_command(&mut self.out, args);
-        let out = std::mem::take(&mut self.out);
-        let sent = self.send(&out);
-        self.out = out;
-        sent?;
-        self.reply(|frame| Ok(OwnedFrame::from(frame)))
+        let addr = self.addr;
+        self.stream
+            .write_all(&self.out)
+            .map_err(|cause| StreamConnError::Io { addr, cause })
     }
 
     /// Writes encoded commands; their replies are read with [`reply`](Self::reply), in order.

@@ -15,6 +15,7 @@
 
 mod commit;
 mod conn;
+mod group;
 mod sink;
 mod source;
 mod url;
@@ -25,6 +26,7 @@ pub use commit::{
 };
 pub(crate) use conn::text;
 pub use conn::{BlockingConn, StreamConnError};
+pub use group::{claim_reply, GroupConsumer, ReadFrom, READ_BLOCK};
 pub use sink::{RedisStreamSink, SinkStats, StreamOutput};
 pub use source::{RedisStreamSource, SourceOptions, StreamEntry};
 pub use url::{GroupStart, StreamUrl, StreamUrlError};
@@ -134,10 +136,7 @@ pub fn for_each_entry<'f>(
     mut each: impl FnMut(&'f [u8], EntryId, Payload<'f>) -> Result<(), StreamConnError>,
 ) -> Result<(), StreamConnError> {
     use crate::resp::Frame;
-    let protocol = |what: &str| StreamConnError::Protocol {
-        addr,
-        what: what.to_string(),
-    };
+    let protocol = |what: &str| StreamConnError::protocol(addr, what);
     for entry in entries.iter() {
         let Frame::Array(parts) = entry else {
             return Err(protocol("a stream entry"));

@@ -161,12 +161,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
     fn receive(&mut self, wait: bool) {
         while !self.in_flight.is_empty() && self.error.is_none() {
             let addr = self.conn.addr();
-            let counts = |frame: crate::resp::Frame<'_>| {
-                commit_counts(frame).ok_or_else(|| StreamConnError::Protocol {
-                    addr,
-                    what: "the commit script must answer {committed, duplicates}".into(),
-                })
-            };
+            let counts = |frame: crate::resp::Frame<'_>| commit_counts(frame, addr);
             let reply = if wait {
                 self.conn.reply(counts).map(Some)
             } else {
@@ -190,14 +185,10 @@ impl<O: StreamOutput> RedisStreamSink<O> {
 
     /// Two servers: `XACK` the batch's entries on the input's server.
     fn acknowledge(&mut self, batch: &EncodedBatch) -> Result<(), StreamConnError> {
-        let Some(conn) = self.acks_conn.as_mut() else {
-            return Ok(());
-        };
-        conn.send(&batch.acks)?;
-        for _ in 0..batch.ack_count {
-            conn.reply(|_| Ok(()))?;
+        match self.acks_conn.as_mut() {
+            Some(conn) => batch.acknowledge(conn),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{BlockingConn, StreamConnError};
-use super::{create_group, StreamUrl};
+use super::{claim_reply, create_group, GroupConsumer, ReadFrom, StreamUrl};
 use crate::element::StreamElement;
-use crate::resp::{encode_command, ArrayView, Frame};
+use crate::resp::ArrayView;
 use crate::source::{BoxError, Source, SourceEvent};
 
 /// One entry read from an input stream. The entries of one read share one buffer, so an
@@ -76,14 +76,11 @@ impl Default for SourceOptions {
 enum Asked {
     /// This consumer's own pending entries (from an earlier run).
     Own,
-    /// New entries (`>`), blocking up to [`BLOCK`].
+    /// New entries (`>`), blocking up to [`READ_BLOCK`](super::READ_BLOCK).
     New,
     /// `XAUTOCLAIM` on input stream `k`.
     Claim(usize),
 }
-
-/// How long a read of new entries waits on the server.
-const BLOCK: Duration = Duration::from_millis(100);
 
 /// One partition's input from Redis Streams: a consumer in a group, which reads its own
 /// pending entries first (left by an earlier run under the same name), then new ones, and
@@ -109,7 +106,6 @@ pub struct RedisStreamSource {
     ready: VecDeque<StreamEntry>,
     taken: u64,
     ended: bool,
-    command: Vec<u8>,
 }
 
 impl RedisStreamSource {
@@ -142,7 +138,6 @@ impl RedisStreamSource {
             ready: VecDeque::new(),
             taken: 0,
             ended: false,
-            command: Vec::with_capacity(256),
         })
     }
 
@@ -159,47 +154,22 @@ impl RedisStreamSource {
     }
 
     fn send(&mut self, asked: Asked) -> Result<(), StreamConnError> {
-        let count = self.options.count.max(1).to_string();
-        let block = BLOCK.as_millis().to_string();
-        let idle = self.options.claim_idle.as_millis().to_string();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(10 + 2 * self.url.streams.len());
+        let consumer = GroupConsumer {
+            streams: &self.url.streams,
+            group: &self.group,
+            name: &self.consumer,
+            count: self.options.count,
+        };
         match asked {
-            Asked::Claim(k) => args.extend([
-                &b"XAUTOCLAIM"[..],
-                self.url.streams[k].as_bytes(),
-                self.group.as_bytes(),
-                self.consumer.as_bytes(),
-                idle.as_bytes(),
-                self.claim_cursor[k].as_bytes(),
-                b"COUNT",
-                count.as_bytes(),
-            ]),
-            Asked::Own | Asked::New => {
-                args.extend([
-                    &b"XREADGROUP"[..],
-                    b"GROUP",
-                    self.group.as_bytes(),
-                    self.consumer.as_bytes(),
-                    b"COUNT",
-                    count.as_bytes(),
-                ]);
-                if asked == Asked::New {
-                    args.extend([&b"BLOCK"[..], block.as_bytes()]);
-                }
-                args.push(b"STREAMS");
-                args.extend(self.url.streams.iter().map(|s| s.as_bytes()));
-                match asked {
-                    Asked::New => args.extend(self.url.streams.iter().map(|_| &b">"[..])),
-                    _ => args.extend(self.own_cursor.iter().map(|c| c.as_bytes())),
-                }
-            }
+            Asked::Claim(k) => consumer.send_claim(
+                &mut self.conn,
+                k,
+                self.options.claim_idle,
+                &self.claim_cursor[k],
+            )?,
+            Asked::Own => consumer.send_read(&mut self.conn, ReadFrom::Own(&self.own_cursor))?,
+            Asked::New => consumer.send_read(&mut self.conn, ReadFrom::New)?,
         }
-        self.command.clear();
-        encode_command(&mut self.command, &args);
-        let command = std::mem::take(&mut self.command);
-        let sent = self.conn.send(&command);
-        self.command = command;
-        sent?;
         self.asked = Some(asked);
         Ok(())
     }
@@ -214,42 +184,28 @@ impl RedisStreamSource {
         let streams = &self.url.streams;
         let mut cursors: Vec<Option<String>> = vec![None; streams.len()];
         let mut got = Vec::new();
+        let consumer = GroupConsumer {
+            streams,
+            group: &self.group,
+            name: &self.consumer,
+            count: self.options.count,
+        };
         let reply = self.conn.try_reply(|frame| {
             let mut chunk = Vec::new();
-            match (asked, frame) {
-                (Asked::Claim(k), Frame::Array(parts)) => {
-                    let mut parts = parts.iter();
-                    let next = parts.next().and_then(|f| f.as_bytes());
-                    cursors[k] = next.map(|b| String::from_utf8_lossy(b).into_owned());
-                    if let Some(Frame::Array(entries)) = parts.next() {
-                        collect(entries, k, &field, &mut chunk, &mut got, addr)?;
-                    }
-                }
-                (Asked::Claim(_), _) => return Err(protocol(addr, "XAUTOCLAIM's reply")),
-                (_, Frame::Array(per_stream)) => {
-                    for s in per_stream.iter() {
-                        let Frame::Array(pair) = s else {
-                            return Err(protocol(addr, "XREADGROUP's reply"));
-                        };
-                        let mut pair = pair.iter();
-                        let name = pair.next().and_then(|f| f.as_bytes());
-                        let k = streams
-                            .iter()
-                            .position(|s| Some(s.as_bytes()) == name)
-                            .ok_or_else(|| protocol(addr, "a stream not asked for"))?;
-                        if let Some(Frame::Array(entries)) = pair.next() {
-                            let before = got.len();
-                            collect(entries, k, &field, &mut chunk, &mut got, addr)?;
-                            if got.len() > before {
-                                cursors[k] = Some(
-                                    String::from_utf8_lossy(last_id(&chunk, &got)).into_owned(),
-                                );
-                            }
-                        }
-                    }
-                }
-                _ => {} // nil: nothing within BLOCK
+            if let Asked::Claim(k) = asked {
+                let (next, entries) = claim_reply(frame, addr)?;
+                cursors[k] = Some(next);
+                collect(entries, k, &field, &mut chunk, &mut got, addr)?;
+                return Ok(chunk);
             }
+            consumer.for_each_stream(frame, addr, |k, entries| {
+                let before = got.len();
+                collect(entries, k, &field, &mut chunk, &mut got, addr)?;
+                if got.len() > before {
+                    cursors[k] = Some(String::from_utf8_lossy(last_id(&chunk, &got)).into_owned());
+                }
+                Ok(())
+            })?;
             Ok(chunk)
         })?;
         let Some(chunk) = reply else {
@@ -307,13 +263,6 @@ struct Found {
     stream: u8,
     id: (u32, u32),
     payload: Option<(u32, u32)>,
-}
-
-fn protocol(addr: std::net::SocketAddr, what: &str) -> StreamConnError {
-    StreamConnError::Protocol {
-        addr,
-        what: what.to_string(),
-    }
 }
 
 /// The entries `[id, [field, value, ...] | nil]` of stream `k`, copied into `chunk`.

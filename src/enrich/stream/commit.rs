@@ -152,12 +152,7 @@ impl StreamCommitter {
     /// Reads the oldest batch's reply (and, on two servers, acknowledges its entries).
     fn receive_one(&mut self) -> Result<(), EnrichError> {
         let addr = self.conn.addr();
-        let reply = self.conn.reply(|frame| {
-            commit_counts(frame).ok_or_else(|| StreamConnError::Protocol {
-                addr,
-                what: "the commit script must answer {committed, duplicates}".into(),
-            })
-        });
+        let reply = self.conn.reply(|frame| commit_counts(frame, addr));
         let (committed, duplicates) = match reply {
             Ok(counts) => counts,
             Err(e) if e.is_connection() => return self.recover(e),
@@ -220,13 +215,7 @@ impl StreamCommitter {
     fn acknowledge(&mut self, sent: &EncodedBatch) -> Result<(), EnrichError> {
         loop {
             let conn = self.acks_conn.as_mut().expect("two-server commits");
-            let result = conn.send(&sent.acks).and_then(|()| {
-                for _ in 0..sent.ack_count {
-                    conn.reply(|_| Ok(()))?;
-                }
-                Ok(())
-            });
-            match result {
+            match sent.acknowledge(conn) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_connection() => {
                     eprintln!("ringwait enrich: lost the input's server while acknowledging ({e}); reconnecting");

@@ -422,47 +422,45 @@ fn check_slots(
     side: Option<&str>,
     mode: &CommitMode,
 ) -> Result<(), EnrichError> {
-    if !cluster_enabled(conn)? {
-        return Ok(());
-    }
     let mut keys: Vec<&str> = vec![output];
     keys.extend(side);
     match mode {
         CommitMode::Ack => keys.extend(input.streams.iter().map(String::as_str)),
         CommitMode::Progress(key) => keys.push(key),
     }
-    let slot = crate::lookup::key_slot(keys[0].as_bytes());
-    if keys
-        .iter()
-        .any(|k| crate::lookup::key_slot(k.as_bytes()) != slot)
-    {
-        return Err(flag(
-            "--output",
-            format!(
-                "in Redis Cluster the keys {keys:?} must share a hash slot, since one script commits to them all: give them one {{tag}}, e.g. {{orders}}:in and {{orders}}:out"
-            ),
-        ));
+    if share_a_slot(conn, &keys)? {
+        return Ok(());
     }
-    Ok(())
+    Err(flag(
+        "--output",
+        format!(
+            "in Redis Cluster the keys {keys:?} must share a hash slot, since one script commits to them all: give them one {{tag}}, e.g. {{orders}}:in and {{orders}}:out"
+        ),
+    ))
 }
 
 /// On two servers, the input streams (read in one `XREADGROUP`) share a slot too.
 fn check_input_slots(conn: &mut BlockingConn, input: &StreamUrl) -> Result<(), EnrichError> {
-    if !cluster_enabled(conn)? {
+    let keys: Vec<&str> = input.streams.iter().map(String::as_str).collect();
+    if share_a_slot(conn, &keys)? {
         return Ok(());
     }
-    let slot = crate::lookup::key_slot(input.streams[0].as_bytes());
-    if input
-        .streams
-        .iter()
-        .any(|k| crate::lookup::key_slot(k.as_bytes()) != slot)
-    {
-        return Err(flag(
-            "--input",
-            "in Redis Cluster the input streams must share a hash slot: give them one {tag}",
-        ));
+    Err(flag(
+        "--input",
+        "in Redis Cluster the input streams must share a hash slot: give them one {tag}",
+    ))
+}
+
+/// Whether `keys` can be used together on `conn`'s server: it is not a cluster node, or they
+/// hash to one slot.
+fn share_a_slot(conn: &mut BlockingConn, keys: &[&str]) -> Result<bool, EnrichError> {
+    if !cluster_enabled(conn)? {
+        return Ok(true);
     }
-    Ok(())
+    let slot = crate::lookup::key_slot(keys[0].as_bytes());
+    Ok(keys
+        .iter()
+        .all(|k| crate::lookup::key_slot(k.as_bytes()) == slot))
 }
 
 fn cluster_enabled(conn: &mut BlockingConn) -> Result<bool, EnrichError> {
@@ -488,6 +486,16 @@ fn last_entry(conn: &mut BlockingConn, stream: &str) -> Result<Option<EntryId>, 
 }
 
 impl StreamPlan {
+    /// This instance as a consumer of the input streams.
+    pub fn group_consumer(&self) -> crate::connect::redis_stream::GroupConsumer<'_> {
+        crate::connect::redis_stream::GroupConsumer {
+            streams: &self.input.streams,
+            group: &self.group,
+            name: &self.consumer,
+            count: self.read_count,
+        }
+    }
+
     /// A connection to the input's server, waiting for it up to [`SERVER_DOWN_LIMIT`].
     pub fn connect_input(&self, intake: &Intake) -> Result<BlockingConn, EnrichError> {
         connect_patiently(&self.input.server, intake, "--input")

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::{StreamCounters, StreamPlan};
 use crate::connect::redis_stream::{
-    for_each_entry, BlockingConn, EntryId, Payload, StreamConnError,
+    claim_reply, for_each_entry, BlockingConn, EntryId, Payload, ReadFrom, StreamConnError,
+    READ_BLOCK,
 };
 use crate::element::StreamElement;
 use crate::enrich::chunk::ChunkBuilder;
@@ -24,10 +25,9 @@ use crate::enrich::input::{Dealer, ReaderSettings};
 use crate::enrich::record::Line;
 use crate::enrich::EnrichError;
 use crate::queue::BatchSender;
-use crate::resp::{encode_command, Frame};
 
-/// Longest `BLOCK` of one read: how soon a stop request or a claim round is seen.
-const BLOCK: Duration = Duration::from_millis(100);
+/// Longest wait of one read: how soon a stop request or a claim round is seen.
+const BLOCK: Duration = READ_BLOCK;
 
 /// Starts the reader thread.
 pub(crate) fn spawn(
@@ -77,7 +77,6 @@ struct StreamReader<'a> {
     claim_cursor: Vec<String>,
     next_claim: Instant,
     next_lag: Instant,
-    command: Vec<u8>,
 }
 
 impl<'a> StreamReader<'a> {
@@ -103,7 +102,6 @@ impl<'a> StreamReader<'a> {
             claim_cursor: vec!["0-0".into(); n],
             next_claim: Instant::now() + plan.claim_idle,
             next_lag: Instant::now(),
-            command: Vec::with_capacity(512),
         })
     }
 
@@ -195,44 +193,18 @@ impl<'a> StreamReader<'a> {
     /// cursors. Returns how many entries were read.
     fn read(&mut self, fresh: bool) -> Result<usize, StreamConnError> {
         let plan = self.plan;
-        let count = plan.read_count.to_string();
-        let block = BLOCK.as_millis().to_string();
-        let mut args: Vec<&[u8]> = vec![
-            b"XREADGROUP",
-            b"GROUP",
-            plan.group.as_bytes(),
-            plan.consumer.as_bytes(),
-            b"COUNT",
-            count.as_bytes(),
-        ];
-        if fresh {
-            args.extend([&b"BLOCK"[..], block.as_bytes()]);
-        }
-        args.push(b"STREAMS");
-        args.extend(plan.input.streams.iter().map(|s| s.as_bytes()));
-        if fresh {
-            args.extend(plan.input.streams.iter().map(|_| &b">"[..]));
+        let consumer = plan.group_consumer();
+        let from = if fresh {
+            ReadFrom::New
         } else {
-            args.extend(self.own_cursor.iter().map(|c| c.as_bytes()));
-        }
-        self.command.clear();
-        encode_command(&mut self.command, &args);
-        let command = std::mem::take(&mut self.command);
-        let sent = self.conn.send(&command);
-        self.command = command;
-        sent?;
+            ReadFrom::Own(&self.own_cursor)
+        };
+        consumer.send_read(&mut self.conn, from)?;
         let mut lasts: Vec<Option<EntryId>> = vec![None; plan.input.streams.len()];
         let addr = self.conn.addr();
         let got = self.conn.reply(|frame| {
-            let Frame::Array(streams) = frame else {
-                return Ok(0); // nil: nothing within BLOCK
-            };
             let mut got = 0;
-            for s in streams.iter() {
-                let (name, entries) = stream_and_entries(s, addr)?;
-                let Some(k) = plan.input.streams.iter().position(|n| n.as_bytes() == name) else {
-                    return Err(protocol(addr, "a reply for a stream not asked for"));
-                };
+            consumer.for_each_stream(frame, addr, |k, entries| {
                 got += stage_entries(
                     &mut self.chunk,
                     k,
@@ -243,7 +215,8 @@ impl<'a> StreamReader<'a> {
                     &mut lasts[k],
                     addr,
                 )?;
-            }
+                Ok(())
+            })?;
             Ok(got)
         })?;
         for (k, last) in lasts.into_iter().enumerate() {
@@ -265,44 +238,14 @@ impl<'a> StreamReader<'a> {
     /// consumer's and are dealt. Returns how many were claimed.
     fn claim(&mut self) -> Result<usize, StreamConnError> {
         let plan = self.plan;
-        let idle = plan.claim_idle.as_millis().to_string();
-        let count = plan.read_count.to_string();
+        let consumer = plan.group_consumer();
         let mut claimed = 0;
         for k in 0..plan.input.streams.len() {
-            self.command.clear();
-            encode_command(
-                &mut self.command,
-                &[
-                    b"XAUTOCLAIM",
-                    plan.input.streams[k].as_bytes(),
-                    plan.group.as_bytes(),
-                    plan.consumer.as_bytes(),
-                    idle.as_bytes(),
-                    self.claim_cursor[k].as_bytes(),
-                    b"COUNT",
-                    count.as_bytes(),
-                ],
-            );
-            let command = std::mem::take(&mut self.command);
-            let sent = self.conn.send(&command);
-            self.command = command;
-            sent?;
+            consumer.send_claim(&mut self.conn, k, plan.claim_idle, &self.claim_cursor[k])?;
             let mut last = None;
             let addr = self.conn.addr();
             let (next, got) = self.conn.reply(|frame| {
-                let Frame::Array(parts) = frame else {
-                    return Err(protocol(addr, "XAUTOCLAIM must answer an array"));
-                };
-                let mut parts = parts.iter();
-                let next = parts
-                    .next()
-                    .and_then(|f| f.as_bytes())
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .ok_or_else(|| protocol(addr, "XAUTOCLAIM's cursor"))?
-                    .to_string();
-                let Some(Frame::Array(entries)) = parts.next() else {
-                    return Err(protocol(addr, "XAUTOCLAIM's entries"));
-                };
+                let (next, entries) = claim_reply(frame, addr)?;
                 let got = stage_entries(
                     &mut self.chunk,
                     k,
@@ -336,28 +279,6 @@ impl<'a> StreamReader<'a> {
     }
 }
 
-fn protocol(addr: std::net::SocketAddr, what: &str) -> StreamConnError {
-    StreamConnError::Protocol {
-        addr,
-        what: what.to_string(),
-    }
-}
-
-/// `[name, [entry, ...]]`.
-fn stream_and_entries<'f>(
-    frame: Frame<'f>,
-    addr: std::net::SocketAddr,
-) -> Result<(&'f [u8], crate::resp::ArrayView<'f>), StreamConnError> {
-    let Frame::Array(pair) = frame else {
-        return Err(protocol(addr, "XREADGROUP's stream"));
-    };
-    let mut it = pair.iter();
-    match (it.next().and_then(|f| f.as_bytes()), it.next()) {
-        (Some(name), Some(Frame::Array(entries))) => Ok((name, entries)),
-        _ => Err(protocol(addr, "XREADGROUP's stream")),
-    }
-}
-
 /// Stages the entries `[id, [field, value, ...] | nil]` of stream `k` as records; returns how
 /// many. An entry whose fields are gone (deleted from the stream while pending) or lack
 /// `field` becomes an invalid record, for the error policy.
@@ -377,7 +298,7 @@ fn stage_entries(
     for_each_entry(entries, field.as_bytes(), addr, |raw, id, payload| {
         *last = Some(id);
         if raw.len() + 1 > origin.len() {
-            return Err(protocol(addr, "an entry id too long"));
+            return Err(StreamConnError::protocol(addr, "an entry id too long"));
         }
         origin[0] = k as u8;
         origin[1..=raw.len()].copy_from_slice(raw);

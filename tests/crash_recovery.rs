@@ -9,6 +9,7 @@
 //! runs 300 per mode. `RINGWAIT_CRASH_SEED=N` replays a run; the seed is printed on failure.
 
 mod common;
+mod job_support;
 mod tier;
 
 use std::path::{Path, PathBuf};
@@ -16,25 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
+use job_support::{crash_seed, Rng};
 use ringwait::snapshot::SnapshotStore;
 use serde_json::Value;
 
 const KEYS: u64 = 500;
-
-/// SplitMix64: a small seeded generator, so a failing run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 struct Job {
     dir: PathBuf,
@@ -182,15 +169,7 @@ fn wait_for(
 }
 
 fn crash_loop(mode: &str, kills_wanted: u64) {
-    let seed = std::env::var("RINGWAIT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = crash_seed();
     let mut rng = Rng(seed);
     let redis = RedisServer::start();
     redis.populate(KEYS);

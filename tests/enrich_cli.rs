@@ -587,25 +587,13 @@ fn blank_lines_are_skipped_and_counted_in_every_mode() {
     ] {
         let output = dir.path(&format!("out-{mode}-{checkpointed}.jsonl"));
         let ck = dir.path(&format!("ck-{mode}"));
-        let mut args = vec![
-            "enrich",
-            "--input",
+        let ck = checkpointed.then_some(ck.as_str());
+        let o = enrich_k(
             &input,
-            "--output",
             &output,
-            "--key",
-            "k",
-            "--key-prefix",
-            "k:",
-            "--mode",
-            mode,
-            "--partitions",
-            partitions,
-        ];
-        if checkpointed {
-            args.extend(["--checkpoint-dir", &ck]);
-        }
-        let o = ringwait(&args);
+            ck,
+            &["--mode", mode, "--partitions", partitions],
+        );
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
         assert!(
             stderr(&o).contains(&format!("side-output 0, blank {blanks}")),
@@ -625,6 +613,27 @@ fn blank_lines_are_skipped_and_counted_in_every_mode() {
             .collect();
         assert_eq!(got, want, "{mode} checkpointed={checkpointed}");
     }
+}
+
+/// `enrich` of `input` (records keyed by the number in `k`, looked up as `k:N`) into
+/// `output`, with `extra` flags, checkpointed in `ck` if given.
+fn enrich_k(input: &str, output: &str, ck: Option<&str>, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "enrich",
+        "--input",
+        input,
+        "--output",
+        output,
+        "--key",
+        "k",
+        "--key-prefix",
+        "k:",
+    ];
+    args.extend_from_slice(extra);
+    if let Some(ck) = ck {
+        args.extend(["--checkpoint-dir", ck]);
+    }
+    ringwait(&args)
 }
 
 fn read_k(line: &str) -> u64 {
@@ -656,24 +665,8 @@ fn line_breaks_are_kept_as_they_were() {
     for checkpointed in [false, true] {
         let output = dir.path(&format!("out-{checkpointed}.jsonl"));
         let ck = dir.path("ck");
-        let mut args = vec![
-            "enrich",
-            "--input",
-            &input,
-            "--output",
-            &output,
-            "--key",
-            "k",
-            "--key-prefix",
-            "k:",
-            "--partitions",
-            "2",
-            "--quiet",
-        ];
-        if checkpointed {
-            args.extend(["--checkpoint-dir", &ck]);
-        }
-        let o = ringwait(&args);
+        let ck = checkpointed.then_some(ck.as_str());
+        let o = enrich_k(&input, &output, ck, &["--partitions", "2", "--quiet"]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(
             std::fs::read_to_string(&output).unwrap(),

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::{call, pipeline, RedisServer};
-use job_support::{ringwait, stderr};
+use job_support::{crash_seed, ringwait, stderr, Rng};
 use ringwait::connect::redis_stream::EntryId;
 use ringwait::resp::OwnedFrame;
 
@@ -447,30 +447,6 @@ fn log_of(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// SplitMix64, seeded, so a failing run can be replayed with `RINGWAIT_CRASH_SEED`.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("RINGWAIT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 /// SIGKILLs the job at random moments (often within milliseconds of its start, i.e. while it
 /// reads its own pending entries again) and restarts it with the same command, until it
 /// exits on its own; then checks the output.
@@ -479,7 +455,7 @@ fn kill_loop(mode: &str) {
     // Enough entries that the job cannot finish before the kills are done (a life commits
     // a few thousand entries at most).
     let entries_n = tier::size("stream entries per kill loop", 200_000u64, 1_000_000);
-    let seed = seed();
+    let seed = crash_seed();
     let mut rng = Rng(seed);
     let redis = RedisServer::start();
     let addr = redis.addr();

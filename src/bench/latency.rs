@@ -326,17 +326,7 @@ pub fn run_latency(
     let (ringwait, achieved) = run_ringwait(cfg, redis, target.addr, rate, records)?;
     let (raw, raw_rate) = run_raw(target.addr, rate, records)?;
     drop(target);
-    let result = BenchResult {
-        workload: "latency".into(),
-        mode: cfg.mode.to_string(),
-        partitions: cfg.partitions,
-        records,
-        records_per_s: achieved,
-        p50_us: us(&ringwait, 0.50),
-        p99_us: us(&ringwait, 0.99),
-        p999_us: us(&ringwait, 0.999),
-        max_us: ringwait.max() as f64 / 1_000.0,
-    };
+    let result = BenchResult::from_histogram("latency", cfg, records, achieved, &ringwait);
     let raw_line = format!(
         "workload=latency mode=- partitions=1 records={records} records_per_s={raw_rate:.1} \
          p50_us={:.3} p99_us={:.3} p999_us={:.3} max_us={:.3} impl=raw-loopback",

@@ -177,6 +177,31 @@ impl BenchResult {
     }
 }
 
+impl BenchResult {
+    /// A workload measured outside the operator's own metrics: its rate and a histogram of
+    /// its latencies (ns).
+    pub fn from_histogram(
+        workload: &str,
+        cfg: &BenchConfig,
+        records: u64,
+        records_per_s: f64,
+        latency: &hdrhistogram::Histogram<u64>,
+    ) -> Self {
+        let us = |q: f64| latency.value_at_quantile(q) as f64 / 1_000.0;
+        BenchResult {
+            workload: workload.to_string(),
+            mode: cfg.mode.to_string(),
+            partitions: cfg.partitions,
+            records,
+            records_per_s,
+            p50_us: us(0.5),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: latency.max() as f64 / 1_000.0,
+        }
+    }
+}
+
 impl fmt::Display for BenchResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

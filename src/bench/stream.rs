@@ -63,18 +63,7 @@ pub fn run_stream(cfg: &BenchConfig, redis: &RedisUrl) -> Result<StreamRun, BoxE
     let rate = (job_rate / 10.0).max(100.0);
     let latency = latency_run(cfg, redis, rate, records.min((rate * 3.0) as u64))?;
     clear(&mut conn)?;
-    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
-    let result = BenchResult {
-        workload: "stream".into(),
-        mode: cfg.mode.to_string(),
-        partitions: cfg.partitions,
-        records,
-        records_per_s: job_rate,
-        p50_us: us(&latency, 0.5),
-        p99_us: us(&latency, 0.99),
-        p999_us: us(&latency, 0.999),
-        max_us: latency.max() as f64 / 1_000.0,
-    };
+    let result = BenchResult::from_histogram("stream", cfg, records, job_rate, &latency);
     let lines = vec![
         format!(
             "workload=stream part=ceiling records={records} records_per_s={ceiling:.1} \
@@ -89,10 +78,10 @@ pub fn run_stream(cfg: &BenchConfig, redis: &RedisUrl) -> Result<StreamRun, BoxE
             "workload=stream part=latency rate={rate:.0} entries={} p50_us={:.1} p99_us={:.1} \
              p999_us={:.1} max_us={:.1} (XADD of the input to visible in the output)",
             latency.len(),
-            us(&latency, 0.5),
-            us(&latency, 0.99),
-            us(&latency, 0.999),
-            latency.max() as f64 / 1_000.0
+            result.p50_us,
+            result.p99_us,
+            result.p999_us,
+            result.max_us
         ),
     ];
     Ok(StreamRun {

@@ -168,3 +168,33 @@ pub fn wait_for_partial(d: &Dir, name: &str, bytes: u64) -> String {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// SplitMix64: a small seeded generator, so that a failing crash loop can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A crash loop's seed: `RINGWAIT_CRASH_SEED` to replay one, else the clock.
+pub fn crash_seed() -> u64 {
+    std::env::var("RINGWAIT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}

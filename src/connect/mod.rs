@@ -13,4 +13,5 @@
 //! The kinds sit below the jobs: they know records as bytes and entry ids, not the jobs'
 //! record types.
 
+pub mod kafka;
 pub mod redis_stream;

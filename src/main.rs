@@ -326,12 +326,18 @@ fn enrich(a: EnrichArgs) -> Result<ExitCode> {
             Some(url) if url.starts_with("redis-stream://") => {
                 Input::RedisStream(Box::new(stream_url(url, "--input")?))
             }
+            Some(url) if url.starts_with("kafka://") => {
+                Input::Kafka(Box::new(kafka_url(url, "--input")?))
+            }
             Some(path) => Input::File(path.into()),
         },
         output: match a.output.as_str() {
             "-" => Output::Stdout,
             url if url.starts_with("redis-stream://") => {
                 Output::RedisStream(Box::new(stream_url(url, "--output")?))
+            }
+            url if url.starts_with("kafka://") => {
+                Output::Kafka(Box::new(kafka_url(url, "--output")?))
             }
             path => Output::File(path.into()),
         },
@@ -392,6 +398,10 @@ fn stream_url(url: &str, flag: &str) -> Result<ringwait::enrich::StreamUrl> {
         url.parse().map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     parsed.server = parsed.server.with_env_password();
     Ok(parsed)
+}
+
+fn kafka_url(url: &str, flag: &str) -> Result<ringwait::connect::kafka::KafkaUrl> {
+    url.parse().map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

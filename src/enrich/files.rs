@@ -283,7 +283,7 @@ pub(crate) fn check(config: &EnrichConfig) -> Result<JobFiles, EnrichError> {
     }
     let output = match &config.output {
         Output::File(path) => Some(plan_output("--output", path, checkpointed)?),
-        Output::Stdout | Output::RedisStream(_) => None,
+        Output::Stdout | Output::RedisStream(_) | Output::Kafka(_) => None,
     };
     let side = match &config.on_error {
         OnError::SideOutput(path) => {

@@ -28,23 +28,48 @@ pub enum Input {
     Stdin,
     /// Redis Streams read through a consumer group (`redis-stream://…?group=G`).
     RedisStream(Box<super::StreamUrl>),
+    /// Kafka topics read through a consumer group (`kafka://…?group=G`).
+    Kafka(Box<crate::connect::kafka::KafkaUrl>),
 }
 
 /// How lines are dealt to partitions.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Routing {
     pub partitions: usize,
-    /// Route by key (key-ordered mode) instead of round robin.
-    pub by_key: bool,
+    pub by: RouteBy,
+}
+
+/// What picks a record's partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteBy {
+    /// Round robin by the record's index.
+    Index,
+    /// The key (key-ordered mode).
+    Key,
+    /// The source partition its origin names (Kafka: each Kafka partition on one core).
+    Origin,
 }
 
 impl Routing {
     fn partition_of(&self, line: &Line) -> usize {
-        if self.by_key {
+        match self.by {
             // A fixed, versioned hash: checkpoints depend on it (see `routing`).
-            super::routing::partition_of_key(line.key(), self.partitions)
-        } else {
-            (line.index % self.partitions as u64) as usize
+            RouteBy::Key => super::routing::partition_of_key(line.key(), self.partitions),
+            RouteBy::Index => (line.index % self.partitions as u64) as usize,
+            RouteBy::Origin => {
+                let (topic, p) =
+                    crate::connect::kafka::origin::partition_of(line.origin()).unwrap_or((0, 0));
+                let n = u64::from(topic) * 1_000_003 + u64::from(p.unsigned_abs());
+                (n % self.partitions as u64) as usize
+            }
+        }
+    }
+
+    /// The record's event time: a Kafka message's timestamp.
+    fn timestamp_of(&self, line: &Line) -> Option<i64> {
+        match self.by {
+            RouteBy::Origin => crate::connect::kafka::origin::decode(line.origin())?.timestamp,
+            _ => None,
         }
     }
 }
@@ -98,7 +123,7 @@ fn read(
                 .map_err(|cause| EnrichError::io("read the input", "standard input", cause))?;
             read_lines(std::fs::File::from(fd), "standard input", s, queues)
         }
-        Input::RedisStream(_) => unreachable!("a stream input has its own reader"),
+        Input::RedisStream(_) | Input::Kafka(_) => unreachable!("a log input has its own reader"),
     }
 }
 
@@ -261,7 +286,11 @@ impl<'a> Dealer<'a> {
     /// is gone.
     fn deal(&mut self, line: Line) -> bool {
         let p = self.s.routing.partition_of(&line);
-        self.batches[p].push(StreamElement::record(line));
+        let timestamp = self.s.routing.timestamp_of(&line);
+        self.batches[p].push(StreamElement::Record {
+            value: line,
+            timestamp,
+        });
         self.batches[p].len() < INPUT_BATCH || self.send(p)
     }
 
@@ -340,7 +369,7 @@ impl LineSource {
                     bytes: Vec::new(),
                 }
             }
-            Input::Stdin | Input::RedisStream(_) => {
+            Input::Stdin | Input::RedisStream(_) | Input::Kafka(_) => {
                 return Err(EnrichError::flag(
                     "--checkpoint-dir",
                     "only a file or generated input is replayed from a checkpoint",
@@ -369,7 +398,7 @@ impl LineSource {
     /// Whether line `index` may belong here before parsing it (round robin).
     fn maybe_mine(&self, index: u64) -> bool {
         let r = &self.settings.routing;
-        r.by_key || (index % r.partitions as u64) as usize == self.partition
+        r.by == RouteBy::Key || (index % r.partitions as u64) as usize == self.partition
     }
 }
 
@@ -424,7 +453,8 @@ impl crate::source::Source for LineSource {
                     let i = *index;
                     *index += 1;
                     let routing = &self.settings.routing;
-                    if !routing.by_key && (i % routing.partitions as u64) as usize != self.partition
+                    if routing.by != RouteBy::Key
+                        && (i % routing.partitions as u64) as usize != self.partition
                     {
                         continue;
                     }

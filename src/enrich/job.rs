@@ -72,7 +72,7 @@ impl JobRecord {
                     put(k, v);
                 }
             }
-            Input::Stdin | Input::RedisStream(_) => {
+            Input::Stdin | Input::RedisStream(_) | Input::Kafka(_) => {
                 unreachable!("checked: a checkpointed run reads a file or generated input")
             }
         }

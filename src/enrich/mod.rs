@@ -28,6 +28,8 @@ mod files;
 mod input;
 mod intake;
 mod job;
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 mod lookup;
 mod output;
 mod record;
@@ -45,6 +47,8 @@ use std::time::{Duration, Instant};
 
 pub use files::PARTIAL_SUFFIX;
 pub use input::Input;
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaCounters, KafkaStats, BROKER_DOWN_LIMIT};
 pub use lookup::{
     is_permanent, Batch, ClientOptions, CompleteRecord, EmbeddedLookup, Enriched, JobLookup,
     LookupStats, LookupTotals, RedisLookup, Value,
@@ -94,6 +98,8 @@ pub enum Output {
     File(PathBuf),
     /// A Redis stream (`redis-stream://…/STREAM`), committed exactly once.
     RedisStream(Box<StreamUrl>),
+    /// A Kafka topic (`kafka://…/TOPIC`): no loss, no duplicates through a crash.
+    Kafka(Box<crate::connect::kafka::KafkaUrl>),
 }
 
 /// What to do with a record whose lookup failed.
@@ -231,6 +237,10 @@ pub enum EnrichError {
     /// [`SERVER_DOWN_LIMIT`]; the entries not committed stay pending for the next run.
     #[error("{0}")]
     Stream(String),
+    /// A Kafka broker or client failed in a way waiting cannot mend, or the brokers stayed
+    /// away too long; what is not committed is read again by the next run.
+    #[error("{0}")]
+    Kafka(String),
     /// A stream entry failed under `--on-error fail` (it stays pending in the group).
     #[error(
         "entry {entry}: {error} (it stays pending; use --on-error skip or side-output:STREAM to go on)"
@@ -392,6 +402,9 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     let partitions = config.partitions.unwrap_or_else(default_partitions);
     config.check_client()?;
     let pipeline = build_pipeline(&config, partitions)?;
+    if is_kafka_job(&config) {
+        return run_kafka(&config, &pipeline);
+    }
     if stream::is_stream_job(&config) {
         return run_stream(&config, &pipeline);
     }
@@ -450,6 +463,28 @@ fn run_stream(config: &EnrichConfig, pipeline: &Pipeline) -> Result<EnrichSummar
     run_pipeline(config, pipeline, store, Ends::Stream(plan))
 }
 
+fn is_kafka_job(config: &EnrichConfig) -> bool {
+    matches!(config.input, Input::Kafka(_)) || matches!(config.output, Output::Kafka(_))
+}
+
+/// A Kafka job: checked (addresses, brokers, topics) before anything is read or produced;
+/// then it runs until caught up (`--until caught-up`) or stopped.
+#[cfg(feature = "kafka")]
+fn run_kafka(config: &EnrichConfig, pipeline: &Pipeline) -> Result<EnrichSummary, EnrichError> {
+    let plan = Arc::new(kafka::prepare(config)?);
+    let store = Store::start(&config.lookup, config.tls_ca.as_deref())?;
+    let _metrics_server = start_metrics(config.metrics, pipeline.live_metrics().cloned())?;
+    run_pipeline(config, pipeline, store, Ends::Kafka(plan))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn run_kafka(_: &EnrichConfig, _: &Pipeline) -> Result<EnrichSummary, EnrichError> {
+    Err(EnrichError::flag(
+        "--input",
+        "this build has no Kafka support (build with the `kafka` feature)",
+    ))
+}
+
 /// Where a run's records come from and go.
 enum Ends {
     /// Files (or standard streams, or generated input), with the writer's part of the
@@ -460,6 +495,9 @@ enum Ends {
     ),
     /// Redis Streams.
     Stream(Arc<stream::StreamPlan>),
+    /// Kafka.
+    #[cfg(feature = "kafka")]
+    Kafka(Arc<kafka::KafkaPlan>),
 }
 
 /// The pipeline of `partitions` partitions, with live metrics when `--metrics` is on.
@@ -628,11 +666,19 @@ fn run_pipeline(
     ends: Ends,
 ) -> Result<EnrichSummary, EnrichError> {
     let started = Instant::now();
+    #[cfg(feature = "kafka")]
+    let mut kafka_plan = None;
     let ((out, side), checkpoint, plan) = match ends {
         Ends::Files(writers, checkpoint) => (writers, checkpoint.map(|c| *c), None),
         Ends::Stream(plan) => {
             let sink: Box<dyn std::io::Write + Send> = Box::new(std::io::sink());
             ((sink, None), None, Some(plan))
+        }
+        #[cfg(feature = "kafka")]
+        Ends::Kafka(plan) => {
+            kafka_plan = Some(plan);
+            let sink: Box<dyn std::io::Write + Send> = Box::new(std::io::sink());
+            ((sink, None), None, None)
         }
     };
     let partitions = pipeline.partitions();
@@ -656,7 +702,13 @@ fn run_pipeline(
         },
         routing: Routing {
             partitions,
-            by_key: config.mode == OrderMode::KeyOrdered,
+            by: if is_kafka_job(config) {
+                input::RouteBy::Origin
+            } else if config.mode == OrderMode::KeyOrdered {
+                input::RouteBy::Key
+            } else {
+                input::RouteBy::Index
+            },
         },
         intake: intake.clone(),
         generated_key_json: serde_json::to_string(&config.key_field).expect("a string serialises"),
@@ -676,9 +728,23 @@ fn run_pipeline(
             counters.clone(),
             writer_settings.live.clone(),
         )?;
-        writer_settings.committer = Some(committer);
+        writer_settings.committer = Some(output::Committer::Stream(Box::new(committer)));
+    }
+    #[cfg(feature = "kafka")]
+    let kafka_shared = Arc::new(kafka::Shared::new());
+    #[cfg(feature = "kafka")]
+    if let Some(plan) = &kafka_plan {
+        let committer = kafka::KafkaCommitter::open(plan.clone(), kafka_shared.clone())?;
+        writer_settings.committer = Some(output::Committer::Kafka(Box::new(committer)));
     }
     let (reader, settings) = match (checkpointing.is_some(), &plan) {
+        #[cfg(feature = "kafka")]
+        (false, None) if kafka_plan.is_some() => {
+            let plan = kafka_plan.clone().expect("a Kafka plan");
+            let reader =
+                kafka::spawn_reader(plan, kafka_shared.clone(), settings, queues.to_partitions);
+            (Some(reader), None)
+        }
         (true, _) => (None, Some(settings)),
         (false, Some(plan)) => {
             let reader = stream::spawn_reader(
@@ -731,6 +797,10 @@ fn run_pipeline(
     let mut summary = summarise(config, started, written, ending, &report?);
     summary.lookups = lookups.map(|t| t.stats());
     summary.stream = plan.map(|p| counters.stats(&p.consumer));
+    #[cfg(feature = "kafka")]
+    {
+        summary.kafka = kafka_plan.map(|_| kafka_shared.counters.stats());
+    }
     Ok(summary)
 }
 
@@ -741,9 +811,10 @@ fn writer_settings(
 ) -> WriterSettings {
     WriterSettings {
         mode: config.mode,
+        global_order: !is_kafka_job(config),
         out_path: match &config.output {
             Output::File(p) => Some(p.clone()),
-            Output::Stdout | Output::RedisStream(_) => None,
+            Output::Stdout | Output::RedisStream(_) | Output::Kafka(_) => None,
         },
         side_path: match &config.on_error {
             OnError::SideOutput(p) => Some(p.clone()),
@@ -881,6 +952,8 @@ fn summarise(
         errors: report.merged.errors,
         lookups: None,
         stream: None,
+        #[cfg(feature = "kafka")]
+        kafka: None,
     }
 }
 

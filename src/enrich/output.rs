@@ -42,6 +42,10 @@ impl WriterStats {
 
 pub(crate) struct WriterSettings {
     pub mode: OrderMode,
+    /// Ordered mode restores the input's global order across partitions (record `i` went
+    /// to partition `i % P`); a Kafka input keeps each Kafka partition on one pipeline
+    /// partition, whose own order is the order to keep, so its outputs are taken as ready.
+    pub global_order: bool,
     /// `"<--into>":`, JSON-escaped: what precedes an added field's value.
     pub into_key: Vec<u8>,
     /// The file the output is written to (for error messages); `None` for stdout.
@@ -56,8 +60,73 @@ pub(crate) struct WriterSettings {
     pub json_values: bool,
     pub progress: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
-    /// A stream output: results are committed through it instead of written as lines.
-    pub committer: Option<super::stream::StreamCommitter>,
+    /// A log output: results are committed through it instead of written as lines.
+    pub committer: Option<Committer>,
+}
+
+/// The writer's side of a log output (Redis Streams, Kafka).
+pub(crate) enum Committer {
+    /// Redis Streams: batches committed by script.
+    Stream(Box<super::stream::StreamCommitter>),
+    /// Kafka: produced, and committed by the reader as delivered.
+    #[cfg(feature = "kafka")]
+    Kafka(Box<super::kafka::KafkaCommitter>),
+}
+
+impl Committer {
+    fn add(
+        &mut self,
+        line: &Line,
+        kind: super::stream::Kind,
+        data: &[u8],
+        error: &str,
+    ) -> Result<(), EnrichError> {
+        match self {
+            Committer::Stream(c) => c.add(line, kind, data, error),
+            #[cfg(feature = "kafka")]
+            Committer::Kafka(c) => c.add(line, kind, data, error),
+        }
+    }
+
+    fn describe(&self, line: &Line) -> String {
+        match self {
+            Committer::Stream(c) => c.describe(line),
+            #[cfg(feature = "kafka")]
+            Committer::Kafka(c) => c.describe(line),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), EnrichError> {
+        match self {
+            Committer::Stream(c) => c.flush(),
+            #[cfg(feature = "kafka")]
+            Committer::Kafka(c) => c.flush(),
+        }
+    }
+
+    /// Called while the writer waits: a Kafka producer's deliveries are taken.
+    fn idle(&mut self) -> Result<(), EnrichError> {
+        match self {
+            Committer::Stream(_) => Ok(()),
+            #[cfg(feature = "kafka")]
+            Committer::Kafka(c) => c.idle(),
+        }
+    }
+
+    /// The end of the writer: everything delivered (`ok`), or given up on an error.
+    fn finish(&mut self, ok: bool) -> Result<(), EnrichError> {
+        match self {
+            Committer::Stream(c) if ok => c.flush(),
+            Committer::Stream(_) => Ok(()),
+            #[cfg(feature = "kafka")]
+            Committer::Kafka(c) if ok => c.finish(),
+            #[cfg(feature = "kafka")]
+            Committer::Kafka(c) => {
+                c.abandon();
+                Ok(())
+            }
+        }
+    }
 }
 
 type Item = Emitted<Enriched, Line>;
@@ -175,12 +244,16 @@ pub(crate) fn spawn_writer(
                 ready_to_commit: None,
             };
             let mut queues = queues;
-            let result = if w.settings.mode == OrderMode::Ordered {
+            let result = if w.settings.mode == OrderMode::Ordered && w.settings.global_order {
                 w.merge_in_order(&mut queues)
             } else {
                 w.merge_as_ready(&mut queues)
             };
-            let flushed = w.flush();
+            let mut flushed = w.flush();
+            if let Some(c) = w.settings.committer.as_mut() {
+                let ok = result.is_ok() && flushed.is_ok();
+                flushed = flushed.and(c.finish(ok));
+            }
             if result.is_err() {
                 w.settings.stop.store(true, Ordering::Relaxed);
                 if let Some(ck) = &w.checkpoint {
@@ -355,6 +428,8 @@ impl Writer {
         }
         if *idle == YIELDS_BEFORE_SLEEP + 1 {
             self.flush()?;
+        } else if let Some(c) = self.settings.committer.as_mut() {
+            c.idle()?;
         }
         let timeout = if self.ready_to_commit.is_some() {
             COMMIT_POLL
@@ -541,6 +616,13 @@ impl Writer {
     fn commit_failed(&mut self, line: &Line, error: &RecordError) -> Result<(), EnrichError> {
         let committer = self.settings.committer.as_mut().expect("a stream output");
         let kind = match &self.settings.on_error {
+            #[cfg(feature = "kafka")]
+            OnError::Fail if matches!(committer, Committer::Kafka(_)) => {
+                return Err(EnrichError::Kafka(format!(
+                    "message {}: {error} (it is not committed; use --on-error skip or side-output:TOPIC to go on)",
+                    committer.describe(line)
+                )))
+            }
             OnError::Fail => {
                 return Err(EnrichError::EntryFailed {
                     entry: committer.describe(line),

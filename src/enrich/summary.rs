@@ -62,6 +62,9 @@ pub struct EnrichSummary {
     pub lookups: Option<super::LookupStats>,
     /// What a stream input and output did (`None` for files).
     pub stream: Option<super::StreamStats>,
+    /// What a Kafka input and output did (`None` otherwise).
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<super::KafkaStats>,
 }
 
 impl EnrichSummary {
@@ -88,6 +91,8 @@ impl EnrichSummary {
             errors: 0,
             lookups: None,
             stream: None,
+            #[cfg(feature = "kafka")]
+            kafka: None,
         }
     }
 }
@@ -145,6 +150,24 @@ fn stream_line(f: &mut std::fmt::Formatter<'_>, s: &super::StreamStats) -> std::
     percentiles(f, "commit", &s.commit_latency)
 }
 
+/// `  kafka: read N, delivered M, landed before L, rebalances R, lag: T/P n, …; produce µs:
+/// p50 .. p99 ..`
+#[cfg(feature = "kafka")]
+fn kafka_line(f: &mut std::fmt::Formatter<'_>, s: &super::KafkaStats) -> std::fmt::Result {
+    write!(
+        f,
+        "\n  kafka: read {}, delivered {}, landed before {}, rebalances {}, lag:",
+        s.read, s.delivered, s.landed_before, s.rebalances
+    )?;
+    if s.lag.is_empty() {
+        write!(f, " none owned")?;
+    }
+    for (p, lag) in &s.lag {
+        write!(f, " {p} {lag}")?;
+    }
+    percentiles(f, "produce", &s.produce_latency)
+}
+
 impl std::fmt::Display for EnrichSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.ending == Ending::AlreadyComplete {
@@ -197,6 +220,10 @@ impl std::fmt::Display for EnrichSummary {
         }
         if let Some(s) = &self.stream {
             stream_line(f, s)?;
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(s) = &self.kafka {
+            kafka_line(f, s)?;
         }
         if let Ending::Stopped {
             partial,

@@ -167,6 +167,11 @@ struct EnrichArgs {
     /// 1024 moved 200k entries in 0.76-0.87 s against 0.99-1.0 s with 256 (same server).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     stream_batch: usize,
+    /// Kafka: a librdkafka setting for every client of the job (repeatable), e.g.
+    /// security.protocol=SSL, sasl.mechanisms=PLAIN, session.timeout.ms=6000. The settings
+    /// the guarantee rests on (group.id, offsets, idempotence, acks…) are refused.
+    #[arg(long, value_name = "KEY=VALUE")]
+    kafka_config: Vec<String>,
     /// Partitions, one pinned core each (default: every core but one, left to the reader
     /// and the writer; the built-in store runs inside the partitions).
     #[arg(long)]
@@ -346,6 +351,16 @@ fn enrich(a: EnrichArgs) -> Result<ExitCode> {
             until_caught_up: a.until == Some(Until::CaughtUp),
             claim_idle: Duration::from_millis(a.claim_idle_ms),
             batch: a.stream_batch,
+            kafka_config: a
+                .kafka_config
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .filter(|(k, _)| !k.is_empty())
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("--kafka-config: {kv:?}: write KEY=VALUE"))
+                })
+                .collect::<Result<Vec<_>>>()?,
         },
         key_field: a.key_field,
         into_field: a.into_field,

@@ -7,9 +7,15 @@
 
 mod common;
 mod job_support;
+mod tier;
 
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::Read;
 use common::kafka::{Broker, Message};
-use job_support::{ringwait, stderr};
+use job_support::{crash_seed, ringwait, stderr, Rng};
 
 const KEYS: u64 = 500;
 
@@ -106,4 +112,179 @@ fn records_keys_headers_and_order_pass_through() {
         e.contains(&format!("kafka: read {n}, delivered {n}, landed before 0")),
         "{e}"
     );
+}
+
+/// Which order the outputs must keep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    None,
+    /// Each input partition's.
+    Partition,
+    /// Each key's, within its input partition.
+    PerKey,
+}
+
+/// Checks every output against the input: each input message `(p, offset)` of the `n`
+/// produced has exactly one output, byte for byte right; the order kept as asked.
+fn check_outputs(out: &[Read], n: u64, partitions: u64, order: Order, context: &str) {
+    let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
+    let mut last: HashMap<(i32, u64), i64> = HashMap::new();
+    let mut wrong = 0;
+    for m in out {
+        let src = std::str::from_utf8(m.header("ringwait-src").expect("src")).unwrap();
+        let mut it = src.split('/');
+        let (_t, p, off): (&str, i32, i64) = (
+            it.next().unwrap(),
+            it.next().unwrap().parse().unwrap(),
+            it.next().unwrap().parse().unwrap(),
+        );
+        *seen.entry((p, off)).or_default() += 1;
+        let i = off as u64 * partitions + p as u64;
+        if m.value != enriched(i) || m.partition != p {
+            wrong += 1;
+        }
+        let lane = match order {
+            Order::None => continue,
+            Order::Partition => 0,
+            Order::PerKey => (i * 7919) % KEYS,
+        };
+        if let Some(prev) = last.insert((p, lane), off) {
+            assert!(
+                prev < off,
+                "{context}: {p}/{off} came after {p}/{prev} (order)"
+            );
+        }
+    }
+    let duplicated = seen.values().filter(|c| **c > 1).count();
+    let lost = (0..n)
+        .filter(|i| !seen.contains_key(&((i % partitions) as i32, (i / partitions) as i64)))
+        .count();
+    assert_eq!(
+        (lost, duplicated, wrong),
+        (0, 0, 0),
+        "{context}: lost, duplicated, wrong"
+    );
+}
+
+fn job(args: &[String], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_ringwait"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ringwait")
+}
+
+fn log_of(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// SIGKILLs the job at random moments and restarts it with the same command until it
+/// finishes (`--until caught-up`); then an independent reader checks the output.
+fn kill_loop(mode: &str) {
+    let kills_wanted = tier::size("kafka kills per mode", 30u64, 300);
+    let n = tier::size("kafka records per kill loop", 200_000u64, 1_000_000);
+    let seed = crash_seed();
+    let mut rng = Rng(seed);
+    let broker = Broker::start();
+    broker.create_topic("in", 4);
+    broker.create_topic("out", 4);
+    broker.produce("in", &messages(n, 4));
+    let args: Vec<String> = [
+        "enrich",
+        "--input",
+        &format!("kafka://{}/in?group=g", broker.addr()),
+        "--output",
+        &format!("kafka://{}/out", broker.addr()),
+        "--until",
+        "caught-up",
+        "--mode",
+        mode,
+        "--partitions",
+        "2",
+        // A dead instance's partitions move after its session times out: 2 s keeps the
+        // loop short (the default is 10 s).
+        "--kafka-config",
+        "session.timeout.ms=2000",
+        "--kafka-config",
+        "heartbeat.interval.ms=300",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = std::env::temp_dir().join(format!("rw-kafka-kill-{}-{mode}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let context = format!("{mode}, seed {seed} (RINGWAIT_CRASH_SEED={seed} replays)");
+    let (mut kills, started) = (0u64, Instant::now());
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "{context}: not done after 900 s; log:\n{}",
+            log_of(&log)
+        );
+        let mut child = job(&args, &log);
+        let life = (kills < kills_wanted).then(|| Duration::from_millis(200 + rng.below(2_500)));
+        let give_up = Instant::now() + life.unwrap_or(Duration::from_secs(600));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() >= give_up {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        match status {
+            Some(s) => {
+                assert!(s.success(), "{context}: exited {s}; log:\n{}", log_of(&log));
+                break;
+            }
+            None => {
+                assert!(
+                    life.is_some(),
+                    "{context}: the last run hung; log:\n{}",
+                    log_of(&log)
+                );
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    assert!(
+        kills >= kills_wanted,
+        "{context}: the job finished after {kills} kills; fewer than {kills_wanted}"
+    );
+    let order = match mode {
+        "ordered" => Order::Partition,
+        "key-ordered" => Order::PerKey,
+        _ => Order::None,
+    };
+    let out = broker.read_all("out", 4);
+    check_outputs(&out, n, 4, order, &context);
+    eprintln!(
+        "{context}: {kills} kills, {n} records in {:?}: lost 0, duplicated 0, wrong 0",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sigkill_loop_unordered_loses_and_duplicates_nothing() {
+    kill_loop("unordered");
+}
+
+#[test]
+fn sigkill_loop_ordered_keeps_each_partitions_order() {
+    kill_loop("ordered");
+}
+
+#[test]
+fn sigkill_loop_key_ordered_keeps_each_keys_order() {
+    kill_loop("key-ordered");
 }

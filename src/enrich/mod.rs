@@ -411,7 +411,7 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
     if config.stream.until_caught_up {
         return Err(EnrichError::flag(
             "--until",
-            "caught-up is for a stream input (redis-stream://…)",
+            "caught-up is for a stream input (redis-stream://… or kafka://…)",
         ));
     }
     let d = StreamOptions::default();
@@ -419,11 +419,15 @@ pub fn run(config: EnrichConfig) -> Result<EnrichSummary, EnrichError> {
         (config.stream.field != d.field, "--stream-field"),
         (config.stream.claim_idle != d.claim_idle, "--claim-idle-ms"),
         (config.stream.batch != d.batch, "--stream-batch"),
+        (
+            config.stream.kafka_config != d.kafka_config,
+            "--kafka-config",
+        ),
     ] {
         if changed {
             return Err(EnrichError::flag(
                 name,
-                "is for a stream input (redis-stream://…)",
+                "is for a stream input (redis-stream://… or kafka://…)",
             ));
         }
     }

@@ -101,7 +101,11 @@ impl Broker {
     /// Produces `(partition, key, value, headers)` messages, `per_batch` per record batch
     /// (tansu 0.6's mid-batch fetch bug needs batches of many to show).
     pub fn produce(&self, topic: &str, messages: &[Message]) {
-        let p = self.producer(&[("linger.ms", "20"), ("batch.num.messages", "500")]);
+        let p = self.producer(&[
+            ("linger.ms", "20"),
+            ("batch.num.messages", "500"),
+            ("enable.idempotence", "true"),
+        ]);
         for (part, key, value, headers) in messages {
             let mut h = OwnedHeaders::new();
             for (k, v) in headers {

@@ -39,10 +39,47 @@ impl KafkaConnError {
     }
 }
 
+/// Settings the job owns, because what it guarantees rests on them: `--kafka-config`
+/// refuses them.
+pub const RESERVED_SETTINGS: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "auto.offset.reset",
+    "allow.auto.create.topics",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "transactional.id",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "message.timeout.ms",
+];
+
+/// Which of `extra` the job refuses (see [`RESERVED_SETTINGS`]).
+pub fn reserved_setting(extra: &[(String, String)]) -> Option<&str> {
+    extra
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .find(|k| RESERVED_SETTINGS.contains(k))
+}
+
+/// A configuration holding the user's `--kafka-config` settings; the job's own go on top.
+fn with(extra: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    c
+}
+
 /// The consumer settings of an input read through `group`: offsets committed by the job
 /// only, never created topics, a short session so a dead instance's partitions move soon.
-pub fn consumer_config(url: &KafkaUrl, group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
+pub fn consumer_config(url: &KafkaUrl, group: &str, extra: &[(String, String)]) -> ClientConfig {
+    let mut c = with(extra);
     c.set("bootstrap.servers", url.bootstrap())
         .set("group.id", group)
         .set("client.id", "ringwait")
@@ -57,22 +94,29 @@ pub fn consumer_config(url: &KafkaUrl, group: &str) -> ClientConfig {
                 KafkaStart::Latest => "latest",
             },
         )
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "50")
         // Whole batches in a fetch: a fetch that resumes inside a batch is what tansu 0.6
         // gets wrong (see `safe_start`).
         .set("max.partition.fetch.bytes", "67108864")
         .set("fetch.max.bytes", "134217728")
         .set("log_level", "3");
+    // A short session, so a dead instance's partitions move soon, unless set.
+    for (k, v) in [
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+    ] {
+        if c.get(k).is_none() {
+            c.set(k, v);
+        }
+    }
     c
 }
 
 /// The producer settings of an output: idempotent (no duplicate and no reordering from
 /// librdkafka's own retries), acknowledged by every in-sync replica, a message given up
 /// after `SERVER_DOWN_LIMIT`-like 60 s.
-pub fn producer_config(url: &KafkaUrl) -> ClientConfig {
-    let mut c = ClientConfig::new();
+pub fn producer_config(url: &KafkaUrl, extra: &[(String, String)]) -> ClientConfig {
+    let mut c = with(extra);
     c.set("bootstrap.servers", url.bootstrap())
         .set("client.id", "ringwait")
         .set("enable.idempotence", "true")
@@ -84,8 +128,11 @@ pub fn producer_config(url: &KafkaUrl) -> ClientConfig {
 }
 
 /// A consumer outside any group, for metadata, watermarks and read-backs.
-pub fn plain_consumer(url: &KafkaUrl) -> Result<BaseConsumer, KafkaConnError> {
-    let mut c = ClientConfig::new();
+pub fn plain_consumer(
+    url: &KafkaUrl,
+    extra: &[(String, String)],
+) -> Result<BaseConsumer, KafkaConnError> {
+    let mut c = with(extra);
     c.set("bootstrap.servers", url.bootstrap())
         .set("group.id", "ringwait-readback")
         .set("client.id", "ringwait")

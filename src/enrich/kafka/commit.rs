@@ -96,7 +96,7 @@ impl KafkaCommitter {
     /// brokers already).
     pub fn open(plan: Arc<KafkaPlan>, shared: Arc<Shared>) -> Result<KafkaCommitter, EnrichError> {
         let producer = BaseProducer::from_config_and_context(
-            &crate::connect::kafka::producer_config(&plan.output),
+            &crate::connect::kafka::producer_config(&plan.output, &plan.settings),
             Deliveries::default(),
         )
         .map_err(|e| EnrichError::flag("--output", format!("creating a Kafka producer: {e}")))?;

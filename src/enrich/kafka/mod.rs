@@ -57,6 +57,8 @@ pub(crate) struct KafkaPlan {
     pub side: Option<(String, i32)>,
     /// `--until caught-up`: every input partition and its end at the start.
     pub until: Option<Vec<(String, i32, i64)>>,
+    /// `--kafka-config`: librdkafka settings for every client.
+    pub settings: Vec<(String, String)>,
 }
 
 impl KafkaPlan {
@@ -120,6 +122,13 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<KafkaPlan, EnrichError> {
             ));
         }
     }
+    let settings = config.stream.kafka_config.clone();
+    if let Some(k) = kafka::reserved_setting(&settings) {
+        return Err(flag(
+            "--kafka-config",
+            format!("{k} is the job's own setting: what it guarantees rests on it"),
+        ));
+    }
     let mut names = input.topics.clone();
     names.sort();
     names.dedup();
@@ -134,8 +143,11 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<KafkaPlan, EnrichError> {
             format!("the output topic {out_topic:?} is also an input topic"),
         ));
     }
-    let in_client = kafka::plain_consumer(&input).map_err(|e| flag("--input", e.to_string()))?;
-    let out_client = kafka::plain_consumer(&output).map_err(|e| flag("--output", e.to_string()))?;
+    check_settings(&input, &output, &settings)?;
+    let in_client = kafka::plain_consumer(&input, &settings)
+        .map_err(|e| flag("--kafka-config", e.to_string()))?;
+    let out_client = kafka::plain_consumer(&output, &settings)
+        .map_err(|e| flag("--kafka-config", e.to_string()))?;
     let mut in_partitions = Vec::new();
     for t in &input.topics {
         let n = kafka::partition_count(&in_client, t)
@@ -181,7 +193,30 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<KafkaPlan, EnrichError> {
         out_partitions,
         side,
         until,
+        settings,
     })
+}
+
+/// `--kafka-config`: librdkafka takes every setting for the consumer and the producer (an
+/// unknown or malformed one is named).
+fn check_settings(
+    input: &KafkaUrl,
+    output: &KafkaUrl,
+    settings: &[(String, String)],
+) -> Result<(), EnrichError> {
+    let refused = |what: &str, e: rdkafka::error::KafkaError| {
+        flag(
+            "--kafka-config",
+            format!("the {what} refused a setting: {e}"),
+        )
+    };
+    kafka::consumer_config(input, "ringwait-check", settings)
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(|e| refused("consumer", e))?;
+    kafka::producer_config(output, settings)
+        .create::<rdkafka::producer::BaseProducer>()
+        .map_err(|e| refused("producer", e))?;
+    Ok(())
 }
 
 fn same_brokers(a: &KafkaUrl, b: &KafkaUrl) -> bool {

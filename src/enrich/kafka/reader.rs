@@ -198,6 +198,11 @@ impl Ctx {
                     .add_partition_offset(&topic, p, Offset::Offset(resume))
                     .map_err(|e| e.to_string())?;
             }
+            eprintln!(
+                "ringwait enrich: assigned {topic}/{p}: resumes at {resume}{} (fetching from {fetch_from}), {} output(s) found landed before",
+                if fresh { " (new to the group)" } else { "" },
+                landed.len()
+            );
             start_at.push((topic.clone(), p, fetch_from));
             let mut st = self.state.lock().expect("assignments");
             st.slots.insert(
@@ -370,6 +375,14 @@ impl Ctx {
                 eprintln!("ringwait enrich: committing revoked partitions failed ({e}); their new owner reads back what landed");
             }
         }
+        eprintln!(
+            "ringwait enrich: revoked {} partition(s); committed {:?}",
+            slots.len(),
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}/{} {:?}", e.topic(), e.partition(), e.offset()))
+                .collect::<Vec<_>>()
+        );
         let mut st = self.state.lock().expect("assignments");
         for ((t, p), s) in &slots {
             let _ = self.shared.control.0.send(Control::Revoked {
@@ -416,11 +429,11 @@ fn run(
         changed: AtomicBool::new(false),
         next_epoch: AtomicU32::new(0),
         failure: Mutex::new(None),
-        probe_in: kafka::plain_consumer(&plan.input).map_err(kafka_error)?,
-        probe_out: kafka::plain_consumer(&plan.output).map_err(kafka_error)?,
+        probe_in: kafka::plain_consumer(&plan.input, &plan.settings).map_err(kafka_error)?,
+        probe_out: kafka::plain_consumer(&plan.output, &plan.settings).map_err(kafka_error)?,
     };
     let consumer: BaseConsumer<Ctx> = BaseConsumer::from_config_and_context(
-        &kafka::consumer_config(&plan.input, &plan.group),
+        &kafka::consumer_config(&plan.input, &plan.group, &plan.settings),
         ctx,
     )
     .map_err(|e| EnrichError::Kafka(format!("creating the Kafka consumer: {e}")))?;

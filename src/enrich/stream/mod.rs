@@ -73,6 +73,8 @@ pub struct StreamOptions {
     pub claim_idle: Duration,
     /// Entries per read, and records per commit.
     pub batch: usize,
+    /// `--kafka-config KEY=VALUE`: librdkafka settings for every Kafka client of the job.
+    pub kafka_config: Vec<(String, String)>,
 }
 
 impl Default for StreamOptions {
@@ -82,6 +84,7 @@ impl Default for StreamOptions {
             until_caught_up: false,
             claim_idle: Duration::from_millis(30_000),
             batch: 1024,
+            kafka_config: Vec::new(),
         }
     }
 }
@@ -198,6 +201,9 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
         ));
     }
     let options = &config.stream;
+    if !options.kafka_config.is_empty() {
+        return Err(flag("--kafka-config", "is for a Kafka input and output"));
+    }
     if options.field.is_empty() {
         return Err(flag("--stream-field", "must not be empty"));
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::kafka::Read;
 use common::kafka::{Broker, Message};
-use job_support::{crash_seed, ringwait, stderr, Rng};
+use job_support::{crash_seed, refused, ringwait, stderr, Rng};
 
 const KEYS: u64 = 500;
 
@@ -287,4 +287,141 @@ fn sigkill_loop_ordered_keeps_each_partitions_order() {
 #[test]
 fn sigkill_loop_key_ordered_keeps_each_keys_order() {
     kill_loop("key-ordered");
+}
+
+/// The job's arguments for `input` → `output` on `broker` (the default 10 s session).
+fn job_args(broker: &Broker, input: &str, output: &str, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "enrich",
+        "--input",
+        &format!("kafka://{}/{input}", broker.addr()),
+        "--output",
+        &format!("kafka://{}/{output}", broker.addr()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+#[test]
+fn bad_messages_go_through_the_error_policy_named_by_partition_and_offset() {
+    let broker = Broker::start();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    broker.create_topic("errors", 1);
+    let bad: Vec<Message> = vec![
+        (0, None, record(0), vec![]),
+        (0, None, b"not json".to_vec(), vec![]),
+        (0, None, vec![0xff, 0xfe], vec![]),
+        (0, None, b"{\"id\":3}".to_vec(), vec![]),
+        (0, None, record(4), vec![]),
+    ];
+    broker.produce("in", &bad);
+    // fail: names the message; nothing after it is committed.
+    let args = job_args(&broker, "in?group=f", "out", &["--until", "caught-up"]);
+    let o = ringwait(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("message in/0/1:"), "{e}");
+    // side-output: each bad message goes to the side topic as it came, with why.
+    let side = "side-output:errors".to_string();
+    let args = job_args(
+        &broker,
+        "in?group=s",
+        "out",
+        &["--until", "caught-up", "--on-error", &side],
+    );
+    let o = ringwait(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let errors = broker.read_all("errors", 1);
+    let srcs: Vec<&[u8]> = errors
+        .iter()
+        .map(|m| m.header("ringwait-src").unwrap())
+        .collect();
+    assert_eq!(srcs, [&b"in/0/1"[..], b"in/0/2", b"in/0/3"]);
+    assert_eq!(errors[1].value, vec![0xff, 0xfe], "the payload as it came");
+    assert!(errors.iter().all(|m| m.header("ringwait-error").is_some()));
+    let out = broker.read_all("out", 1);
+    assert_eq!(
+        out.len(),
+        3,
+        "records 0 and 4, and 0 again from the run that failed? {out:?}"
+    );
+}
+
+#[test]
+fn unknown_topics_and_unreachable_brokers_are_refused_with_one_line() {
+    let broker = Broker::start();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    let a = broker.addr();
+    let started = Instant::now();
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &format!("kafka://{a}/nope?group=g"),
+            "--output",
+            &format!("kafka://{a}/out"),
+        ],
+        "the topic \"nope\" does not exist",
+    );
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &format!("kafka://{a}/in?group=g"),
+            "--output",
+            &format!("kafka://{a}/nope"),
+        ],
+        "the topic \"nope\" does not exist",
+    );
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &format!("kafka://{a}/in"),
+            "--output",
+            &format!("kafka://{a}/out"),
+        ],
+        "?group=NAME",
+    );
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &format!("kafka://{a}/in?group=g"),
+            "--output",
+            &format!("kafka://{a}/in"),
+        ],
+        "is also an input topic",
+    );
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &format!("kafka://{a}/in?group=g"),
+            "--output",
+            "out.jsonl",
+        ],
+        "a Kafka input needs a Kafka output",
+    );
+    let dead = format!("127.0.0.1:{}", common::redis::free_port());
+    refused(
+        &[
+            "enrich",
+            "--input",
+            &format!("kafka://{dead}/in?group=g"),
+            "--output",
+            &format!("kafka://{dead}/out"),
+        ],
+        "cannot reach the Kafka broker(s)",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -144,6 +144,7 @@ impl Ctx {
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
     ) -> Result<(), String> {
+        let began = Instant::now();
         let committed = consumer
             .committed_offsets(tpl.clone(), kafka::REQUEST_TIMEOUT)
             .map_err(|e| format!("reading the group's committed offsets: {e}"))?;
@@ -199,9 +200,10 @@ impl Ctx {
                     .map_err(|e| e.to_string())?;
             }
             eprintln!(
-                "ringwait enrich: assigned {topic}/{p}: resumes at {resume}{} (fetching from {fetch_from}), {} output(s) found landed before",
+                "ringwait enrich: assigned {topic}/{p}: resumes at {resume}{} (fetching from {fetch_from}), {} output(s) found landed before ({} ms)",
                 if fresh { " (new to the group)" } else { "" },
-                landed.len()
+                landed.len(),
+                began.elapsed().as_millis()
             );
             start_at.push((topic.clone(), p, fetch_from));
             let mut st = self.state.lock().expect("assignments");
@@ -279,7 +281,9 @@ impl Ctx {
             let end = kafka::true_end(client, name, part).map_err(|e| e.to_string())?;
             ends[which] = end;
             let mut pos = end;
-            let mut step = 4096i64;
+            // Marks at or below the committed offset sit within the last commit interval's
+            // outputs: a small first step finds them in the common case.
+            let mut step = 256i64;
             while bound.is_none() && pos > low {
                 let from = (pos - step).max(low);
                 kafka::read_range(client, name, part, (from, pos), deadline, |at, h| {

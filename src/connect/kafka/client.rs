@@ -122,6 +122,9 @@ pub fn producer_config(url: &KafkaUrl, extra: &[(String, String)]) -> ClientConf
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
+        // Batches of at most 1,000: a later read-back that starts inside one (tansu 0.6,
+        // see `safe_start`) steps back at most a few times.
+        .set("batch.num.messages", "1000")
         .set("message.timeout.ms", "60000")
         .set("log_level", "3");
     c
@@ -186,7 +189,7 @@ pub fn watermarks(
 }
 
 /// Longest wait for the first message of a fetch: then the fetch is taken as empty.
-const QUIET: Duration = Duration::from_millis(600);
+const QUIET: Duration = Duration::from_millis(150);
 
 /// A partition's watermarks as librdkafka last saw them in a fetch response.
 ///
@@ -249,32 +252,52 @@ pub fn true_end(client: &BaseConsumer, topic: &str, partition: i32) -> Result<i6
 }
 
 /// Where to start fetching so that the message at `target` is not skipped: `target` itself
-/// on a broker that fetches from any offset.
+/// on a broker that fetches from any offset. `end` is the partition's end, if known.
 ///
 /// tansu 0.6 answers a fetch that starts inside a record batch with the batches after it
 /// only (the rest of the batch is lost to the reader; if it is the last batch, nothing
 /// comes), and may repeat batches. So this fetches from `target`, and while the first
 /// message comes from after it (or nothing comes although the partition holds more), starts
-/// further back (64, 256, 1024 offsets, then the partition's start). The caller drops what
-/// comes before `target` and any offset it saw already.
+/// further back (64, 256, 1024… offsets, at most to the partition's start). The caller
+/// drops what comes before `target` and any offset it saw already.
 pub fn safe_start(
     client: &BaseConsumer,
     topic: &str,
     partition: i32,
     target: i64,
+    end: Option<i64>,
 ) -> Result<i64, KafkaConnError> {
+    let end = match end {
+        Some(e) => e,
+        None => true_end(client, topic, partition)?,
+    };
+    // At (or past) the end there is nothing to skip: no fetch to wait for.
+    if target >= end {
+        return Ok(target);
+    }
+    let (start, _) = probe_back(client, topic, partition, target)?;
+    unassign(client)?;
+    Ok(start)
+}
+
+/// Assigns `client` to the partition at the first position at or before `target` from
+/// which the broker answers with a message at or before `target` (see [`safe_start`]);
+/// returns the position and that first message's offset (`None`: nothing came, the
+/// partition ends at `target`). The client stays assigned, reading on from there.
+fn probe_back(
+    client: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    target: i64,
+) -> Result<(i64, Option<i64>), KafkaConnError> {
     let (low, _) = watermarks(client, topic, partition)?;
     let mut back = 0i64;
     loop {
-        let start = (target - back).max(low);
-        if start <= low {
-            unassign(client)?;
-            return Ok(low);
-        }
+        let start = target.saturating_sub(back).max(low);
         assign_at(client, topic, partition, start)?;
         let started = Instant::now();
         let first = loop {
-            match client.poll(Duration::from_millis(50)) {
+            match client.poll(Duration::from_millis(20)) {
                 Some(Ok(m)) => break Some(m.offset()),
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break None,
                 Some(Err(e)) => {
@@ -292,20 +315,20 @@ pub fn safe_start(
             }
         };
         match first {
-            Some(f) if f > target => back = if back == 0 { 64 } else { back * 4 },
-            _ => {
-                unassign(client)?;
-                return Ok(start);
+            Some(f) if f > target && start > low => {
+                back = if back == 0 {
+                    64
+                } else {
+                    back.saturating_mul(4)
+                };
             }
-        }
-        if back > 1024 {
-            back = i64::MAX / 2;
+            first => return Ok((start, first.filter(|f| *f != i64::MAX))),
         }
     }
 }
 
-/// Reads `topic`/`partition` over `[from, to)` (from a [`safe_start`]), each offset once, in
-/// order: `each(offset, headers)`.
+/// Reads `topic`/`partition` over `[from, to)`, each offset once, in order:
+/// `each(offset, headers)`. Starts where [`safe_start`] would, without a second fetch.
 pub fn read_range(
     client: &BaseConsumer,
     topic: &str,
@@ -317,7 +340,8 @@ pub fn read_range(
     if from >= to {
         return Ok(());
     }
-    let start = safe_start(client, topic, partition, from)?;
+    // The probe's first message is read again: the client is re-assigned at its position.
+    let (start, _) = probe_back(client, topic, partition, from)?;
     assign_at(client, topic, partition, start)?;
     let mut next = from;
     while next < to {

@@ -61,8 +61,11 @@ struct ReaderSlot {
 
 /// What the rebalance callbacks share with the reader loop.
 struct Assignments {
-    /// The partitions assigned, by (topic index, partition).
+    /// The partitions assigned and set up, by (topic index, partition).
     slots: HashMap<(u8, i32), ReaderSlot>,
+    /// Partitions assigned (and paused) whose setup is still to do, with their committed
+    /// offset (`None`: the group never committed one).
+    pending: Vec<(String, i32, Option<i64>)>,
     /// Per partition, the offset after the last message dealt.
     dealt: HashMap<(u8, i32), i64>,
 }
@@ -72,6 +75,8 @@ struct Ctx {
     shared: Arc<Shared>,
     state: Mutex<Assignments>,
     changed: AtomicBool,
+    /// Whether `state.pending` holds partitions to set up (read per loop without the lock).
+    has_pending: AtomicBool,
     next_epoch: AtomicU32,
     /// A failure inside a callback: the reader stops with it.
     failure: Mutex<Option<String>>,
@@ -137,75 +142,102 @@ impl Ctx {
             .map(|i| i as u8)
     }
 
-    /// An assignment: where each partition resumes, what of it already landed; then the
-    /// partitions are assigned from a fetch position that skips nothing.
+    /// An assignment, in the rebalance callback: only what is quick (the committed offsets,
+    /// one request). The partitions are assigned paused; the reader sets each up outside the
+    /// callback ([`Reader::set_up`]), so a long read-back never keeps this member from
+    /// answering the group (a member slow to rejoin is dropped from it).
     fn assign(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
     ) -> Result<(), String> {
-        let began = Instant::now();
         let committed = consumer
             .committed_offsets(tpl.clone(), kafka::REQUEST_TIMEOUT)
             .map_err(|e| format!("reading the group's committed offsets: {e}"))?;
-        let mut initial = TopicPartitionList::new();
-        let mut start_at = Vec::new();
+        let mut pending = Vec::new();
         for e in committed.elements() {
             let (topic, p) = (e.topic().to_string(), e.partition());
-            let t = self
-                .topic_index(&topic)
+            self.topic_index(&topic)
                 .ok_or_else(|| format!("assigned {topic}/{p}, which is not an input"))?;
-            let (resume, fresh) = match e.offset() {
-                Offset::Offset(c) => (c, false),
-                _ => (
-                    self.first_start(&topic, p).map_err(|e| e.to_string())?,
-                    true,
-                ),
+            let committed = match e.offset() {
+                Offset::Offset(c) => Some(c),
+                _ => None,
             };
-            let (out_ends, landed) = if fresh {
-                // Nothing was produced for it by this group: the first commit (below) comes
-                // before any output.
-                (self.output_ends(p)?, Vec::new())
-            } else {
-                self.landed(&topic, p, resume)?
-            };
-            let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed) + 1;
-            let control = &self.shared.control.0;
-            let _ = control.send(Control::Assigned {
+            pending.push((topic, p, committed));
+        }
+        consumer
+            .assign(tpl)
+            .map_err(|e| format!("assigning the partitions: {e}"))?;
+        // Nothing is read before the setup positions each partition.
+        consumer
+            .pause(tpl)
+            .map_err(|e| format!("pausing the partitions: {e}"))?;
+        let mut st = self.state.lock().expect("assignments");
+        st.pending.extend(pending);
+        self.has_pending
+            .store(!st.pending.is_empty(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Sets up one assigned partition: where it resumes (its first offset committed if the
+    /// group never had one), what of it already landed (read back), and a fetch position
+    /// that skips nothing; the writer is told before any of its records is dealt.
+    fn set_up(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        p: i32,
+        committed: Option<i64>,
+    ) -> Result<(), String> {
+        let began = Instant::now();
+        let t = self.topic_index(topic).expect("checked at assignment");
+        let (resume, fresh) = match committed {
+            Some(c) => (c, false),
+            None => (self.first_start(topic, p).map_err(|e| e.to_string())?, true),
+        };
+        let (out_ends, landed) = if fresh {
+            // Nothing was produced for it by this group: the first commit (below) comes
+            // before any output.
+            (self.output_ends(p)?, Vec::new())
+        } else {
+            self.landed(topic, p, resume)?
+        };
+        if fresh {
+            // Where a partition new to the group starts is decided once, before any output.
+            let mut initial = TopicPartitionList::new();
+            initial
+                .add_partition_offset(topic, p, Offset::Offset(resume))
+                .map_err(|e| e.to_string())?;
+            consumer
+                .commit(&initial, CommitMode::Sync)
+                .map_err(|e| format!("committing the first offset of {topic}/{p}: {e}"))?;
+        }
+        let fetch_from =
+            kafka::safe_start(&self.probe_in, topic, p, resume, None).map_err(|e| e.to_string())?;
+        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let control = &self.shared.control.0;
+        let _ = control.send(Control::Assigned {
+            topic: t,
+            partition: p,
+            epoch,
+            start: resume,
+            out_ends,
+        });
+        for &(offset, which, at) in &landed {
+            let _ = control.send(Control::Landed {
                 topic: t,
                 partition: p,
                 epoch,
-                start: resume,
-                out_ends,
+                offset,
+                which,
+                at,
             });
-            for &(offset, which, at) in &landed {
-                let _ = control.send(Control::Landed {
-                    topic: t,
-                    partition: p,
-                    epoch,
-                    offset,
-                    which,
-                    at,
-                });
-            }
-            self.shared
-                .counters
-                .landed_before
-                .fetch_add(landed.len() as u64, Ordering::Relaxed);
-            let fetch_from =
-                kafka::safe_start(&self.probe_in, &topic, p, resume).map_err(|e| e.to_string())?;
-            if fresh {
-                initial
-                    .add_partition_offset(&topic, p, Offset::Offset(resume))
-                    .map_err(|e| e.to_string())?;
-            }
-            eprintln!(
-                "ringwait enrich: assigned {topic}/{p}: resumes at {resume}{} (fetching from {fetch_from}), {} output(s) found landed before ({} ms)",
-                if fresh { " (new to the group)" } else { "" },
-                landed.len(),
-                began.elapsed().as_millis()
-            );
-            start_at.push((topic.clone(), p, fetch_from));
+        }
+        self.shared
+            .counters
+            .landed_before
+            .fetch_add(landed.len() as u64, Ordering::Relaxed);
+        {
             let mut st = self.state.lock().expect("assignments");
             st.slots.insert(
                 (t, p),
@@ -217,20 +249,21 @@ impl Ctx {
             );
             st.dealt.insert((t, p), resume);
         }
-        if initial.count() > 0 {
-            // Where a partition new to the group starts is decided once, before any output.
-            consumer
-                .commit(&initial, CommitMode::Sync)
-                .map_err(|e| format!("committing the first offsets: {e}"))?;
-        }
-        // In place: the list belongs to librdkafka's rebalance event.
-        for (topic, p, at) in start_at {
-            tpl.set_partition_offset(&topic, p, Offset::Offset(at))
-                .map_err(|e| format!("positioning {topic}/{p}: {e}"))?;
-        }
         consumer
-            .assign(tpl)
-            .map_err(|e| format!("assigning the partitions: {e}"))
+            .seek(topic, p, Offset::Offset(fetch_from), kafka::REQUEST_TIMEOUT)
+            .map_err(|e| format!("positioning {topic}/{p} at {fetch_from}: {e}"))?;
+        let mut one = TopicPartitionList::new();
+        one.add_partition(topic, p);
+        consumer
+            .resume(&one)
+            .map_err(|e| format!("resuming {topic}/{p}: {e}"))?;
+        eprintln!(
+            "ringwait enrich: assigned {topic}/{p}: resumes at {resume}{} (fetching from {fetch_from}), {} output(s) found landed before ({} ms)",
+            if fresh { " (new to the group)" } else { "" },
+            landed.len(),
+            began.elapsed().as_millis()
+        );
+        Ok(())
     }
 
     /// Where a partition the group never committed starts (`start=`).
@@ -388,6 +421,9 @@ impl Ctx {
                 .collect::<Vec<_>>()
         );
         let mut st = self.state.lock().expect("assignments");
+        // Eager rebalancing revokes the whole assignment: what was not set up yet goes too.
+        st.pending.clear();
+        self.has_pending.store(false, Ordering::Release);
         for ((t, p), s) in &slots {
             let _ = self.shared.control.0.send(Control::Revoked {
                 topic: *t,
@@ -428,9 +464,11 @@ fn run(
         shared: shared.clone(),
         state: Mutex::new(Assignments {
             slots: HashMap::new(),
+            pending: Vec::new(),
             dealt: HashMap::new(),
         }),
         changed: AtomicBool::new(false),
+        has_pending: AtomicBool::new(false),
         next_epoch: AtomicU32::new(0),
         failure: Mutex::new(None),
         probe_in: kafka::plain_consumer(&plan.input, &plan.settings).map_err(kafka_error)?,
@@ -459,15 +497,71 @@ fn run(
         last_commit: Instant::now(),
         next_check: Instant::now(),
         down_since: None,
+        caught: None,
+    };
+    let quit = Arc::new(AtomicBool::new(false));
+    let watcher = match &plan.until {
+        Some(targets) => {
+            let caught = Arc::new(AtomicBool::new(false));
+            r.caught = Some(caught.clone());
+            Some(spawn_watcher(&plan, targets.clone(), caught, quit.clone())?)
+        }
+        None => None,
     };
     let outcome = {
         let mut dealer = Dealer::new(&settings, &queues);
         r.read(&mut dealer)
     };
+    quit.store(true, Ordering::Release);
     // The partitions' input ends here; the writer drains and delivers what they hold.
     drop(queues);
     let finished = r.finish();
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     outcome.and(finished)
+}
+
+/// `--until caught-up`: a thread that asks the group's committed offsets every 250 ms,
+/// through a client of its own (not a member), until every partition's end seen at the
+/// start is committed. The reader never waits on that request, so it keeps answering the
+/// group meanwhile.
+fn spawn_watcher(
+    plan: &KafkaPlan,
+    targets: Vec<(String, i32, i64)>,
+    caught: Arc<AtomicBool>,
+    quit: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, EnrichError> {
+    let mut config = kafka::consumer_config(&plan.input, &plan.group, &plan.settings);
+    config.set("enable.partition.eof", "false");
+    let client: BaseConsumer = config
+        .create()
+        .map_err(|e| EnrichError::Kafka(format!("creating a Kafka client: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, _) in &targets {
+        tpl.add_partition(t, *p);
+    }
+    Ok(std::thread::Builder::new()
+        .name("ringwait-kafka-caught-up".into())
+        .spawn(move || {
+            while !quit.load(Ordering::Acquire) {
+                if let Ok(committed) = client.committed_offsets(tpl.clone(), kafka::REQUEST_TIMEOUT)
+                {
+                    let all = targets.iter().all(|(t, p, end)| {
+                        *end == 0
+                            || committed.find_partition(t, *p).is_some_and(
+                                |e| matches!(e.offset(), Offset::Offset(c) if c >= *end),
+                            )
+                    });
+                    if all {
+                        caught.store(true, Ordering::Release);
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+        .expect("spawning the caught-up watcher"))
 }
 
 struct Reader<'a> {
@@ -485,6 +579,8 @@ struct Reader<'a> {
     last_commit: Instant,
     next_check: Instant,
     down_since: Option<Instant>,
+    /// `--until caught-up`: set by the watcher thread.
+    caught: Option<Arc<AtomicBool>>,
 }
 
 fn kafka_error(e: KafkaConnError) -> EnrichError {
@@ -514,12 +610,26 @@ impl Reader<'_> {
             }
             let wait = if self.staged > 0 { 0 } else { 50 };
             let polled = self.consumer.poll(Duration::from_millis(wait));
-            if self.ctx().changed.swap(false, Ordering::Acquire) {
-                // Staged messages of revoked partitions go on with their old epoch: the
-                // writer drops them.
-                let slots = self.ctx().state.lock().expect("assignments").slots.clone();
-                self.slots = slots;
+            // Staged messages of revoked partitions go on with their old epoch: the writer
+            // drops them.
+            let changed = self.ctx().changed.swap(false, Ordering::Acquire);
+            let mut set_up = None;
+            if changed || self.pending_setups() {
+                set_up = self.set_up_pending()?;
             }
+            let polled = match polled {
+                // Fetched before its partition's setup positioned it: the seek fetches it
+                // again from a position that skips nothing.
+                Some(Ok(m))
+                    if self
+                        .ctx()
+                        .topic_index(m.topic())
+                        .is_some_and(|t| set_up == Some((t, m.partition()))) =>
+                {
+                    None
+                }
+                other => other,
+            };
             match polled {
                 Some(Ok(m)) => {
                     self.down_since = None;
@@ -536,6 +646,49 @@ impl Reader<'_> {
 
     fn ctx(&self) -> &Ctx {
         self.consumer.context()
+    }
+
+    fn pending_setups(&self) -> bool {
+        !self
+            .ctx()
+            .state
+            .lock()
+            .expect("assignments")
+            .pending
+            .is_empty()
+    }
+
+    /// Sets up one partition assigned since the last look (outside the rebalance callback),
+    /// if any; returns it. One at a time, so that the loop polls in between and this member
+    /// answers a rebalance while a long read-back is under way.
+    fn set_up_pending(&mut self) -> Result<Option<(u8, i32)>, EnrichError> {
+        let consumer = self.consumer;
+        let next = {
+            let mut st = consumer.context().state.lock().expect("assignments");
+            if st.pending.is_empty() {
+                consumer
+                    .context()
+                    .has_pending
+                    .store(false, Ordering::Release);
+                self.slots = st.slots.clone();
+                return Ok(None);
+            }
+            st.pending.remove(0)
+        };
+        let (topic, p, committed) = next;
+        consumer
+            .context()
+            .set_up(consumer, &topic, p, committed)
+            .map_err(EnrichError::Kafka)?;
+        self.slots = consumer
+            .context()
+            .state
+            .lock()
+            .expect("assignments")
+            .slots
+            .clone();
+        let t = consumer.context().topic_index(&topic).expect("an input");
+        Ok(Some((t, p)))
     }
 
     /// Stages one message as a record (or drops it: a repeat, or one whose output landed).
@@ -681,25 +834,12 @@ impl Reader<'_> {
         }
     }
 
-    /// `--until caught-up`: the group committed every partition's end seen at the start.
+    /// `--until caught-up`: the watcher saw the group commit every partition's end.
     fn caught_up(&self) -> Result<bool, EnrichError> {
-        let Some(targets) = &self.plan.until else {
-            return Ok(false);
-        };
-        let mut tpl = TopicPartitionList::new();
-        for (t, p, _) in targets {
-            tpl.add_partition(t, *p);
-        }
-        let committed = match self.consumer.committed_offsets(tpl, kafka::REQUEST_TIMEOUT) {
-            Ok(c) => c,
-            Err(_) => return Ok(false),
-        };
-        Ok(targets.iter().all(|(t, p, end)| {
-            *end == 0
-                || committed
-                    .find_partition(t, *p)
-                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(c) if c >= *end))
-        }))
+        Ok(self
+            .caught
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Acquire)))
     }
 
     /// A consumer error: brokers away are waited for (up to [`BROKER_DOWN_LIMIT`]),
@@ -747,9 +887,16 @@ impl Reader<'_> {
                 break;
             }
             let _ = self.consumer.poll(Duration::from_millis(20));
-            if self.ctx().changed.swap(false, Ordering::Acquire) {
-                let slots = self.ctx().state.lock().expect("assignments").slots.clone();
-                self.slots = slots;
+            let consumer = self.consumer;
+            if consumer.context().changed.swap(false, Ordering::Acquire) {
+                // Partitions assigned now stay paused and are not set up: nothing more is read.
+                let mut st = consumer.context().state.lock().expect("assignments");
+                st.pending.clear();
+                consumer
+                    .context()
+                    .has_pending
+                    .store(false, Ordering::Release);
+                self.slots = st.slots.clone();
             }
         }
         self.commit(CommitMode::Sync);

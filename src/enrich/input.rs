@@ -408,6 +408,8 @@ impl crate::source::Source for LineSource {
     fn next(&mut self) -> Result<crate::source::SourceEvent<Line>, crate::source::BoxError> {
         use crate::source::SourceEvent;
         let mut limit = u64::MAX;
+        // Reading on while the stop line is not known yet: at the limit, wait, not end.
+        let mut waiting = false;
         if self.settings.intake.stopping() {
             match self
                 .settings
@@ -415,13 +417,21 @@ impl crate::source::Source for LineSource {
                 .stop_at(self.partition, self.replay_index())
             {
                 StopAt::Now => return Ok(SourceEvent::End),
-                StopAt::Wait => return Ok(SourceEvent::Idle),
+                StopAt::Wait(ahead) if self.replay_index() < ahead => {
+                    limit = ahead;
+                    waiting = true;
+                }
+                StopAt::Wait(_) => return Ok(SourceEvent::Idle),
                 StopAt::Before(end) => limit = end,
             }
         }
         loop {
             if self.replay_index() >= limit {
-                return Ok(SourceEvent::End);
+                return Ok(if waiting {
+                    SourceEvent::Idle
+                } else {
+                    SourceEvent::End
+                });
             }
             let line = match &mut self.kind {
                 Kind::Generated { next, total } => {
@@ -467,6 +477,9 @@ impl crate::source::Source for LineSource {
             if self.settings.routing.partition_of(&line) != self.partition {
                 continue;
             }
+            self.settings
+                .intake
+                .read_up_to(self.partition, self.replay_index());
             return Ok(SourceEvent::Element(StreamElement::record(line)));
         }
     }

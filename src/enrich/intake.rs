@@ -33,6 +33,9 @@ pub(crate) struct Intake {
     /// Per partition: the index of the next input line when it saw the stop, or when it
     /// reached the end of the input (`u64::MAX` until then).
     frozen: Box<[AtomicU64]>,
+    /// Checkpointed ordered runs, per partition: the index of the line after the last one
+    /// its source handed on (published as it reads).
+    read_up_to: Box<[AtomicU64]>,
     /// Readers or sources that reached the end of the input.
     ended: AtomicUsize,
 }
@@ -42,8 +45,12 @@ pub(crate) struct Intake {
 pub(crate) enum StopAt {
     /// At once.
     Now,
-    /// Not known yet: wait until every partition saw the stop or reached the end.
-    Wait,
+    /// Not known yet (a partition has not seen the stop or reached the end): read on to
+    /// before this line, where another partition already read, but no further. (A
+    /// partition blocked handing its outputs to the writer cannot see the stop; the writer,
+    /// merging in order, needs this partition's lines before that one's to unblock it. The
+    /// final stop line is at least as far.)
+    Wait(u64),
     /// Before the line with this index.
     Before(u64),
 }
@@ -57,6 +64,7 @@ impl Intake {
             requested,
             ordered,
             frozen: (0..partitions).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            read_up_to: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             ended: AtomicUsize::new(0),
         }
     }
@@ -93,13 +101,31 @@ impl Intake {
         }
         self.freeze(partition, next);
         let mut furthest = 0;
+        let mut waiting = false;
         for f in self.frozen.iter() {
             match f.load(Ordering::Acquire) {
-                u64::MAX => return StopAt::Wait,
+                u64::MAX => waiting = true,
                 at => furthest = furthest.max(at),
             }
         }
+        if waiting {
+            let ahead = self
+                .read_up_to
+                .iter()
+                .map(|r| r.load(Ordering::Acquire))
+                .max()
+                .unwrap_or(0);
+            return StopAt::Wait(ahead);
+        }
         StopAt::Before(furthest)
+    }
+
+    /// Checkpointed ordered runs: `partition`'s source handed on every line before `next`.
+    #[inline]
+    pub fn read_up_to(&self, partition: usize, next: u64) {
+        if self.ordered {
+            self.read_up_to[partition].store(next, Ordering::Release);
+        }
     }
 
     fn freeze(&self, partition: usize, next: u64) {
@@ -220,11 +246,14 @@ mod tests {
     fn ordered_partitions_wait_for_each_other_then_stop_on_the_furthest_line() {
         let stop = Arc::new(AtomicBool::new(true));
         let intake = Intake::new(3, true, Some(stop));
-        assert_eq!(intake.stop_at(0, 10), StopAt::Wait);
-        assert_eq!(intake.stop_at(2, 17), StopAt::Wait);
-        assert_eq!(intake.stop_at(1, 12), StopAt::Before(17));
+        // Partition 1 read up to line 40 and is blocked handing its outputs on (it cannot
+        // see the stop): the others may read on to there, no further.
+        intake.read_up_to(1, 40);
+        assert_eq!(intake.stop_at(0, 10), StopAt::Wait(40));
+        assert_eq!(intake.stop_at(2, 17), StopAt::Wait(40));
+        assert_eq!(intake.stop_at(1, 41), StopAt::Before(41));
         // Where a partition froze does not move when it asks again further on.
-        assert_eq!(intake.stop_at(0, 15), StopAt::Before(17));
+        assert_eq!(intake.stop_at(0, 35), StopAt::Before(41));
     }
 
     #[test]

@@ -10,12 +10,11 @@ mod job_support;
 mod tier;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::Read;
 use common::kafka::{Broker, Message};
-use job_support::{crash_seed, refused, ringwait, stderr, Rng};
+use job_support::{crash_seed, kill_and_restart, refused, ringwait, stderr, Rng};
 
 const KEYS: u64 = 500;
 
@@ -166,25 +165,6 @@ fn check_outputs(out: &[Read], n: u64, partitions: u64, order: Order, context: &
     );
 }
 
-fn job(args: &[String], log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_ringwait"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start ringwait")
-}
-
-fn log_of(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 /// SIGKILLs the job at random moments and restarts it with the same command until it
 /// finishes (`--until caught-up`); then an independent reader checks the output.
 fn kill_loop(mode: &str) {
@@ -221,47 +201,19 @@ fn kill_loop(mode: &str) {
     let log = std::env::temp_dir().join(format!("rw-kafka-kill-{}-{mode}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let context = format!("{mode}, seed {seed} (RINGWAIT_CRASH_SEED={seed} replays)");
-    let (mut kills, started) = (0u64, Instant::now());
-    loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(900),
-            "{context}: not done after 900 s; log:\n{}",
-            log_of(&log)
-        );
-        let mut child = job(&args, &log);
-        let life = (kills < kills_wanted).then(|| Duration::from_millis(200 + rng.below(2_500)));
-        let give_up = Instant::now() + life.unwrap_or(Duration::from_secs(600));
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() >= give_up {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        match status {
-            Some(s) => {
-                assert!(s.success(), "{context}: exited {s}; log:\n{}", log_of(&log));
-                break;
-            }
-            None => {
-                assert!(
-                    life.is_some(),
-                    "{context}: the last run hung; log:\n{}",
-                    log_of(&log)
-                );
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-                // tansu 0.6 does not hand a dead member's partitions to a member that joined
-                // while it was still in the group (the survivor keeps its old assignment;
-                // reproduced with two instances), so the next run joins once the dead one's
-                // 2 s session is over. Remove when a fixed broker is available.
-                std::thread::sleep(Duration::from_millis(2_300));
-            }
-        }
-    }
+    let started = Instant::now();
+    let kills = kill_and_restart(
+        &args,
+        &log,
+        &context,
+        Duration::from_secs(900),
+        |kills| (kills < kills_wanted).then(|| Duration::from_millis(200 + rng.below(2_500))),
+        // tansu 0.6 does not hand a dead member's partitions to a member that joined while
+        // it was still in the group (the survivor keeps its old assignment; reproduced with
+        // two instances), so the next run joins once the dead one's 2 s session is over.
+        // Remove when a fixed broker is available.
+        || std::thread::sleep(Duration::from_millis(2_300)),
+    );
     assert!(
         kills >= kills_wanted,
         "{context}: the job finished after {kills} kills; fewer than {kills_wanted}"

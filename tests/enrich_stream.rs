@@ -14,11 +14,11 @@ mod tier;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::{call, pipeline, RedisServer};
-use job_support::{crash_seed, ringwait, stderr, Rng};
+use job_support::{crash_seed, kill_and_restart, log_of, ringwait, stderr, Rng};
 use ringwait::connect::redis_stream::EntryId;
 use ringwait::resp::OwnedFrame;
 
@@ -416,18 +416,7 @@ fn input_and_output_on_two_servers_commit_exactly_once() {
 
 /// Runs the job until it exits or `limit`; SIGKILLs it after `kill_after` if given.
 fn job(args: &[String], log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_ringwait"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start ringwait")
+    job_support::job_logged(args, log)
 }
 
 fn stream_job_args(input: &str, output: &str, mode: &str, extra: &[&str]) -> Vec<String> {
@@ -441,10 +430,6 @@ fn stream_job_args(input: &str, output: &str, mode: &str, extra: &[&str]) -> Vec
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
-}
-
-fn log_of(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// SIGKILLs the job at random moments (often within milliseconds of its start, i.e. while it
@@ -467,50 +452,21 @@ fn kill_loop(mode: &str) {
         std::env::temp_dir().join(format!("rw-stream-kill-{}-{mode}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let context = format!("{mode}, seed {seed} (RINGWAIT_CRASH_SEED={seed} replays)");
-    let (mut kills, started) = (0u64, Instant::now());
-    loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "{context}: not done after 600 s; log:\n{}",
-            log_of(&log)
-        );
-        let mut child = job(&args, &log);
-        let life = if kills < kills_wanted {
-            Some(Duration::from_millis(match rng.below(4) {
-                0 => rng.below(10),
-                _ => 10 + rng.below(50),
-            }))
-        } else {
-            None
-        };
-        let give_up = Instant::now() + life.unwrap_or(Duration::from_secs(300));
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() >= give_up {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        match status {
-            // It finished (before its kill, if one was planned).
-            Some(s) => {
-                assert!(s.success(), "{context}: exited {s}; log:\n{}", log_of(&log));
-                break;
-            }
-            None => {
-                assert!(
-                    life.is_some(),
-                    "{context}: the last run hung; log:\n{}",
-                    log_of(&log)
-                );
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-            }
-        }
-    }
+    let kills = kill_and_restart(
+        &args,
+        &log,
+        &context,
+        Duration::from_secs(600),
+        |kills| {
+            (kills < kills_wanted).then(|| {
+                Duration::from_millis(match rng.below(4) {
+                    0 => rng.below(10),
+                    _ => 10 + rng.below(50),
+                })
+            })
+        },
+        || {},
+    );
     assert!(
         kills >= kills_wanted,
         "{context}: the job finished after {kills} kills; fewer than {kills_wanted}"

@@ -198,3 +198,76 @@ pub fn crash_seed() -> u64 {
                 .as_nanos() as u64
         })
 }
+
+/// Starts `ringwait` with `args`, its standard error appended to `log`.
+pub fn job_logged(args: &[String], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_ringwait"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ringwait")
+}
+
+/// What a log file holds so far ("" if none).
+pub fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Runs the job with `args` again and again: each run lives `life(kills so far)` and is
+/// SIGKILLed then (`after_kill` runs next), or, when `life` is `None`, runs to its end,
+/// which must be a success. Fails past `limit` in all, or if a last run hangs for 600 s.
+/// Returns the kills.
+pub fn kill_and_restart(
+    args: &[String],
+    log: &Path,
+    context: &str,
+    limit: Duration,
+    mut life: impl FnMut(u64) -> Option<Duration>,
+    mut after_kill: impl FnMut(),
+) -> u64 {
+    let (mut kills, started) = (0u64, Instant::now());
+    loop {
+        assert!(
+            started.elapsed() < limit,
+            "{context}: not done after {limit:?}; log:\n{}",
+            log_of(log)
+        );
+        let mut child = job_logged(args, log);
+        let this_life = life(kills);
+        let give_up = Instant::now() + this_life.unwrap_or(Duration::from_secs(600));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() >= give_up {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        match status {
+            // It finished (before its kill, if one was planned).
+            Some(s) => {
+                assert!(s.success(), "{context}: exited {s}; log:\n{}", log_of(log));
+                return kills;
+            }
+            None => {
+                assert!(
+                    this_life.is_some(),
+                    "{context}: the last run hung; log:\n{}",
+                    log_of(log)
+                );
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                after_kill();
+            }
+        }
+    }
+}

@@ -57,6 +57,9 @@ pub const RESERVED_SETTINGS: &[&str] = &[
     "max.partition.fetch.bytes",
     "fetch.max.bytes",
     "message.timeout.ms",
+    // The reader's rebalance handling is eager (revoke all, assign all).
+    "partition.assignment.strategy",
+    "group.protocol",
 ];
 
 /// Which of `extra` the job refuses (see [`RESERVED_SETTINGS`]).

@@ -32,7 +32,8 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 const LATENCY_SAMPLE: u64 = 64;
 
 /// Bits of a delivery's opaque value that hold the input offset; above them, the output
-/// (1 bit) and the assignment's slot (16 bits).
+/// (1 bit) and the assignment's slot (17 bits: slots are not reused, so a run supports
+/// 131,072 partition assignments; see the closing note of issue 13).
 const OFFSET_BITS: u32 = 46;
 
 /// One delivery report: the message's opaque value, and its output partition and offset
@@ -127,6 +128,8 @@ impl KafkaCommitter {
         error: &str,
     ) -> Result<(), EnrichError> {
         self.check_failed()?;
+        // A revoke the reader announced applies before any later record is produced.
+        self.apply_control();
         let o = origin::decode(line.origin()).ok_or_else(|| {
             EnrichError::Kafka(format!("record {}: no Kafka origin", line.number))
         })?;
@@ -146,6 +149,10 @@ impl KafkaCommitter {
         if self.sent % 256 == 0 {
             self.producer.poll(Duration::ZERO);
             self.take_deliveries()?;
+            // Under sustained load the writer never idles: progress is published here too.
+            if self.published_at.elapsed() >= PUBLISH_EVERY {
+                self.publish();
+            }
         }
         Ok(())
     }

@@ -80,6 +80,10 @@ struct Ctx {
     next_epoch: AtomicU32,
     /// A failure inside a callback: the reader stops with it.
     failure: Mutex<Option<String>>,
+    /// Whether `failure` holds one (read per loop without the lock).
+    failed: AtomicBool,
+    /// An asynchronous commit failed: what was committed is committed again.
+    commit_failed: AtomicBool,
     probe_in: BaseConsumer,
     probe_out: BaseConsumer,
 }
@@ -109,6 +113,7 @@ impl ConsumerContext for Ctx {
         };
         if let Err(e) = result {
             self.failure.lock().expect("failure").get_or_insert(e);
+            self.failed.store(true, Ordering::Release);
             let _ = consumer.unassign();
         }
         self.changed.store(true, Ordering::Release);
@@ -116,6 +121,7 @@ impl ConsumerContext for Ctx {
 
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
         if let Err(e) = result {
+            self.commit_failed.store(true, Ordering::Release);
             self.shared
                 .counters
                 .failed_commits
@@ -159,9 +165,18 @@ impl Ctx {
             let (topic, p) = (e.topic().to_string(), e.partition());
             self.topic_index(&topic)
                 .ok_or_else(|| format!("assigned {topic}/{p}, which is not an input"))?;
+            // An error is not "never committed": taking it so would start the partition over
+            // (or, with start=latest, skip what is there).
+            e.error()
+                .map_err(|err| format!("reading the committed offset of {topic}/{p}: {err}"))?;
             let committed = match e.offset() {
                 Offset::Offset(c) => Some(c),
-                _ => None,
+                Offset::Invalid => None,
+                other => {
+                    return Err(format!(
+                        "the committed offset of {topic}/{p} is {other:?}, not an offset"
+                    ))
+                }
             };
             pending.push((topic, p, committed));
         }
@@ -471,6 +486,8 @@ fn run(
         has_pending: AtomicBool::new(false),
         next_epoch: AtomicU32::new(0),
         failure: Mutex::new(None),
+        failed: AtomicBool::new(false),
+        commit_failed: AtomicBool::new(false),
         probe_in: kafka::plain_consumer(&plan.input, &plan.settings).map_err(kafka_error)?,
         probe_out: kafka::plain_consumer(&plan.output, &plan.settings).map_err(kafka_error)?,
     };
@@ -591,7 +608,9 @@ impl Reader<'_> {
     /// Reads until stopped, caught up, or failed.
     fn read(&mut self, dealer: &mut Dealer<'_>) -> Result<(), EnrichError> {
         loop {
-            if let Some(e) = self.ctx().failure.lock().expect("failure").take() {
+            if !self.ctx().failed.load(Ordering::Acquire) {
+                // (no failure: the usual case, without the lock)
+            } else if let Some(e) = self.ctx().failure.lock().expect("failure").take() {
                 return Err(EnrichError::Kafka(e));
             }
             if self.settings.intake.stopping() {
@@ -670,7 +689,7 @@ impl Reader<'_> {
                     .context()
                     .has_pending
                     .store(false, Ordering::Release);
-                self.slots = st.slots.clone();
+                sync_slots(&mut self.slots, &st.slots);
                 return Ok(None);
             }
             st.pending.remove(0)
@@ -680,13 +699,8 @@ impl Reader<'_> {
             .context()
             .set_up(consumer, &topic, p, committed)
             .map_err(EnrichError::Kafka)?;
-        self.slots = consumer
-            .context()
-            .state
-            .lock()
-            .expect("assignments")
-            .slots
-            .clone();
+        let st = consumer.context().state.lock().expect("assignments");
+        sync_slots(&mut self.slots, &st.slots);
         let t = consumer.context().topic_index(&topic).expect("an input");
         Ok(Some((t, p)))
     }
@@ -789,6 +803,12 @@ impl Reader<'_> {
     /// Commits what the writer published and was not committed yet.
     fn commit(&mut self, mode: CommitMode) {
         self.last_commit = Instant::now();
+        if self.ctx().commit_failed.swap(false, Ordering::AcqRel)
+            || matches!(mode, CommitMode::Sync)
+        {
+            // A commit failed (or this is the last one): everything is committed again.
+            self.committed.clear();
+        }
         let tpl = {
             let progress = self.shared.progress.lock().expect("progress");
             let mut tpl = TopicPartitionList::new();
@@ -896,12 +916,22 @@ impl Reader<'_> {
                     .context()
                     .has_pending
                     .store(false, Ordering::Release);
-                self.slots = st.slots.clone();
+                sync_slots(&mut self.slots, &st.slots);
             }
         }
         self.commit(CommitMode::Sync);
         self.measure_lag();
         Ok(())
+    }
+}
+
+/// Brings the reader's own partitions in line with the assignment: a partition still
+/// assigned under the same epoch keeps the reader's state (how far it read, what landed is
+/// still to skip); a new assignment is taken as set up; a revoked one goes.
+fn sync_slots(local: &mut HashMap<(u8, i32), ReaderSlot>, shared: &HashMap<(u8, i32), ReaderSlot>) {
+    local.retain(|key, s| shared.get(key).is_some_and(|x| x.epoch == s.epoch));
+    for (key, s) in shared {
+        local.entry(*key).or_insert_with(|| s.clone());
     }
 }
 
@@ -923,3 +953,37 @@ impl<I: Iterator> Iterator for ExactCount<I> {
 }
 
 impl<I: Iterator> ExactSizeIterator for ExactCount<I> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(epoch: u32, next: i64) -> ReaderSlot {
+        ReaderSlot {
+            epoch,
+            next,
+            landed: HashSet::new(),
+        }
+    }
+
+    /// Setting up one partition must not send the others back to where they resumed: a
+    /// reset `next` would make their next message look like a gap (marked done unread) or
+    /// a repeat (dealt twice).
+    #[test]
+    fn syncing_keeps_running_partitions_and_takes_new_and_revoked_ones() {
+        let mut local = HashMap::from([((0, 0), slot(1, 500)), ((0, 1), slot(2, 40))]);
+        let shared = HashMap::from([
+            ((0, 0), slot(1, 100)), // running since epoch 1: the reader's 500 stays
+            ((0, 2), slot(3, 7)),   // newly set up
+                                    // (0, 1) revoked
+        ]);
+        sync_slots(&mut local, &shared);
+        assert_eq!(local.len(), 2);
+        assert_eq!((local[&(0, 0)].epoch, local[&(0, 0)].next), (1, 500));
+        assert_eq!((local[&(0, 2)].epoch, local[&(0, 2)].next), (3, 7));
+        // Reassigned under a new epoch: the new set-up wins.
+        let shared = HashMap::from([((0, 0), slot(4, 90))]);
+        sync_slots(&mut local, &shared);
+        assert_eq!((local[&(0, 0)].epoch, local[&(0, 0)].next), (4, 90));
+    }
+}

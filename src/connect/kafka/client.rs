@@ -70,22 +70,25 @@ pub fn reserved_setting(extra: &[(String, String)]) -> Option<&str> {
         .find(|k| RESERVED_SETTINGS.contains(k))
 }
 
-/// A configuration holding the user's `--kafka-config` settings; the job's own go on top.
-fn with(extra: &[(String, String)]) -> ClientConfig {
+/// A configuration holding the user's `--kafka-config` settings and what every client of
+/// the job sets: the brokers, its name, librdkafka's errors only. Each client's own go on
+/// top.
+fn with(url: &KafkaUrl, extra: &[(String, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in extra {
         c.set(k, v);
     }
+    c.set("bootstrap.servers", url.bootstrap())
+        .set("client.id", "ringwait")
+        .set("log_level", "3");
     c
 }
 
 /// The consumer settings of an input read through `group`: offsets committed by the job
 /// only, never created topics, a short session so a dead instance's partitions move soon.
 pub fn consumer_config(url: &KafkaUrl, group: &str, extra: &[(String, String)]) -> ClientConfig {
-    let mut c = with(extra);
-    c.set("bootstrap.servers", url.bootstrap())
-        .set("group.id", group)
-        .set("client.id", "ringwait")
+    let mut c = with(url, extra);
+    c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -101,8 +104,7 @@ pub fn consumer_config(url: &KafkaUrl, group: &str, extra: &[(String, String)]) 
         // Whole batches in a fetch: a fetch that resumes inside a batch is what tansu 0.6
         // gets wrong (see `safe_start`).
         .set("max.partition.fetch.bytes", "67108864")
-        .set("fetch.max.bytes", "134217728")
-        .set("log_level", "3");
+        .set("fetch.max.bytes", "134217728");
     // A short session, so a dead instance's partitions move soon, unless set.
     for (k, v) in [
         ("session.timeout.ms", "10000"),
@@ -119,17 +121,14 @@ pub fn consumer_config(url: &KafkaUrl, group: &str, extra: &[(String, String)]) 
 /// librdkafka's own retries), acknowledged by every in-sync replica, a message given up
 /// after `SERVER_DOWN_LIMIT`-like 60 s.
 pub fn producer_config(url: &KafkaUrl, extra: &[(String, String)]) -> ClientConfig {
-    let mut c = with(extra);
-    c.set("bootstrap.servers", url.bootstrap())
-        .set("client.id", "ringwait")
-        .set("enable.idempotence", "true")
+    let mut c = with(url, extra);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
         // Batches of at most 1,000: a later read-back that starts inside one (tansu 0.6,
         // see `safe_start`) steps back at most a few times.
         .set("batch.num.messages", "1000")
-        .set("message.timeout.ms", "60000")
-        .set("log_level", "3");
+        .set("message.timeout.ms", "60000");
     c
 }
 
@@ -138,15 +137,12 @@ pub fn plain_consumer(
     url: &KafkaUrl,
     extra: &[(String, String)],
 ) -> Result<BaseConsumer, KafkaConnError> {
-    let mut c = with(extra);
-    c.set("bootstrap.servers", url.bootstrap())
-        .set("group.id", "ringwait-readback")
-        .set("client.id", "ringwait")
+    let mut c = with(url, extra);
+    c.set("group.id", "ringwait-readback")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false")
-        .set("fetch.wait.max.ms", "50")
-        .set("log_level", "3");
+        .set("fetch.wait.max.ms", "50");
     c.create()
         .map_err(|e| KafkaConnError::client("creating a Kafka client", e))
 }

@@ -301,10 +301,8 @@ impl KafkaCommitter {
                     which,
                     at,
                 } => {
-                    if let Some(&i) = self.current.get(&(topic, partition)) {
-                        if self.slots[i].epoch == epoch {
-                            self.slots[i].tracker.done(offset, Some((which, at)));
-                        }
+                    if let Some(s) = self.slot_under(topic, partition, epoch) {
+                        s.tracker.done(offset, Some((which, at)));
                     }
                 }
                 Control::Done {
@@ -314,10 +312,8 @@ impl KafkaCommitter {
                     from,
                     to,
                 } => {
-                    if let Some(&i) = self.current.get(&(topic, partition)) {
-                        if self.slots[i].epoch == epoch {
-                            self.slots[i].tracker.done_range(from, to);
-                        }
+                    if let Some(s) = self.slot_under(topic, partition, epoch) {
+                        s.tracker.done_range(from, to);
                     }
                 }
                 Control::Revoked {
@@ -325,14 +321,20 @@ impl KafkaCommitter {
                     partition,
                     epoch,
                 } => {
-                    if let Some(&i) = self.current.get(&(topic, partition)) {
-                        if self.slots[i].epoch == epoch {
-                            self.slots[i].revoked = true;
-                        }
+                    if let Some(s) = self.slot_under(topic, partition, epoch) {
+                        s.revoked = true;
                     }
                 }
             }
         }
+    }
+
+    /// The current slot of an input partition, if it is still the assignment `epoch` (a
+    /// notice about an earlier assignment changes nothing).
+    fn slot_under(&mut self, topic: u8, partition: i32, epoch: u32) -> Option<&mut Slot> {
+        let &i = self.current.get(&(topic, partition))?;
+        let s = &mut self.slots[i];
+        (s.epoch == epoch).then_some(s)
     }
 
     fn produce(

@@ -68,7 +68,7 @@ impl Routing {
     /// The record's event time: a Kafka message's timestamp.
     fn timestamp_of(&self, line: &Line) -> Option<i64> {
         match self.by {
-            RouteBy::Origin => crate::connect::kafka::origin::decode(line.origin())?.timestamp,
+            RouteBy::Origin => crate::connect::kafka::origin::timestamp_of(line.origin()),
             _ => None,
         }
     }

@@ -98,6 +98,20 @@ pub fn partition_of(origin: &[u8]) -> Option<(u8, i32)> {
     Some((origin[0], i32::from_le_bytes(p.try_into().ok()?)))
 }
 
+/// The timestamp an origin carries, read at its fixed place (no walk of the headers): what
+/// the reader deals each record with as its event time.
+#[inline]
+pub fn timestamp_of(origin: &[u8]) -> Option<i64> {
+    // topic u8, partition i32, epoch u32, offset i64, then the flags.
+    const FLAGS: usize = 1 + 4 + 4 + 8;
+    let flags = *origin.get(FLAGS)?;
+    if flags & HAS_TIMESTAMP == 0 {
+        return None;
+    }
+    let ts = origin.get(FLAGS + 1..FLAGS + 9)?;
+    Some(i64::from_le_bytes(ts.try_into().ok()?))
+}
+
 /// Reads the bytes an [`encode`] wrote. `None` if they are not an origin.
 pub fn decode(b: &[u8]) -> Option<Origin<'_>> {
     let mut r = Reader(b);
@@ -239,6 +253,7 @@ mod tests {
         encode(&mut b, 7, partition, 9, offset, ts, key.as_deref(), hs).unwrap();
         let o = decode(&b).expect("decodes");
         assert_eq!(partition_of(&b), Some((7, partition)));
+        assert_eq!(timestamp_of(&b), ts);
         assert_eq!(
             (o.topic, o.partition, o.epoch, o.offset, o.timestamp, o.key),
             (7, partition, 9, offset, ts, key.as_deref())

@@ -115,5 +115,5 @@ pub use probe::{probe, ProbeError};
 pub use reply::{Rejected, ReplyHandler, ReplyView};
 pub use shared::{ConnectionConfig, ConnectionState, ConnectionStats};
 pub use tls::{TlsSettings, TlsSetupError};
-pub(crate) use url::percent_decode;
+pub(crate) use url::{percent_decode, query_param};
 pub use url::{Auth, RedisUrl, Scheme, UrlError};

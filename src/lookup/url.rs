@@ -247,6 +247,16 @@ fn credentials(creds: &str, s: &str) -> Result<Auth, UrlError> {
     })
 }
 
+/// One `NAME=VALUE` parameter of an address's query: the name, and the value
+/// percent-decoded; `Err(why)` when it is not of that form or the value is empty.
+pub(crate) fn query_param(param: &str) -> Result<(&str, String), &'static str> {
+    let (name, value) = param.split_once('=').ok_or("write NAME=VALUE")?;
+    let value = percent_decode(value)
+        .filter(|v| !v.is_empty())
+        .ok_or("the value is empty or not percent-encoded UTF-8")?;
+    Ok((name, value))
+}
+
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

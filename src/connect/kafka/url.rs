@@ -139,12 +139,7 @@ impl FromStr for KafkaUrl {
 impl KafkaUrl {
     fn set(&mut self, param: &str, start_given: &mut bool) -> Result<(), KafkaUrlError> {
         let bad = |why: &str| KafkaUrlError::Param(format!("{param:?}: {why}"));
-        let (name, value) = param
-            .split_once('=')
-            .ok_or_else(|| bad("write NAME=VALUE"))?;
-        let value = crate::lookup::percent_decode(value)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| bad("the value is empty or not percent-encoded UTF-8"))?;
+        let (name, value) = crate::lookup::query_param(param).map_err(bad)?;
         let repeated = match name {
             "group" => self.group.replace(value).is_some(),
             "start" => {

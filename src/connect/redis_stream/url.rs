@@ -161,12 +161,7 @@ impl FromStr for StreamUrl {
 impl StreamUrl {
     fn set(&mut self, param: &str) -> Result<(), StreamUrlError> {
         let bad = |why: &str| StreamUrlError::Param(format!("{param:?}: {why}"));
-        let (name, value) = param
-            .split_once('=')
-            .ok_or_else(|| bad("write NAME=VALUE"))?;
-        let value = crate::lookup::percent_decode(value)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| bad("the value is empty or not percent-encoded UTF-8"))?;
+        let (name, value) = crate::lookup::query_param(param).map_err(bad)?;
         let repeated = match name {
             "group" => self.group.replace(value).is_some(),
             "consumer" => self.consumer.replace(value).is_some(),

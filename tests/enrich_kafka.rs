@@ -10,6 +10,7 @@ mod job_support;
 mod tier;
 
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::kafka::Read;
@@ -380,5 +381,171 @@ fn unknown_topics_and_unreachable_brokers_are_refused_with_one_line() {
         started.elapsed() < Duration::from_secs(60),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// Waits until the output topic holds at least `n` messages (read from the broker's
+/// partition ends), with the job still running.
+fn wait_for_outputs(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    n: i64,
+    job: &mut std::process::Child,
+) {
+    let c = broker.plain_consumer();
+    let started = Instant::now();
+    loop {
+        let total: i64 = (0..partitions)
+            .map(|p| ringwait::connect::kafka::true_end(&c, topic, p).unwrap_or(0))
+            .sum();
+        if total >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{total} outputs after 120 s"
+        );
+        assert!(job.try_wait().unwrap().is_none(), "the job exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stopped_job_shows_its_metrics_commits_and_the_next_run_goes_on() {
+    let broker = Broker::start();
+    broker.create_topic("in", 4);
+    broker.create_topic("out", 4);
+    let n = 40_000u64;
+    broker.produce("in", &messages(n, 4));
+    let metrics = format!("127.0.0.1:{}", job_support::free_port());
+    // No --until: it runs until stopped; a small capacity keeps it from finishing at once.
+    let args = job_args(
+        &broker,
+        "in?group=g",
+        "out",
+        &["--capacity", "64", "--metrics", &metrics],
+    );
+    let mut job = job_support::bin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_outputs(&broker, "out", 4, 500, &mut job);
+    let addr: std::net::SocketAddr = metrics.parse().unwrap();
+    let started = Instant::now();
+    let mut body = String::new();
+    while !body.contains("ringwait_kafka_lag{group=\"g\",topic=\"in\",partition=\"3\"}") {
+        assert!(started.elapsed() < Duration::from_secs(60), "{body}");
+        body = ringwait::metrics_http::fetch(addr).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for family in [
+        "ringwait_kafka_read_total{group=\"g\"}",
+        "ringwait_kafka_delivered_total{group=\"g\"}",
+        "ringwait_kafka_landed_before_total{group=\"g\"} 0",
+        "ringwait_kafka_rebalances_total{group=\"g\"}",
+        "ringwait_kafka_produce_seconds_count{group=\"g\"}",
+        "ringwait_kafka_lag{group=\"g\",topic=\"in\",partition=\"0\"}",
+    ] {
+        assert!(body.contains(family), "missing {family} in:\n{body}");
+    }
+    job_support::signal(&job, libc::SIGTERM);
+    let status = job_support::wait_at_most(&mut job, Duration::from_secs(60));
+    let err = job_support::stderr_of(&mut job);
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(err.contains("kafka: read "), "{err}");
+    // The rest, by the next run of the same group: it starts at the committed offsets.
+    let args = job_args(&broker, "in?group=g", "out", &["--until", "caught-up"]);
+    let o = ringwait(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_outputs(
+        &broker.read_all("out", 4),
+        n,
+        4,
+        Order::None,
+        "stop and go on",
+    );
+}
+
+// tansu 0.6 memory storage loses every topic when it restarts, so a broker "restart" that
+// keeps the data is a stall here: the process stopped (SIGSTOP) and resumed.
+#[test]
+fn a_broker_that_stalls_mid_run_is_waited_for_and_nothing_is_lost() {
+    let broker = Broker::start();
+    broker.create_topic("in", 4);
+    broker.create_topic("out", 4);
+    let n = 60_000u64;
+    broker.produce("in", &messages(n, 4));
+    let args = job_args(
+        &broker,
+        "in?group=g",
+        "out",
+        &[
+            "--until",
+            "caught-up",
+            "--mode",
+            "ordered",
+            "--capacity",
+            "64",
+        ],
+    );
+    let mut job = job_support::bin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_outputs(&broker, "out", 4, 1_000, &mut job);
+    broker.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    broker.signal(libc::SIGCONT);
+    assert!(
+        job.try_wait().unwrap().is_none(),
+        "the job ended while the broker stalled"
+    );
+    let status = job_support::wait_at_most(&mut job, Duration::from_secs(180));
+    let err = job_support::stderr_of(&mut job);
+    assert!(status.success(), "{err}");
+    check_outputs(
+        &broker.read_all("out", 4),
+        n,
+        4,
+        Order::Partition,
+        "a stalled broker",
+    );
+}
+
+#[test]
+fn a_broker_gone_for_good_stops_the_job_with_one_clear_line_in_bounded_time() {
+    let mut broker = Broker::start();
+    broker.create_topic("in", 4);
+    broker.create_topic("out", 4);
+    broker.produce("in", &messages(40_000, 4));
+    let args = job_args(&broker, "in?group=g", "out", &["--capacity", "64"]);
+    let mut job = job_support::bin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_outputs(&broker, "out", 4, 500, &mut job);
+    broker.kill();
+    let killed = Instant::now();
+    let status = job_support::wait_at_most(&mut job, Duration::from_secs(180));
+    let err = job_support::stderr_of(&mut job);
+    assert_eq!(status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!(
+            "the Kafka broker(s) {} stayed unreachable",
+            broker.addr()
+        )),
+        "{err}"
+    );
+    eprintln!(
+        "the job stopped {:?} after the broker died: {last}",
+        killed.elapsed()
     );
 }

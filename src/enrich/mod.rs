@@ -735,7 +735,7 @@ fn run_pipeline(
         writer_settings.committer = Some(output::Committer::Stream(Box::new(committer)));
     }
     #[cfg(feature = "kafka")]
-    let kafka_shared = Arc::new(kafka::Shared::new());
+    let kafka_shared = Arc::new(kafka::Shared::new(writer_settings.live.clone()));
     #[cfg(feature = "kafka")]
     if let Some(plan) = &kafka_plan {
         let committer = kafka::KafkaCommitter::open(plan.clone(), kafka_shared.clone())?;

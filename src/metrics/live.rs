@@ -228,6 +228,8 @@ pub struct LiveMetrics {
     lookup_misses: AtomicU64,
     /// A stream job's gauges, once it started.
     stream: std::sync::OnceLock<StreamGauges>,
+    /// A Kafka job's gauges, once it started.
+    kafka: std::sync::OnceLock<KafkaGauges>,
 }
 
 /// The gauges of a stream job (one instance: its consumer in the group), published by its
@@ -283,6 +285,82 @@ impl StreamGauges {
     }
 }
 
+/// The gauges of a Kafka job (one instance: its member of the group). The reader publishes
+/// the counts and the lag, the writer the produce latency, each every few hundred
+/// milliseconds (never per message).
+#[derive(Debug)]
+pub struct KafkaGauges {
+    group: String,
+    read: AtomicU64,
+    delivered: AtomicU64,
+    landed_before: AtomicU64,
+    rebalances: AtomicU64,
+    failed_commits: AtomicU64,
+    /// Per owned input partition: (topic, partition, lag). A scrape and a publication
+    /// meet here only, a few times a second.
+    lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
+    produce_latency: HistogramGauges,
+}
+
+/// A plain copy of a Kafka job's counts.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaCounts {
+    /// Messages read.
+    pub read: u64,
+    /// Outputs and side outputs delivered (acknowledged by the brokers).
+    pub delivered: u64,
+    /// Messages whose output was found already delivered (read back) and not produced again.
+    pub landed_before: u64,
+    /// Rebalances this instance went through.
+    pub rebalances: u64,
+    /// Offset commits that failed (a later one covered them).
+    pub failed_commits: u64,
+}
+
+impl KafkaGauges {
+    /// Publishes the counts.
+    pub fn store_counts(&self, c: &KafkaCounts) {
+        self.read.store(c.read, Ordering::Relaxed);
+        self.delivered.store(c.delivered, Ordering::Relaxed);
+        self.landed_before.store(c.landed_before, Ordering::Relaxed);
+        self.rebalances.store(c.rebalances, Ordering::Relaxed);
+        self.failed_commits
+            .store(c.failed_commits, Ordering::Relaxed);
+    }
+
+    /// Publishes the lag of every partition this instance owns: (topic, partition, lag).
+    pub fn store_lag(&self, lag: Vec<(String, i32, i64)>) {
+        *self.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+    }
+
+    /// Publishes the produce latency (send to delivery report).
+    pub fn store_produce_latency(&self, b: &LatencyBuckets) {
+        self.produce_latency.store(b);
+    }
+
+    fn sample(&self) -> KafkaSample {
+        KafkaSample {
+            counts: KafkaCounts {
+                read: self.read.load(Ordering::Relaxed),
+                delivered: self.delivered.load(Ordering::Relaxed),
+                landed_before: self.landed_before.load(Ordering::Relaxed),
+                rebalances: self.rebalances.load(Ordering::Relaxed),
+                failed_commits: self.failed_commits.load(Ordering::Relaxed),
+            },
+            lag: self.lag.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            produce_latency: self.produce_latency.load(),
+        }
+    }
+}
+
+/// One scrape of a Kafka job's gauges.
+#[derive(Debug)]
+struct KafkaSample {
+    counts: KafkaCounts,
+    lag: Vec<(String, i32, i64)>,
+    produce_latency: LatencyBuckets,
+}
+
 impl LiveMetrics {
     /// Gauges for `partitions` partitions, all zero.
     pub fn new(partitions: usize) -> std::sync::Arc<Self> {
@@ -292,6 +370,21 @@ impl LiveMetrics {
                 .collect(),
             lookup_misses: AtomicU64::new(0),
             stream: std::sync::OnceLock::new(),
+            kafka: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// A Kafka job's gauges, labelled with its consumer group (the first call sets it).
+    pub fn kafka(&self, group: &str) -> &KafkaGauges {
+        self.kafka.get_or_init(|| KafkaGauges {
+            group: group.to_string(),
+            read: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            landed_before: AtomicU64::new(0),
+            rebalances: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            lag: std::sync::Mutex::new(Vec::new()),
+            produce_latency: HistogramGauges::default(),
         })
     }
 
@@ -340,6 +433,7 @@ impl LiveMetrics {
             partitions: self.partitions.iter().map(|p| p.sample()).collect(),
             misses: self.lookup_misses.load(Ordering::Relaxed),
             stream: self.stream.get().map(|g| (g.consumer.clone(), g.sample())),
+            kafka: self.kafka.get().map(|g| (g.group.clone(), g.sample())),
         }
     }
 }
@@ -350,6 +444,7 @@ struct Scrape {
     partitions: Vec<PartitionSample>,
     misses: u64,
     stream: Option<(String, StreamSample)>,
+    kafka: Option<(String, KafkaSample)>,
 }
 
 /// Which histogram of a sample a family shows.
@@ -427,6 +522,9 @@ impl prometheus_client::collector::Collector for Snapshot {
         counter.encode(family)?;
         if let Some((consumer, s)) = &self.0.stream {
             encode_stream(&mut encoder, consumer, s)?;
+        }
+        if let Some((group, s)) = &self.0.kafka {
+            encode_kafka(&mut encoder, group, s)?;
         }
         Ok(())
     }
@@ -510,6 +608,70 @@ fn encode_stream(
     Ok(())
 }
 
+/// A Kafka job's families, labelled with the group (and the lag with each partition).
+fn encode_kafka(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    group: &str,
+    s: &KafkaSample,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::NoLabelSet;
+    use prometheus_client::metrics::MetricType;
+    use prometheus_client::registry::Unit;
+    let labels = [("group", group.to_string())];
+    let c = &s.counts;
+    let counters = [
+        ("ringwait_kafka_read", "Kafka messages read.", c.read),
+        (
+            "ringwait_kafka_delivered",
+            "Outputs and side outputs delivered to Kafka (acknowledged by the in-sync replicas).",
+            c.delivered,
+        ),
+        (
+            "ringwait_kafka_landed_before",
+            "Messages whose output was found already delivered (read back) and not produced again.",
+            c.landed_before,
+        ),
+        (
+            "ringwait_kafka_rebalances",
+            "Rebalances of the consumer group this instance went through.",
+            c.rebalances,
+        ),
+        (
+            "ringwait_kafka_failed_commits",
+            "Offset commits that failed (a later commit covered them).",
+            c.failed_commits,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "ringwait_kafka_lag",
+        "Messages of an owned input partition not yet committed: its end, as the last fetch saw it, minus the committed offset.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (topic, partition, lag) in &s.lag {
+        let labels = [
+            ("group", group.to_string()),
+            ("topic", topic.clone()),
+            ("partition", partition.to_string()),
+        ];
+        family.encode_family(&labels)?.encode_gauge(lag)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "ringwait_kafka_produce",
+        "Produce latency: from the send of an output to its delivery report (one message in 64).",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    encode_buckets(family.encode_family(&labels)?, &s.produce_latency)?;
+    Ok(())
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
@@ -524,6 +686,7 @@ mod loom_tests {
                 partitions: vec![PartitionGauges::default()].into_boxed_slice(),
                 lookup_misses: AtomicU64::new(0),
                 stream: std::sync::OnceLock::new(),
+                kafka: std::sync::OnceLock::new(),
             });
             let writer = live.clone();
             let published = PartitionSample {
@@ -584,6 +747,44 @@ mod tests {
         assert_eq!(bucket("10.0"), 4);
         assert_eq!(bucket("+Inf"), 5, "the +Inf bucket is the count");
         assert!(text.contains("ringwait_latency_seconds_count{partition=\"0\"} 5"));
+    }
+
+    #[test]
+    fn a_kafka_job_shows_its_counts_its_lag_per_partition_and_its_produce_latency() {
+        let live = LiveMetrics::new(1);
+        assert!(!live.render_prometheus().contains("ringwait_kafka"));
+        let g = live.kafka("enrich");
+        g.store_counts(&KafkaCounts {
+            read: 10,
+            delivered: 9,
+            landed_before: 1,
+            rebalances: 2,
+            failed_commits: 0,
+        });
+        g.store_lag(vec![("orders".into(), 0, 5), ("orders".into(), 3, 0)]);
+        let mut h = crate::metrics::latency_histogram();
+        h.saturating_record(300_000);
+        g.store_produce_latency(&LatencyBuckets::of(&h));
+        let text = live.render_prometheus();
+        for line in [
+            "ringwait_kafka_read_total{group=\"enrich\"} 10",
+            "ringwait_kafka_delivered_total{group=\"enrich\"} 9",
+            "ringwait_kafka_landed_before_total{group=\"enrich\"} 1",
+            "ringwait_kafka_rebalances_total{group=\"enrich\"} 2",
+            "ringwait_kafka_lag{group=\"enrich\",topic=\"orders\",partition=\"0\"} 5",
+            "ringwait_kafka_lag{group=\"enrich\",topic=\"orders\",partition=\"3\"} 0",
+            "ringwait_kafka_produce_seconds_bucket{le=\"0.00025\",group=\"enrich\"} 0",
+            "ringwait_kafka_produce_seconds_bucket{le=\"0.0005\",group=\"enrich\"} 1",
+            "ringwait_kafka_produce_seconds_count{group=\"enrich\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        g.store_lag(vec![("orders".into(), 3, 7)]);
+        let text = live.render_prometheus();
+        assert!(
+            !text.contains("partition=\"0\"} 5"),
+            "a partition no longer owned goes"
+        );
     }
 
     #[test]

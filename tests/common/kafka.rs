@@ -73,6 +73,18 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Sends `sig` to the broker (`SIGSTOP`/`SIGCONT` stall and resume it).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Kills the broker for good (memory storage: its topics go with it).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Creates `topic` with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         let out = Command::new(tansu())
@@ -135,9 +147,8 @@ impl Broker {
         p.flush(Duration::from_secs(60)).expect("produced");
     }
 
-    /// Every message of `topic` (its `partitions`), read independently from the start:
-    /// (partition, offset, key, value, headers).
-    pub fn read_all(&self, topic: &str, partitions: i32) -> Vec<Read> {
+    /// A consumer that reads by assignment (it joins no group).
+    pub fn plain_consumer(&self) -> BaseConsumer {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.addr())
             .set("group.id", "test-reader")
@@ -145,7 +156,13 @@ impl Broker {
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "50")
             .set("log_level", "3");
-        let consumer: BaseConsumer = c.create().expect("a consumer");
+        c.create().expect("a consumer")
+    }
+
+    /// Every message of `topic` (its `partitions`), read independently from the start:
+    /// (partition, offset, key, value, headers).
+    pub fn read_all(&self, topic: &str, partitions: i32) -> Vec<Read> {
+        let consumer = self.plain_consumer();
         let mut out = Vec::new();
         for p in 0..partitions {
             // Partition ends from a fetch (ListOffsets latest is wrong on tansu 0.6).

@@ -89,6 +89,8 @@ pub(crate) struct KafkaCommitter {
     sampled: HashMap<usize, Instant>,
     latency: hdrhistogram::Histogram<u64>,
     published_at: Instant,
+    /// When the produce latency was last published to `--metrics`.
+    live_at: Instant,
     failed: Option<String>,
 }
 
@@ -114,6 +116,7 @@ impl KafkaCommitter {
             sampled: HashMap::new(),
             latency: crate::metrics::latency_histogram(),
             published_at: Instant::now(),
+            live_at: Instant::now(),
             failed: None,
         })
     }
@@ -480,6 +483,14 @@ impl KafkaCommitter {
         }
         drop(p);
         self.shared.changed.notify_all();
+        if let Some(live) = &self.shared.live {
+            if self.live_at.elapsed() >= crate::metrics::live::PUBLISH_EVERY {
+                self.live_at = Instant::now();
+                live.kafka(&self.plan.group).store_produce_latency(
+                    &crate::metrics::live::LatencyBuckets::of(&self.latency),
+                );
+            }
+        }
         self.published_at = Instant::now();
     }
 }

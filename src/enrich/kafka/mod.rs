@@ -31,7 +31,7 @@ mod reader;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub(crate) use commit::KafkaCommitter;
@@ -304,15 +304,18 @@ pub(crate) struct Shared {
     pub progress: Mutex<Progress>,
     pub changed: Condvar,
     pub counters: KafkaCounters,
+    /// `--metrics`: the job's gauges.
+    pub live: Option<Arc<crate::metrics::live::LiveMetrics>>,
 }
 
 impl Shared {
-    pub fn new() -> Shared {
+    pub fn new(live: Option<Arc<crate::metrics::live::LiveMetrics>>) -> Shared {
         Shared {
             control: crossbeam::channel::unbounded(),
             progress: Mutex::new(Progress::default()),
             changed: Condvar::new(),
             counters: KafkaCounters::default(),
+            live,
         }
     }
 }
@@ -354,6 +357,17 @@ pub struct KafkaStats {
 }
 
 impl KafkaCounters {
+    /// The counts, for `--metrics`.
+    pub fn counts(&self) -> crate::metrics::live::KafkaCounts {
+        crate::metrics::live::KafkaCounts {
+            read: self.read.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            landed_before: self.landed_before.load(Ordering::Relaxed),
+            rebalances: self.rebalances.load(Ordering::Relaxed),
+            failed_commits: self.failed_commits.load(Ordering::Relaxed),
+        }
+    }
+
     /// A snapshot for the summary.
     pub fn stats(&self) -> KafkaStats {
         KafkaStats {

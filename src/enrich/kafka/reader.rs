@@ -698,7 +698,12 @@ impl Reader<'_> {
         consumer
             .context()
             .set_up(consumer, &topic, p, committed)
-            .map_err(EnrichError::Kafka)?;
+            .map_err(|e| {
+                EnrichError::Kafka(format!(
+                    "taking over {topic}/{p} (brokers {}): {e}; what is not committed is read again by the next run",
+                    self.plan.input.bootstrap()
+                ))
+            })?;
         let st = consumer.context().state.lock().expect("assignments");
         sync_slots(&mut self.slots, &st.slots);
         let t = consumer.context().topic_index(&topic).expect("an input");
@@ -841,16 +846,27 @@ impl Reader<'_> {
     }
 
     /// Lag per owned partition: its end (as the last fetch saw it) minus what is committed.
+    /// With `--metrics`, publishes it with the counts.
     fn measure_lag(&self) {
         let mut lag = self.shared.counters.lag.lock().expect("lag");
         lag.clear();
+        let mut gauge = Vec::new();
         for (key, s) in &self.slots {
             let name = &self.plan.input.topics[usize::from(key.0)];
             let Some((_, high)) = kafka::cached_watermarks(self.consumer, name, key.1) else {
                 continue;
             };
             let done = self.committed.get(key).map_or(s.next, |c| c.1);
-            lag.insert(format!("{name}/{}", key.1), (high - done).max(0));
+            let behind = (high - done).max(0);
+            lag.insert(format!("{name}/{}", key.1), behind);
+            gauge.push((name.clone(), key.1, behind));
+        }
+        drop(lag);
+        if let Some(live) = &self.shared.live {
+            gauge.sort();
+            let g = live.kafka(&self.plan.group);
+            g.store_lag(gauge);
+            g.store_counts(&self.shared.counters.counts());
         }
     }
 

@@ -117,6 +117,7 @@ def main():
         "ringwait-cache: --cache-size 65536 --coalesce on; tokio-moka: a moka cache of 65,536; "
         "ratio against the tokio program of the same kind)"))
     out.extend(stream_table([r for r in rows if r.get("workload") == "stream"]))
+    out.extend(kafka_table([r for r in rows if r.get("workload") == "kafka"]))
     print("\n".join(out))
 
 
@@ -150,6 +151,42 @@ def stream_table(rows):
             f"| {ceiling / 1e3:.0f} k | {job / 1e3:.0f} k | **{ratio:.2f}** | "
             f"{lat('rate'):.0f} | {fmt_us(lat('p50_us'))} | {fmt_us(lat('p99_us'))} | "
             f"{fmt_us(lat('p999_us'))} |"]
+
+
+def kafka_table(rows):
+    """The kafka table: medians over repetitions of the plain loop's and the job's
+    messages/s, their ratio per repetition (median), the end-to-end latency at 10% of the
+    job's rate, and the broker's own hop at that rate."""
+    if not rows:
+        return []
+    reps = defaultdict(dict)
+    for r in rows:
+        reps[r.get("rep")][r["part"]] = r
+    full = [d for d in reps.values() if {"ceiling", "job", "latency", "broker_hop"} <= d.keys()]
+    if not full:
+        return []
+    med = lambda xs: statistics.median(xs)
+    ceiling = med([float(d["ceiling"]["records_per_s"]) for d in full])
+    job = med([float(d["job"]["records_per_s"]) for d in full])
+    ratios = [float(d["job"]["records_per_s"]) / float(d["ceiling"]["records_per_s"])
+              for d in full]
+    lat = lambda part, c: med([float(d[part][c]) for d in full])
+    n = full[0]["job"]["records"]
+    return ["\n## kafka (Kafka -> enrich, built-in lookup -> Kafka, no loss and no duplicates "
+            "through a crash; the broker on the same 2 cores)\n",
+            f"Medians of {len(full)} repetition(s), {n} messages each, topics of 4 "
+            "partitions. loop = a plain rdkafka consume->produce loop with no lookup (the "
+            "job's client settings, offsets committed every 100 ms); ratio = job ÷ loop per "
+            "repetition (target ≥ 0.80; per repetition: "
+            + ", ".join(f"{x:.2f}" for x in ratios) + "); latency = the send of an input "
+            "message to the read of its output, at 10% of the job's rate; hop = one send to "
+            "read through the broker at that rate, no job (the job's path has two).\n",
+            "| loop msg/s | job msg/s | ratio | latency rate/s | p50 µs | p99 µs | p99.9 µs | hop p50 µs | hop p99 µs |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {ceiling / 1e3:.0f} k | {job / 1e3:.0f} k | **{med(ratios):.2f}** | "
+            f"{lat('latency', 'rate'):.0f} | {fmt_us(lat('latency', 'p50_us'))} | "
+            f"{fmt_us(lat('latency', 'p99_us'))} | {fmt_us(lat('latency', 'p999_us'))} | "
+            f"{fmt_us(lat('broker_hop', 'p50_us'))} | {fmt_us(lat('broker_hop', 'p99_us'))} |"]
 
 
 ENRICH_ROWS = [  # (impl, store, partitions), in table order

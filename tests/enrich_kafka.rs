@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::kafka::Read;
 use common::kafka::{Broker, Message};
 use job_support::{crash_seed, kill_and_restart, refused, ringwait, stderr, Rng};
+use rdkafka::consumer::Consumer;
 
 const KEYS: u64 = 500;
 
@@ -208,7 +209,11 @@ fn kill_loop(mode: &str) {
         &log,
         &context,
         Duration::from_secs(900),
-        |kills| (kills < kills_wanted).then(|| Duration::from_millis(200 + rng.below(2_500))),
+        // A run takes about 0.5 s to join the group and set up its partitions, then moves
+        // a few hundred thousand messages a second: lives of 0.2-1.4 s kill it in every
+        // phase (before, during and after the set-up, mid-stream) and leave most of the
+        // 200k messages for later lives, so the loop reaches its kills before the end.
+        |kills| (kills < kills_wanted).then(|| Duration::from_millis(200 + rng.below(1_200))),
         // tansu 0.6 does not hand a dead member's partitions to a member that joined while
         // it was still in the group (the survivor keeps its old assignment; reproduced with
         // two instances), so the next run joins once the dead one's 2 s session is over.
@@ -548,4 +553,41 @@ fn a_broker_gone_for_good_stops_the_job_with_one_clear_line_in_bounded_time() {
         "the job stopped {:?} after the broker died: {last}",
         killed.elapsed()
     );
+}
+
+#[test]
+fn the_kafka_benchmark_reports_the_job_against_a_plain_loop_on_the_same_broker() {
+    let broker = Broker::start();
+    let o = ringwait(&[
+        "bench",
+        "--workload",
+        "kafka",
+        "--kafka",
+        &broker.addr(),
+        "--records",
+        "3000",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    for part in [
+        "workload=kafka part=ceiling records=3000 records_per_s=",
+        "workload=kafka part=job records=3000 records_per_s=",
+        "of_ceiling=",
+        "workload=kafka part=latency rate=",
+        "workload=kafka part=broker_hop rate=",
+    ] {
+        assert!(out.contains(part), "missing {part} in:\n{out}");
+    }
+    // The workload's topics are gone after it.
+    let c = broker.plain_consumer();
+    let md = c
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let left: Vec<&str> = md
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|n| n.starts_with("ringwait-bench-"))
+        .collect();
+    assert!(left.is_empty(), "topics left behind: {left:?}");
 }

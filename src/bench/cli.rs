@@ -42,6 +42,10 @@ pub struct PerfArgs {
     /// argument, password included.)
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// kafka: the brokers, HOST:PORT[,HOST:PORT...]; the workload creates its topics (4
+    /// partitions each) and deletes them after.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
     /// redis: connections per partition (requests go round-robin over them).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
@@ -120,7 +124,11 @@ impl PerfArgs {
     /// Whether [`run`] handles `workload` with these options (else the plain loop does).
     pub fn handles(&self, workload: Workload) -> bool {
         match workload {
-            Workload::Redis | Workload::Latency | Workload::Soak | Workload::Stream => true,
+            Workload::Redis
+            | Workload::Latency
+            | Workload::Soak
+            | Workload::Stream
+            | Workload::Kafka => true,
             Workload::Checkpoint => false,
             Workload::Overhead | Workload::Delay => self.hist_out.is_some() || self.chart.is_some(),
         }
@@ -268,6 +276,25 @@ fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
                 extra_lines: run.lines,
                 extra_series: Vec::new(),
             })
+        }
+        #[cfg(feature = "kafka")]
+        Workload::Kafka => {
+            let brokers = args
+                .kafka
+                .as_deref()
+                .ok_or("kafka: give --kafka HOST:PORT, a Kafka broker")?;
+            let run = super::kafka::run_kafka(cfg, brokers)?;
+            Ok(Measured {
+                result: run.result,
+                latency: run.latency,
+                verified: None,
+                extra_lines: run.lines,
+                extra_series: Vec::new(),
+            })
+        }
+        #[cfg(not(feature = "kafka"))]
+        Workload::Kafka => {
+            Err("kafka: this build has no Kafka support (the `kafka` feature)".into())
         }
         Workload::Latency => {
             let opts = LatencyOptions {

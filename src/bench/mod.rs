@@ -7,6 +7,8 @@ mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod hist;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod latency;
 pub mod redis;
 pub mod soak;
@@ -42,6 +44,9 @@ pub enum Workload {
     /// Redis stream → `enrich` (built-in lookup) → Redis stream, exactly once, against the
     /// server's ceiling for the same traffic.
     Stream,
+    /// Kafka → `enrich` (built-in lookup) → Kafka, against a plain consume→produce loop on
+    /// the same broker.
+    Kafka,
 }
 
 impl std::str::FromStr for Workload {
@@ -55,8 +60,9 @@ impl std::str::FromStr for Workload {
             "latency" => Ok(Workload::Latency),
             "soak" => Ok(Workload::Soak),
             "stream" => Ok(Workload::Stream),
+            "kafka" => Ok(Workload::Kafka),
             other => Err(format!(
-                "unknown workload {other:?}: use overhead, delay, redis, latency, soak or checkpoint"
+                "unknown workload {other:?}: use overhead, delay, redis, latency, soak, checkpoint, stream or kafka"
             )),
         }
     }
@@ -72,6 +78,7 @@ impl fmt::Display for Workload {
             Workload::Latency => "latency",
             Workload::Soak => "soak",
             Workload::Stream => "stream",
+            Workload::Kafka => "kafka",
         })
     }
 }
@@ -111,7 +118,7 @@ impl BenchConfig {
             records: match workload {
                 Workload::Delay => 2_000_000,
                 Workload::Redis => 1_000_000,
-                Workload::Stream => 200_000,
+                Workload::Stream | Workload::Kafka => 200_000,
                 // 0: rate × duration.
                 Workload::Latency | Workload::Soak => 0,
                 Workload::Overhead | Workload::Checkpoint => 20_000_000,

@@ -139,7 +139,7 @@ fn clear(conn: &mut BlockingConn) -> Result<(), BoxError> {
 }
 
 /// A ~100-byte record like the enrich workload's, stamped with `t` (ns on the run's clock).
-fn record(i: u64, t: u64, out: &mut Vec<u8>) {
+pub(super) fn record(i: u64, t: u64, out: &mut Vec<u8>) {
     use std::io::Write;
     out.clear();
     let key = crate::dataset::key_of(i) % 1_000_000;
@@ -383,7 +383,7 @@ fn watch_output(redis: &RedisUrl, n: u64, clock: Instant) -> Result<Histogram<u6
 }
 
 /// The `"ts":N` of a record.
-fn stamp(data: &[u8]) -> Option<u64> {
+pub(super) fn stamp(data: &[u8]) -> Option<u64> {
     let at = memchr::memmem::find(data, b"\"ts\":")? + 5;
     let digits = data[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&data[at..at + digits])

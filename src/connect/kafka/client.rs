@@ -84,6 +84,15 @@ fn with(url: &KafkaUrl, extra: &[(String, String)]) -> ClientConfig {
     c
 }
 
+/// The job's defaults for settings a user may give (`--kafka-config`): each unless given.
+fn set_unless_given(c: &mut ClientConfig, defaults: &[(&str, &str)]) {
+    for (k, v) in defaults {
+        if c.get(k).is_none() {
+            c.set(*k, *v);
+        }
+    }
+}
+
 /// The consumer settings of an input read through `group`: offsets committed by the job
 /// only, never created topics, a short session so a dead instance's partitions move soon.
 pub fn consumer_config(url: &KafkaUrl, group: &str, extra: &[(String, String)]) -> ClientConfig {
@@ -100,20 +109,27 @@ pub fn consumer_config(url: &KafkaUrl, group: &str, extra: &[(String, String)]) 
                 KafkaStart::Latest => "latest",
             },
         )
-        .set("fetch.wait.max.ms", "50")
         // Whole batches in a fetch: a fetch that resumes inside a batch is what tansu 0.6
         // gets wrong (see `safe_start`).
         .set("max.partition.fetch.bytes", "67108864")
         .set("fetch.max.bytes", "134217728");
-    // A short session, so a dead instance's partitions move soon, unless set.
-    for (k, v) in [
-        ("session.timeout.ms", "10000"),
-        ("heartbeat.interval.ms", "1000"),
-    ] {
-        if c.get(k).is_none() {
-            c.set(k, v);
-        }
-    }
+    set_unless_given(
+        &mut c,
+        &[
+            // A short session, so a dead instance's partitions move soon.
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            // How long the broker may hold a fetch with nothing new. tansu 0.6 holds every
+            // fetch about this long even when messages arrive (one hop's p50: 84 ms at 50,
+            // 11 ms at 5), so it bounds the latency there; a Kafka broker answers at once.
+            ("fetch.wait.max.ms", "10"),
+            // Once the prefetched messages pass `queued.min.messages`, librdkafka stops
+            // fetching a partition for this long (1 s by default): a reader that keeps up
+            // with the fetches, but not with a whole second of them, then idles half the
+            // time (1M messages from tansu: 9.2 s with the default, 4.7-5.0 s with 10 ms).
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+    );
     c
 }
 
@@ -124,12 +140,26 @@ pub fn producer_config(url: &KafkaUrl, extra: &[(String, String)]) -> ClientConf
     let mut c = with(url, extra);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
-        // Batches of at most 1,000: a later read-back that starts inside one (tansu 0.6,
-        // see `safe_start`) steps back at most a few times.
-        .set("batch.num.messages", "1000")
         .set("message.timeout.ms", "60000");
+    set_unless_given(
+        &mut c,
+        &[
+            ("linger.ms", "2"),
+            // Batches of at most 1,000: a later read-back that starts inside one (tansu 0.6,
+            // see `safe_start`) steps back at most a few times.
+            ("batch.num.messages", "1000"),
+        ],
+    );
     c
+}
+
+/// An admin client (topics), with the common settings.
+pub fn admin_client(
+    url: &KafkaUrl,
+) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, KafkaConnError> {
+    with(url, &[])
+        .create()
+        .map_err(|e| KafkaConnError::client("creating a Kafka admin client", e))
 }
 
 /// A consumer outside any group, for metadata, watermarks and read-backs.
@@ -220,34 +250,81 @@ pub fn cached_watermarks<C: rdkafka::consumer::ConsumerContext>(
 
 /// A partition's true end: one fetch from its start, then the end the response gave.
 pub fn true_end(client: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, KafkaConnError> {
-    let (low, _) = watermarks(client, topic, partition)?;
-    assign_at(client, topic, partition, low)?;
+    Ok(true_ends(client, &[(topic, partition)])?[0])
+}
+
+/// The true ends of several partitions (see [`true_end`]), fetched together: one fetch
+/// answers them all.
+pub fn true_ends(client: &BaseConsumer, parts: &[(&str, i32)]) -> Result<Vec<i64>, KafkaConnError> {
+    let mut lows = Vec::with_capacity(parts.len());
+    let mut tpl = TopicPartitionList::new();
+    for &(topic, partition) in parts {
+        let (low, _) = watermarks(client, topic, partition)?;
+        lows.push(low);
+        tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+            .map_err(|e| KafkaConnError::client("naming a partition", e))?;
+    }
+    client
+        .assign(&tpl)
+        .map_err(|e| KafkaConnError::client("reading the partitions' ends", e))?;
+    // A partition is answered once a message or its end came after a fetch (its cached
+    // watermarks are then set), or, with watermarks, after QUIET with nothing.
+    let mut answered = vec![false; parts.len()];
     let started = Instant::now();
-    let end = loop {
-        let polled = client.poll(Duration::from_millis(50));
-        if let Some(Err(e)) = &polled {
-            if !matches!(e, rdkafka::error::KafkaError::PartitionEOF(_)) {
+    while answered.iter().any(|a| !a) {
+        let polled = client.poll(Duration::from_millis(20));
+        let from = match &polled {
+            Some(Ok(m)) => Some((m.topic().to_string(), m.partition())),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                // librdkafka names only the partition number: it names one partition only
+                // when a single topic has it (else the others wait out QUIET).
+                let mut with_p = parts.iter().filter(|(_, q)| *q == *p);
+                match (with_p.next(), with_p.next()) {
+                    (Some((t, q)), None) => Some((t.to_string(), *q)),
+                    _ => None,
+                }
+            }
+            Some(Err(e)) => {
                 return Err(KafkaConnError::client(
-                    format!("reading {topic}/{partition}"),
+                    "reading the partitions' ends",
                     e.clone(),
-                ));
+                ))
+            }
+            None => None,
+        };
+        for (i, &(topic, partition)) in parts.iter().enumerate() {
+            let cached = cached_watermarks(client, topic, partition).is_some();
+            let named = from
+                .as_ref()
+                .is_some_and(|(t, q)| t == topic && *q == partition);
+            if cached && (named || started.elapsed() >= QUIET) {
+                answered[i] = true;
             }
         }
-        let cached = cached_watermarks(client, topic, partition);
-        match (polled, cached) {
-            (Some(_), Some((_, high))) => break high,
-            (None, Some((_, high))) if started.elapsed() >= QUIET => break high,
-            _ if started.elapsed() >= REQUEST_TIMEOUT => {
-                return Err(KafkaConnError::Broker(format!(
-                    "no fetch answer for {topic}/{partition} within {} s",
-                    REQUEST_TIMEOUT.as_secs()
-                )))
-            }
-            _ => {}
+        if started.elapsed() >= REQUEST_TIMEOUT && answered.iter().any(|a| !a) {
+            let missing: Vec<String> = parts
+                .iter()
+                .zip(&answered)
+                .filter(|(_, a)| !**a)
+                .map(|((t, p), _)| format!("{t}/{p}"))
+                .collect();
+            return Err(KafkaConnError::Broker(format!(
+                "no fetch answer for {} within {} s",
+                missing.join(", "),
+                REQUEST_TIMEOUT.as_secs()
+            )));
         }
-    };
+    }
+    let ends = parts
+        .iter()
+        .zip(lows)
+        .map(|(&(topic, partition), low)| {
+            let (_, high) = cached_watermarks(client, topic, partition).expect("answered");
+            high.max(low)
+        })
+        .collect();
     unassign(client)?;
-    Ok(end.max(low))
+    Ok(ends)
 }
 
 /// Where to start fetching so that the message at `target` is not skipped: `target` itself
@@ -266,6 +343,10 @@ pub fn safe_start(
     target: i64,
     end: Option<i64>,
 ) -> Result<i64, KafkaConnError> {
+    // At the partition's start a fetch starts at its first batch: nothing to probe.
+    if target <= watermarks(client, topic, partition)?.0 {
+        return Ok(target);
+    }
     let end = match end {
         Some(e) => e,
         None => true_end(client, topic, partition)?,
@@ -404,4 +485,29 @@ fn assign_at(
     client
         .assign(&tpl)
         .map_err(|e| KafkaConnError::client(format!("reading {topic}/{partition}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> KafkaUrl {
+        "kafka://127.0.0.1:9092/in?group=g".parse().unwrap()
+    }
+
+    #[test]
+    fn a_users_setting_wins_over_the_jobs_default_but_not_over_what_the_guarantee_needs() {
+        let given = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = consumer_config(&url(), "g", &given("fetch.wait.max.ms", "500"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("500"));
+        let c = consumer_config(&url(), "g", &[]);
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
+        let p = producer_config(&url(), &given("linger.ms", "20"));
+        assert_eq!(p.get("linger.ms"), Some("20"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        // The job's own settings are set last (and --kafka-config refuses them anyway).
+        let c = consumer_config(&url(), "g", &given("enable.auto.commit", "true"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+    }
 }

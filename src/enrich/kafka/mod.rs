@@ -172,16 +172,20 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<KafkaPlan, EnrichError> {
         _ => None,
     };
     let until = if config.stream.until_caught_up {
-        let mut ends = Vec::new();
-        for (t, n) in &in_partitions {
-            for p in 0..*n {
-                // A fetch's answer, not ListOffsets (which tansu 0.6 gets wrong).
-                let high = kafka::true_end(&in_client, t, p)
-                    .map_err(|e| flag("--input", e.to_string()))?;
-                ends.push((t.clone(), p, high));
-            }
-        }
-        Some(ends)
+        let parts: Vec<(&str, i32)> = in_partitions
+            .iter()
+            .flat_map(|(t, n)| (0..*n).map(move |p| (t.as_str(), p)))
+            .collect();
+        // A fetch's answer, not ListOffsets (which tansu 0.6 gets wrong).
+        let ends =
+            kafka::true_ends(&in_client, &parts).map_err(|e| flag("--input", e.to_string()))?;
+        Some(
+            parts
+                .iter()
+                .zip(ends)
+                .map(|(&(t, p), end)| (t.to_string(), p, end))
+                .collect(),
+        )
     } else {
         None
     };

@@ -33,6 +33,9 @@ use crate::queue::BatchSender;
 /// How often what the writer published is committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
+/// How often `--until caught-up` asks the group's committed offsets (one small request).
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+
 /// Messages staged before they are dealt.
 const STAGE: usize = 1024;
 
@@ -84,8 +87,25 @@ struct Ctx {
     failed: AtomicBool,
     /// An asynchronous commit failed: what was committed is committed again.
     commit_failed: AtomicBool,
-    probe_in: BaseConsumer,
-    probe_out: BaseConsumer,
+    /// Clients for the set-ups' reads, one pair per set-up running at once (kept for the
+    /// next rebalance).
+    probes: Mutex<Vec<Probes>>,
+}
+
+/// A set-up's own clients (outside the group): one on the input's brokers, one on the
+/// output's.
+struct Probes {
+    input: BaseConsumer,
+    output: BaseConsumer,
+}
+
+impl Probes {
+    fn new(plan: &KafkaPlan) -> Result<Probes, KafkaConnError> {
+        Ok(Probes {
+            input: kafka::plain_consumer(&plan.input, &plan.settings)?,
+            output: kafka::plain_consumer(&plan.output, &plan.settings)?,
+        })
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -200,6 +220,7 @@ impl Ctx {
     fn set_up(
         &self,
         consumer: &BaseConsumer<Self>,
+        probes: &Probes,
         topic: &str,
         p: i32,
         committed: Option<i64>,
@@ -208,14 +229,18 @@ impl Ctx {
         let t = self.topic_index(topic).expect("checked at assignment");
         let (resume, fresh) = match committed {
             Some(c) => (c, false),
-            None => (self.first_start(topic, p).map_err(|e| e.to_string())?, true),
+            None => (
+                self.first_start(probes, topic, p)
+                    .map_err(|e| e.to_string())?,
+                true,
+            ),
         };
         let (out_ends, landed) = if fresh {
             // Nothing was produced for it by this group: the first commit (below) comes
             // before any output.
-            (self.output_ends(p)?, Vec::new())
+            (self.output_ends(probes, p)?, Vec::new())
         } else {
-            self.landed(topic, p, resume)?
+            self.landed(probes, topic, p, resume)?
         };
         if fresh {
             // Where a partition new to the group starts is decided once, before any output.
@@ -228,7 +253,7 @@ impl Ctx {
                 .map_err(|e| format!("committing the first offset of {topic}/{p}: {e}"))?;
         }
         let fetch_from =
-            kafka::safe_start(&self.probe_in, topic, p, resume, None).map_err(|e| e.to_string())?;
+            kafka::safe_start(&probes.input, topic, p, resume, None).map_err(|e| e.to_string())?;
         let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let control = &self.shared.control.0;
         let _ = control.send(Control::Assigned {
@@ -282,21 +307,21 @@ impl Ctx {
     }
 
     /// Where a partition the group never committed starts (`start=`).
-    fn first_start(&self, topic: &str, p: i32) -> Result<i64, KafkaConnError> {
+    fn first_start(&self, probes: &Probes, topic: &str, p: i32) -> Result<i64, KafkaConnError> {
         match self.plan.input.start {
-            kafka::KafkaStart::Earliest => Ok(kafka::watermarks(&self.probe_in, topic, p)?.0),
-            kafka::KafkaStart::Latest => kafka::true_end(&self.probe_in, topic, p),
+            kafka::KafkaStart::Earliest => Ok(kafka::watermarks(&probes.input, topic, p)?.0),
+            kafka::KafkaStart::Latest => kafka::true_end(&probes.input, topic, p),
         }
     }
 
     /// The ends of input partition `p`'s output partitions.
-    fn output_ends(&self, p: i32) -> Result<[i64; OUTPUTS], String> {
+    fn output_ends(&self, probes: &Probes, p: i32) -> Result<[i64; OUTPUTS], String> {
         let (q, side_q) = self.plan.out_partitions_of(p);
         let mut ends = [0i64; OUTPUTS];
         ends[0] =
-            kafka::true_end(&self.probe_out, &self.plan.out_topic, q).map_err(|e| e.to_string())?;
+            kafka::true_end(&probes.output, &self.plan.out_topic, q).map_err(|e| e.to_string())?;
         if let Some((side, _)) = &self.plan.side {
-            ends[1] = kafka::true_end(&self.probe_out, side, side_q).map_err(|e| e.to_string())?;
+            ends[1] = kafka::true_end(&probes.output, side, side_q).map_err(|e| e.to_string())?;
         }
         Ok(ends)
     }
@@ -307,6 +332,7 @@ impl Ctx {
     #[allow(clippy::type_complexity)]
     fn landed(
         &self,
+        probes: &Probes,
         topic: &str,
         p: i32,
         resume: i64,
@@ -324,7 +350,7 @@ impl Ctx {
         let mut scanned = [0i64; OUTPUTS];
         for (which, name, part) in &outputs {
             let (which, part) = (*which, *part);
-            let client = &self.probe_out;
+            let client = &probes.output;
             let (low, _) = kafka::watermarks(client, name, part).map_err(|e| e.to_string())?;
             let end = kafka::true_end(client, name, part).map_err(|e| e.to_string())?;
             ends[which] = end;
@@ -367,11 +393,11 @@ impl Ctx {
         for (which, name, part) in &outputs {
             let (which, part) = (*which, *part);
             let (low, _) =
-                kafka::watermarks(&self.probe_out, name, part).map_err(|e| e.to_string())?;
+                kafka::watermarks(&probes.output, name, part).map_err(|e| e.to_string())?;
             let want = bound.map_or(low, |b| b[which].max(low)).min(ends[which]);
             if want < scanned[which] {
                 kafka::read_range(
-                    &self.probe_out,
+                    &probes.output,
                     name,
                     part,
                     (want, scanned[which]),
@@ -488,8 +514,7 @@ fn run(
         failure: Mutex::new(None),
         failed: AtomicBool::new(false),
         commit_failed: AtomicBool::new(false),
-        probe_in: kafka::plain_consumer(&plan.input, &plan.settings).map_err(kafka_error)?,
-        probe_out: kafka::plain_consumer(&plan.output, &plan.settings).map_err(kafka_error)?,
+        probes: Mutex::new(vec![Probes::new(&plan).map_err(kafka_error)?]),
     };
     let consumer: BaseConsumer<Ctx> = BaseConsumer::from_config_and_context(
         &kafka::consumer_config(&plan.input, &plan.group, &plan.settings),
@@ -539,7 +564,7 @@ fn run(
     outcome.and(finished)
 }
 
-/// `--until caught-up`: a thread that asks the group's committed offsets every 250 ms,
+/// `--until caught-up`: a thread that asks the group's committed offsets every [`WATCH_EVERY`],
 /// through a client of its own (not a member), until every partition's end seen at the
 /// start is committed. The reader never waits on that request, so it keeps answering the
 /// group meanwhile.
@@ -575,7 +600,7 @@ fn spawn_watcher(
                         return;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(WATCH_EVERY);
             }
         })
         .expect("spawning the caught-up watcher"))
@@ -622,17 +647,17 @@ impl Reader<'_> {
             if Instant::now() >= self.next_check {
                 self.next_check = Instant::now() + Duration::from_millis(250);
                 self.measure_lag();
-                if self.caught_up()? {
-                    self.settings.intake.reached_end(None, self.next_index);
-                    return Ok(());
-                }
+            }
+            if self.caught_up()? {
+                self.settings.intake.reached_end(None, self.next_index);
+                return Ok(());
             }
             let wait = if self.staged > 0 { 0 } else { 50 };
             let polled = self.consumer.poll(Duration::from_millis(wait));
             // Staged messages of revoked partitions go on with their old epoch: the writer
             // drops them.
             let changed = self.ctx().changed.swap(false, Ordering::Acquire);
-            let mut set_up = None;
+            let mut set_up = Vec::new();
             if changed || self.pending_setups() {
                 set_up = self.set_up_pending()?;
             }
@@ -643,7 +668,7 @@ impl Reader<'_> {
                     if self
                         .ctx()
                         .topic_index(m.topic())
-                        .is_some_and(|t| set_up == Some((t, m.partition()))) =>
+                        .is_some_and(|t| set_up.contains(&(t, m.partition()))) =>
                 {
                     None
                 }
@@ -677,37 +702,57 @@ impl Reader<'_> {
             .is_empty()
     }
 
-    /// Sets up one partition assigned since the last look (outside the rebalance callback),
-    /// if any; returns it. One at a time, so that the loop polls in between and this member
-    /// answers a rebalance while a long read-back is under way.
-    fn set_up_pending(&mut self) -> Result<Option<(u8, i32)>, EnrichError> {
+    /// Sets up every partition assigned and not set up yet, each on a thread of its own
+    /// (a set-up waits on the brokers several times: one at a time, four partitions took a
+    /// second). Returns the partitions set up.
+    fn set_up_pending(&mut self) -> Result<Vec<(u8, i32)>, EnrichError> {
         let consumer = self.consumer;
-        let next = {
-            let mut st = consumer.context().state.lock().expect("assignments");
+        let ctx = consumer.context();
+        let pending = {
+            let mut st = ctx.state.lock().expect("assignments");
             if st.pending.is_empty() {
-                consumer
-                    .context()
-                    .has_pending
-                    .store(false, Ordering::Release);
+                ctx.has_pending.store(false, Ordering::Release);
                 sync_slots(&mut self.slots, &st.slots);
-                return Ok(None);
+                return Ok(Vec::new());
             }
-            st.pending.remove(0)
+            std::mem::take(&mut st.pending)
         };
-        let (topic, p, committed) = next;
-        consumer
-            .context()
-            .set_up(consumer, &topic, p, committed)
-            .map_err(|e| {
+        let mut probes = {
+            let mut pool = ctx.probes.lock().expect("probes");
+            let keep = pool.len().saturating_sub(pending.len());
+            pool.split_off(keep)
+        };
+        while probes.len() < pending.len() {
+            probes.push(Probes::new(self.plan).map_err(kafka_error)?);
+        }
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let running: Vec<_> = pending
+                .iter()
+                .zip(&probes)
+                .map(|((topic, p, committed), probes)| {
+                    scope.spawn(move || ctx.set_up(consumer, probes, topic, *p, *committed))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a set-up panicked".into())))
+                .collect()
+        });
+        ctx.probes.lock().expect("probes").extend(probes);
+        for ((topic, p, _), result) in pending.iter().zip(results) {
+            result.map_err(|e| {
                 EnrichError::Kafka(format!(
                     "taking over {topic}/{p} (brokers {}): {e}; what is not committed is read again by the next run",
                     self.plan.input.bootstrap()
                 ))
             })?;
-        let st = consumer.context().state.lock().expect("assignments");
+        }
+        let st = ctx.state.lock().expect("assignments");
         sync_slots(&mut self.slots, &st.slots);
-        let t = consumer.context().topic_index(&topic).expect("an input");
-        Ok(Some((t, p)))
+        Ok(pending
+            .iter()
+            .map(|(topic, p, _)| (ctx.topic_index(topic).expect("an input"), *p))
+            .collect())
     }
 
     /// Stages one message as a record (or drops it: a repeat, or one whose output landed).

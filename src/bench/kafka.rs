@@ -1,0 +1,505 @@
+//! The kafka workload: Kafka → `enrich` (built-in lookup) → Kafka, against the broker's
+//! ceiling for the same traffic, in the same run:
+//!
+//! - **ceiling**: a plain rdkafka consume→produce loop with no lookup: one consumer in a
+//!   group of its own reads the input topic, one producer (the job's settings: idempotent,
+//!   `acks=all`) writes each message to the same partition of another topic, and the
+//!   consumed offsets are committed every 100 ms; timed from the subscribe to the last
+//!   delivery;
+//! - **job**: `ringwait enrich --input kafka://… --output kafka://… --until caught-up` over
+//!   the same messages (its own group), timed from the start to the end of the run;
+//! - **latency**: the job running while a producer sends messages at 10% of the job's
+//!   measured rate, each stamped with the time it is sent; a reader of the output topic
+//!   takes the time each arrives there. The figures are that difference (end to end).
+//!
+//! Each input message is a ~100-byte record whose key the built-in store holds. The topics
+//! (4 partitions each) are created for the run under a name of their own and deleted after.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::connect::kafka::{self, KafkaStart, KafkaUrl};
+use crate::enrich::{EnrichConfig, Input, Lookup, Output, StreamOptions};
+use crate::source::BoxError;
+
+use super::{BenchConfig, BenchResult};
+
+/// Messages sent before the latency run's stamped ones (and not measured).
+const WARM_UP: u64 = 1_000;
+
+/// Partitions of every topic the workload creates.
+const PARTITIONS: i32 = 4;
+
+/// What one kafka run measured.
+pub struct KafkaRun {
+    /// The job's throughput line (and its end-to-end latency at 10% of its rate).
+    pub result: BenchResult,
+    /// End-to-end latencies (ns) at 10% of the job's rate.
+    pub latency: Histogram<u64>,
+    /// The ceiling's line, the ratio, and the latency run's line.
+    pub lines: Vec<String>,
+}
+
+/// The run's topics: created at the start, deleted at the end (also when it fails).
+struct Topics {
+    admin: AdminClient<DefaultClientContext>,
+    tag: String,
+    made: Vec<String>,
+}
+
+impl Topics {
+    fn new(brokers: &KafkaUrl) -> Result<Topics, BoxError> {
+        let admin = kafka::admin_client(brokers).map_err(|e| e.to_string())?;
+        let tag = format!(
+            "ringwait-bench-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
+        Ok(Topics {
+            admin,
+            tag,
+            made: Vec::new(),
+        })
+    }
+
+    /// Creates `{tag}-{name}` and returns its name.
+    fn create(&mut self, name: &str) -> Result<String, BoxError> {
+        let topic = format!("{}-{name}", self.tag);
+        let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(kafka::REQUEST_TIMEOUT));
+        let results = futures_lite::future::block_on(self.admin.create_topics([&new], &opts))
+            .map_err(|e| format!("creating the topic {topic}: {e}"))?;
+        for r in results {
+            r.map_err(|(t, code)| format!("creating the topic {t}: {code}"))?;
+        }
+        self.made.push(topic.clone());
+        Ok(topic)
+    }
+}
+
+impl Drop for Topics {
+    fn drop(&mut self) {
+        if self.made.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = self.made.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(kafka::REQUEST_TIMEOUT));
+        let deleted = futures_lite::future::block_on(self.admin.delete_topics(&names, &opts));
+        let failed: Vec<String> = match deleted {
+            Ok(results) => results
+                .into_iter()
+                .filter_map(|r| r.err().map(|(t, code)| format!("{t} ({code})")))
+                .collect(),
+            Err(e) => vec![format!("{names:?} ({e})")],
+        };
+        if !failed.is_empty() {
+            eprintln!("bench kafka: could not delete the topic(s) {failed:?}; delete them by hand");
+        }
+    }
+}
+
+/// Runs the three parts against the brokers `bootstrap` with `cfg.records` messages.
+pub fn run_kafka(cfg: &BenchConfig, bootstrap: &str) -> Result<KafkaRun, BoxError> {
+    let records = cfg.records.max(1);
+    let brokers = KafkaUrl {
+        brokers: bootstrap.split(',').map(str::to_string).collect(),
+        topics: Vec::new(),
+        group: None,
+        start: KafkaStart::Earliest,
+    };
+    let mut topics = Topics::new(&brokers)?;
+    let input = topics.create("in")?;
+    let ceiling_out = topics.create("ceiling-out")?;
+    let job_out = topics.create("job-out")?;
+    load(&brokers, &input, records)?;
+    let tag = topics.tag.clone();
+    let group = |name: &str| format!("{tag}-{name}");
+    let ceiling = ceiling(&brokers, &input, &ceiling_out, &group("ceiling"), records)?;
+    let config = job_config(cfg, &brokers, &input, &job_out, &group("job"), true);
+    let started = Instant::now();
+    let summary = crate::enrich::run(config)?;
+    let job_s = started.elapsed().as_secs_f64();
+    let job_rate = summary.records as f64 / job_s;
+    if summary.records != records {
+        return Err(format!(
+            "the job delivered {} of {records} messages",
+            summary.records
+        )
+        .into());
+    }
+    let rate = (job_rate / 10.0).max(100.0);
+    let lat_in = topics.create("latency-in")?;
+    let lat_out = topics.create("latency-out")?;
+    let n = records.min((rate * 3.0) as u64).max(100);
+    let latency = latency_run(
+        cfg,
+        &brokers,
+        (&lat_in, &lat_out),
+        &group("latency"),
+        rate,
+        n,
+    )?;
+    let hop = raw_hop(&brokers, &topics.create("hop")?, rate, n)?;
+    let result = BenchResult::from_histogram("kafka", cfg, records, job_rate, &latency);
+    let lines = vec![
+        format!(
+            "workload=kafka part=ceiling records={records} records_per_s={ceiling:.1} \
+             what=rdkafka consume->produce loop, no lookup, offsets committed every 100 ms"
+        ),
+        format!(
+            "workload=kafka part=job records={records} records_per_s={job_rate:.1} \
+             of_ceiling={:.2} (target >= 0.80)",
+            job_rate / ceiling
+        ),
+        format!(
+            "workload=kafka part=latency rate={rate:.0} messages={} p50_us={:.1} p99_us={:.1} \
+             p999_us={:.1} max_us={:.1} (send of the input to its output read)",
+            latency.len(),
+            result.p50_us,
+            result.p99_us,
+            result.p999_us,
+            result.max_us
+        ),
+        format!(
+            "workload=kafka part=broker_hop rate={rate:.0} messages={} p50_us={:.1} p99_us={:.1} \
+             (one send to read through the broker, no job: the job's path has two)",
+            hop.len(),
+            hop.value_at_quantile(0.5) as f64 / 1e3,
+            hop.value_at_quantile(0.99) as f64 / 1e3,
+        ),
+    ];
+    Ok(KafkaRun {
+        result,
+        latency,
+        lines,
+    })
+}
+
+fn url(brokers: &KafkaUrl, topic: &str, group: Option<&str>) -> KafkaUrl {
+    KafkaUrl {
+        topics: vec![topic.to_string()],
+        group: group.map(str::to_string),
+        ..brokers.clone()
+    }
+}
+
+fn job_config(
+    cfg: &BenchConfig,
+    brokers: &KafkaUrl,
+    input: &str,
+    output: &str,
+    group: &str,
+    until: bool,
+) -> EnrichConfig {
+    EnrichConfig {
+        input: Input::Kafka(Box::new(url(brokers, input, Some(group)))),
+        output: Output::Kafka(Box::new(url(brokers, output, None))),
+        lookup: Lookup::Builtin { keys: 1_000_000 },
+        mode: cfg.mode,
+        capacity: cfg.capacity,
+        partitions: Some(cfg.partitions),
+        progress: false,
+        pin: false,
+        stream: StreamOptions {
+            until_caught_up: until,
+            ..StreamOptions::default()
+        },
+        ..EnrichConfig::default()
+    }
+}
+
+/// A producer with the job's settings.
+fn producer(brokers: &KafkaUrl) -> Result<BaseProducer, BoxError> {
+    Ok(kafka::producer_config(brokers, &[]).create()?)
+}
+
+/// Sends `n` records stamped `t(i)` to `topic`, spread over its partitions; `rate` per
+/// second, or as fast as the producer goes (`None`).
+fn send(
+    p: &BaseProducer,
+    topic: &str,
+    n: u64,
+    rate: Option<f64>,
+    t: impl Fn() -> u64,
+) -> Result<(), BoxError> {
+    let mut payload = Vec::with_capacity(128);
+    let started = Instant::now();
+    let mut i = 0u64;
+    while i < n {
+        let due = rate.map_or(n, |r| {
+            ((started.elapsed().as_secs_f64() * r) as u64 + 1).min(n)
+        });
+        while i < due {
+            super::stream::record(i, t(), &mut payload);
+            let partition = (i % PARTITIONS as u64) as i32;
+            let record = BaseRecord::<(), [u8]>::to(topic)
+                .partition(partition)
+                .payload(&payload[..]);
+            match p.send(record) {
+                Ok(()) => i += 1,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    p.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(format!("producing to {topic}: {e}").into()),
+            }
+        }
+        p.poll(Duration::ZERO);
+        if rate.is_some() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    p.flush(Duration::from_secs(60))
+        .map_err(|e| format!("producing to {topic}: {e}").into())
+}
+
+/// The input: `n` records, produced before anything is timed.
+fn load(brokers: &KafkaUrl, topic: &str, n: u64) -> Result<(), BoxError> {
+    send(&producer(brokers)?, topic, n, None, || 0)
+}
+
+/// The broker's ceiling for the traffic: messages per second moved from `input` to `output`
+/// by a plain consume→produce loop.
+fn ceiling(
+    brokers: &KafkaUrl,
+    input: &str,
+    output: &str,
+    group: &str,
+    records: u64,
+) -> Result<f64, BoxError> {
+    let consumer: BaseConsumer =
+        kafka::consumer_config(&url(brokers, input, Some(group)), group, &[]).create()?;
+    let p = producer(brokers)?;
+    let started = Instant::now();
+    consumer.subscribe(&[input])?;
+    let mut next = [0i64; PARTITIONS as usize];
+    let (mut moved, mut last_commit) = (0u64, Instant::now());
+    let commit = |next: &[i64], mode| {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, &o) in next.iter().enumerate() {
+            if o > 0 {
+                let _ = tpl.add_partition_offset(input, partition as i32, Offset::Offset(o));
+            }
+        }
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, mode)
+        } else {
+            Ok(())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while moved < records {
+        if Instant::now() > deadline {
+            return Err(format!("the ceiling loop moved {moved} of {records} in 600 s").into());
+        }
+        if last_commit.elapsed() >= Duration::from_millis(100) {
+            let _ = commit(&next, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let m = m.map_err(|e| format!("the ceiling loop reading {input}: {e}"))?;
+        let slot = &mut next[m.partition() as usize];
+        if m.offset() < *slot {
+            continue; // a batch the broker sent again
+        }
+        *slot = m.offset() + 1;
+        let mut record = BaseRecord::<[u8], [u8]>::to(output)
+            .partition(m.partition())
+            .payload(m.payload().unwrap_or_default());
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        let mut pending = Some(record);
+        while let Some(r) = pending.take() {
+            if let Err((e, r)) = p.send(r) {
+                if e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
+                    return Err(format!("the ceiling loop producing: {e}").into());
+                }
+                p.poll(Duration::from_millis(1));
+                pending = Some(r);
+            }
+        }
+        moved += 1;
+        if moved % 256 == 0 {
+            p.poll(Duration::ZERO);
+        }
+    }
+    p.flush(Duration::from_secs(60))?;
+    commit(&next, CommitMode::Sync)?;
+    Ok(moved as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The job running while `n` messages arrive at `rate` per second: each message's time
+/// from its send to its output's read.
+fn latency_run(
+    cfg: &BenchConfig,
+    brokers: &KafkaUrl,
+    (input, output): (&str, &str),
+    group: &str,
+    rate: f64,
+    n: u64,
+) -> Result<Histogram<u64>, BoxError> {
+    let clock = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut config = job_config(cfg, brokers, input, output, group, false);
+    config.stop = Some(stop.clone());
+    let job = std::thread::spawn(move || crate::enrich::run(config));
+    let seen = Arc::new(AtomicU64::new(0));
+    let watch = {
+        let (brokers, output) = (brokers.clone(), output.to_string());
+        let seen = seen.clone();
+        std::thread::spawn(move || watch_output(&brokers, &output, n, clock, &seen))
+    };
+    let ready = wait_for_assignment(brokers, input, group, &job);
+    let produced = ready.and_then(|()| {
+        let p = producer(brokers)?;
+        warm_up(&p, input, &seen)?;
+        send(&p, input, n, Some(rate), || {
+            clock.elapsed().as_nanos() as u64
+        })
+    });
+    let seen = match &produced {
+        Ok(()) => watch.join().expect("the output reader"),
+        Err(_) => Err("not produced".into()),
+    };
+    stop.store(true, Ordering::Relaxed);
+    let ran = job.join().expect("the job thread");
+    produced?;
+    ran?;
+    seen
+}
+
+/// Sends the unstamped warm-up messages and waits until they are all read at the end of
+/// the path: the producer's start (its idempotent id, connections) and a job's first
+/// fetches are not what is measured.
+fn warm_up(p: &BaseProducer, topic: &str, seen: &AtomicU64) -> Result<(), BoxError> {
+    send(p, topic, WARM_UP, None, || 0)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.load(Ordering::Relaxed) < WARM_UP {
+        if Instant::now() > deadline {
+            return Err("the warm-up messages did not come through within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The broker's own hop at `rate`: `n` stamped messages sent to `topic` (after the
+/// warm-up) and read from it with the job's consumer settings, no job between.
+fn raw_hop(brokers: &KafkaUrl, topic: &str, rate: f64, n: u64) -> Result<Histogram<u64>, BoxError> {
+    let clock = Instant::now();
+    let seen = Arc::new(AtomicU64::new(0));
+    let watch = {
+        let (brokers, topic) = (brokers.clone(), topic.to_string());
+        let seen = seen.clone();
+        std::thread::spawn(move || watch_output(&brokers, &topic, n, clock, &seen))
+    };
+    let p = producer(brokers)?;
+    warm_up(&p, topic, &seen)?;
+    send(&p, topic, n, Some(rate), || {
+        clock.elapsed().as_nanos() as u64
+    })?;
+    watch.join().expect("the hop's reader")
+}
+
+/// Waits until the job set up every partition of `input` (a partition new to the group is
+/// committed at its start before anything is read), so the latencies measure the running
+/// job, not its start.
+fn wait_for_assignment(
+    brokers: &KafkaUrl,
+    input: &str,
+    group: &str,
+    job: &std::thread::JoinHandle<Result<crate::enrich::EnrichSummary, crate::enrich::EnrichError>>,
+) -> Result<(), BoxError> {
+    let client: BaseConsumer =
+        kafka::consumer_config(&url(brokers, input, Some(group)), group, &[]).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(input, p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if job.is_finished() {
+            return Err("the latency run's job ended before it was assigned".into());
+        }
+        if let Ok(c) = client.committed_offsets(tpl.clone(), kafka::REQUEST_TIMEOUT) {
+            if c.elements()
+                .iter()
+                .all(|e| matches!(e.offset(), Offset::Offset(_)))
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the latency run's job was not assigned within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads `output` as messages arrive until `n` did; each message's latency is now minus its
+/// record's `ts`.
+fn watch_output(
+    brokers: &KafkaUrl,
+    output: &str,
+    n: u64,
+    clock: Instant,
+    seen: &AtomicU64,
+) -> Result<Histogram<u64>, BoxError> {
+    // The job's consumer settings (its fetch wait): what a reader of the output sees.
+    let consumer: BaseConsumer =
+        kafka::consumer_config(brokers, "ringwait-bench-watch", &[]).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(output, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut next = [0i64; PARTITIONS as usize];
+    let mut h = crate::metrics::latency_histogram();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.load(Ordering::Relaxed) < n + WARM_UP {
+        if Instant::now() > deadline {
+            return Err(format!("only {} of {n} messages reached the output", h.len()).into());
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) else {
+            continue;
+        };
+        let now = clock.elapsed().as_nanos() as u64;
+        let slot = &mut next[m.partition() as usize];
+        if m.offset() < *slot {
+            continue;
+        }
+        *slot = m.offset() + 1;
+        seen.fetch_add(1, Ordering::Relaxed);
+        match m.payload().and_then(super::stream::stamp) {
+            Some(0) => {} // warm-up
+            Some(t) => {
+                h.saturating_record(now.saturating_sub(t).max(1));
+            }
+            None => {
+                return Err(format!(
+                    "an output without its stamp at {output}/{}/{}",
+                    m.partition(),
+                    m.offset()
+                )
+                .into())
+            }
+        }
+    }
+    Ok(h)
+}

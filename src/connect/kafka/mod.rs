@@ -34,9 +34,32 @@ pub const ERROR_HEADER: &str = "ringwait-error";
 
 /// `TOPIC/PARTITION/OFFSET`, the value of [`SRC_HEADER`].
 pub fn src_value(out: &mut Vec<u8>, topic: &str, partition: i32, offset: i64) {
-    use std::io::Write;
     out.clear();
-    let _ = write!(out, "{topic}/{partition}/{offset}");
+    out.extend_from_slice(topic.as_bytes());
+    out.push(b'/');
+    push_decimal(out, i64::from(partition));
+    out.push(b'/');
+    push_decimal(out, offset);
+}
+
+/// Appends `v` in decimal: the headers are written once per output message, and
+/// `core::fmt` took a tenth of the writer's time there.
+fn push_decimal(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    let mut n = v.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Reads a [`SRC_HEADER`] value.
@@ -68,13 +91,12 @@ pub struct ProgressMark {
 impl ProgressMark {
     /// The header value.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         out.clear();
-        let _ = write!(
-            out,
-            "{}/{}/{}",
-            self.committable, self.from[0], self.from[1]
-        );
+        push_decimal(out, self.committable);
+        for f in self.from {
+            out.push(b'/');
+            push_decimal(out, f);
+        }
     }
 
     /// Reads a header value; `None` for anything else.
@@ -107,5 +129,17 @@ mod tests {
         assert_eq!(ProgressMark::decode(&v), Some(m));
         assert_eq!(ProgressMark::decode(b"1/2"), None);
         assert_eq!(ProgressMark::decode(b"1/2/3/4"), None);
+    }
+
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        let mut v = vec![];
+        for x in [0, 1, 9, 10, 99, 100, -1, -10, 1 << 40, i64::MAX, i64::MIN] {
+            v.clear();
+            push_decimal(&mut v, x);
+            assert_eq!(v, x.to_string().into_bytes());
+        }
+        src_value(&mut v, "t", -1, 0);
+        assert_eq!(v, b"t/-1/0");
     }
 }

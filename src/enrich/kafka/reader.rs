@@ -87,6 +87,9 @@ struct Ctx {
     failed: AtomicBool,
     /// An asynchronous commit failed: what was committed is committed again.
     commit_failed: AtomicBool,
+    /// The reader's last commit at the end succeeded: the revoke of the consumer's close
+    /// has nothing to add.
+    finally_committed: AtomicBool,
     /// Clients for the set-ups' reads, one pair per set-up running at once (kept for the
     /// next rebalance).
     probes: Mutex<Vec<Probes>>,
@@ -448,7 +451,8 @@ impl Ctx {
         let tpl = self.committable(&progress, &slots);
         drop(progress);
         let lost = consumer.assignment_lost();
-        if tpl.count() > 0 && !lost {
+        let done = self.finally_committed.load(Ordering::Acquire);
+        if tpl.count() > 0 && !lost && !done {
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
                 eprintln!("ringwait enrich: committing revoked partitions failed ({e}); their new owner reads back what landed");
             }
@@ -514,6 +518,7 @@ fn run(
         failure: Mutex::new(None),
         failed: AtomicBool::new(false),
         commit_failed: AtomicBool::new(false),
+        finally_committed: AtomicBool::new(false),
         probes: Mutex::new(vec![Probes::new(&plan).map_err(kafka_error)?]),
     };
     let consumer: BaseConsumer<Ctx> = BaseConsumer::from_config_and_context(
@@ -561,6 +566,13 @@ fn run(
     if let Some(w) = watcher {
         let _ = w.join();
     }
+    drop(r);
+    // Each client's end takes a while (~40 ms): the set-ups' clients end on a thread of
+    // their own while the consumer leaves the group.
+    let probes = std::mem::take(&mut *consumer.context().probes.lock().expect("probes"));
+    let ending = std::thread::spawn(move || drop(probes));
+    drop(consumer);
+    let _ = ending.join();
     outcome.and(finished)
 }
 
@@ -738,7 +750,16 @@ impl Reader<'_> {
                 .map(|h| h.join().unwrap_or_else(|_| Err("a set-up panicked".into())))
                 .collect()
         });
-        ctx.probes.lock().expect("probes").extend(probes);
+        // One pair stays for the next rebalance; the others end in the background (~40 ms
+        // per client).
+        let mut pool = ctx.probes.lock().expect("probes");
+        pool.extend(probes);
+        let keep = pool.len().min(1);
+        let extra = pool.split_off(keep);
+        drop(pool);
+        if !extra.is_empty() {
+            std::thread::spawn(move || drop(extra));
+        }
         for ((topic, p, _), result) in pending.iter().zip(results) {
             result.map_err(|e| {
                 EnrichError::Kafka(format!(
@@ -780,7 +801,8 @@ impl Reader<'_> {
         }
         slot.next = o + 1;
         self.shared.counters.read.fetch_add(1, Ordering::Relaxed);
-        if slot.landed.remove(&o) {
+        // (Empty but for a partition just taken over: no hash per message then.)
+        if !slot.landed.is_empty() && slot.landed.remove(&o) {
             return Ok(());
         }
         let epoch = slot.epoch;
@@ -850,8 +872,9 @@ impl Reader<'_> {
         }
     }
 
-    /// Commits what the writer published and was not committed yet.
-    fn commit(&mut self, mode: CommitMode) {
+    /// Commits what the writer published and was not committed yet; false when the commit
+    /// failed.
+    fn commit(&mut self, mode: CommitMode) -> bool {
         self.last_commit = Instant::now();
         if self.ctx().commit_failed.swap(false, Ordering::AcqRel)
             || matches!(mode, CommitMode::Sync)
@@ -876,18 +899,20 @@ impl Reader<'_> {
             tpl
         };
         if tpl.count() == 0 {
-            return;
+            return true;
         }
-        if let Err(e) = self.consumer.commit(&tpl, mode) {
-            self.shared
-                .counters
-                .failed_commits
-                .fetch_add(1, Ordering::Relaxed);
-            self.committed.clear(); // commit again next time
-            if matches!(mode, CommitMode::Sync) {
-                eprintln!("ringwait enrich: the last offset commit failed ({e}); the next run reads back what landed");
-            }
+        let Err(e) = self.consumer.commit(&tpl, mode) else {
+            return true;
+        };
+        self.shared
+            .counters
+            .failed_commits
+            .fetch_add(1, Ordering::Relaxed);
+        self.committed.clear(); // commit again next time
+        if matches!(mode, CommitMode::Sync) {
+            eprintln!("ringwait enrich: the last offset commit failed ({e}); the next run reads back what landed");
         }
+        false
     }
 
     /// Lag per owned partition: its end (as the last fetch saw it) minus what is committed.
@@ -980,7 +1005,9 @@ impl Reader<'_> {
                 sync_slots(&mut self.slots, &st.slots);
             }
         }
-        self.commit(CommitMode::Sync);
+        if self.commit(CommitMode::Sync) {
+            self.ctx().finally_committed.store(true, Ordering::Release);
+        }
         self.measure_lag();
         Ok(())
     }

@@ -54,7 +54,13 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let r = match result {
             Ok(m) => Ok((m.partition(), m.offset())),
-            Err((e, _)) => Err(e.to_string()),
+            Err((e, _)) => Err(match e.rdkafka_error_code() {
+                // The usual cause: the brokers stayed away past `message.timeout.ms`.
+                Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut) => {
+                    format!("no broker acknowledged it within the message timeout ({e})")
+                }
+                _ => e.to_string(),
+            }),
         };
         self.done.lock().expect("deliveries").push((opaque, r));
     }
@@ -453,7 +459,8 @@ impl KafkaCommitter {
                             .map_or(String::new(), |(t, _)| t.clone())
                     };
                     self.failed = Some(format!(
-                        "producing to {topic}: the output of {} was not delivered ({e}); it and what follows stay uncommitted",
+                        "producing to {topic} on the Kafka broker(s) {}: the output of {} was not delivered: {e}; it and what follows stay uncommitted",
+                        self.plan.output.bootstrap(),
                         self.plan.describe(s.topic, s.partition, offset)
                     ));
                 }

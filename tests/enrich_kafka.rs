@@ -481,7 +481,9 @@ fn a_broker_that_stalls_mid_run_is_waited_for_and_nothing_is_lost() {
     let broker = Broker::start();
     broker.create_topic("in", 4);
     broker.create_topic("out", 4);
-    let n = 60_000u64;
+    // Enough that the job is still at it when the broker stops (it moves a few hundred
+    // thousand a second), which the test checks.
+    let n = 300_000u64;
     broker.produce("in", &messages(n, 4));
     let args = job_args(
         &broker,
@@ -502,7 +504,7 @@ fn a_broker_that_stalls_mid_run_is_waited_for_and_nothing_is_lost() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_outputs(&broker, "out", 4, 1_000, &mut job);
+    wait_for_outputs(&broker, "out", 4, 1, &mut job);
     broker.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(6));
     broker.signal(libc::SIGCONT);

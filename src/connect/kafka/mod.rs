@@ -7,8 +7,9 @@
 //! producer sit where the file reader and writer sit.
 //!
 //! **No loss, no duplicates, without transactions.** Each output message carries its
-//! source in the header [`SRC_HEADER`] (`TOPIC/PARTITION/OFFSET`) and its source
-//! partition's progress in [`PROGRESS_HEADER`] (a [`ProgressMark`]). An input offset is
+//! source in the header [`SRC_HEADER`] (`TOPIC/PARTITION/OFFSET`); one in every 64 (and
+//! the first of each assignment) also carries its source partition's progress in
+//! [`PROGRESS_HEADER`] (a [`ProgressMark`]). An input offset is
 //! committed only once every message before it is done, its output delivered (acknowledged
 //! by all in-sync replicas). A new owner of the input partition (a restart, another
 //! instance after a crash, a rebalance) looks back along the output partitions for a mark
@@ -70,8 +71,9 @@ pub fn parse_src(v: &[u8]) -> Option<(&str, i32, i64)> {
     Some((topic, partition.parse().ok()?, offset.parse().ok()?))
 }
 
-/// The header of every output message giving the source partition's progress when it was
-/// produced: `COMMITTABLE/FROM0/FROM1` (see [`ProgressMark`]).
+/// The header giving the source partition's progress when an output was produced:
+/// `COMMITTABLE/FROM0/FROM1` (see [`ProgressMark`]). The first output of each assignment of
+/// a source partition carries it, and one in every 64 after.
 pub const PROGRESS_HEADER: &str = "ringwait-progress";
 
 /// What an output message says of its source partition's progress when it was produced:

@@ -28,6 +28,11 @@ use crate::enrich::EnrichError;
 /// How often the writer publishes what may be committed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
+/// One output in this many of an assignment carries a progress mark (its first one does):
+/// a read-back then reads at most this many outputs more to find one, and the others save
+/// librdkafka and the broker a header.
+const MARK_EVERY: u32 = 64;
+
 /// One in this many messages has its produce latency measured.
 const LATENCY_SAMPLE: u64 = 64;
 
@@ -77,6 +82,8 @@ struct Slot {
     out: [i32; OUTPUTS],
     /// Results produced and not yet delivered.
     in_flight: u64,
+    /// Outputs produced since the last one that carried a progress mark.
+    since_mark: u32,
 }
 
 /// The writer's committer for a Kafka output.
@@ -299,6 +306,7 @@ impl KafkaCommitter {
                         tracker: OffsetTracker::new(start, out_ends),
                         out: [out, side],
                         in_flight: 0,
+                        since_mark: 0,
                     });
                     self.current.insert((topic, partition), i);
                 }
@@ -356,12 +364,16 @@ impl KafkaCommitter {
     ) -> Result<(), EnrichError> {
         let topic_name = &self.plan.input.topics[usize::from(o.topic)];
         src_value(&mut self.src, topic_name, o.partition, o.offset);
-        let tracker = &self.slots[slot].tracker;
-        ProgressMark {
-            committable: tracker.committable(),
-            from: tracker.readback_from(),
+        let s = &mut self.slots[slot];
+        let marked = s.since_mark == 0;
+        s.since_mark = (s.since_mark + 1) % MARK_EVERY;
+        if marked {
+            ProgressMark {
+                committable: s.tracker.committable(),
+                from: s.tracker.readback_from(),
+            }
+            .encode(&mut self.mark);
         }
-        .encode(&mut self.mark);
         let mut headers = OwnedHeaders::new_with_capacity(o.header_count() + 3);
         for (key, value) in o.headers() {
             headers = headers.insert(Header { key, value });
@@ -370,10 +382,12 @@ impl KafkaCommitter {
             key: SRC_HEADER,
             value: Some(&self.src[..]),
         });
-        headers = headers.insert(Header {
-            key: PROGRESS_HEADER,
-            value: Some(&self.mark[..]),
-        });
+        if marked {
+            headers = headers.insert(Header {
+                key: PROGRESS_HEADER,
+                value: Some(&self.mark[..]),
+            });
+        }
         if which == 1 {
             headers = headers.insert(Header {
                 key: ERROR_HEADER,

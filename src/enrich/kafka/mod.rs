@@ -18,8 +18,8 @@
 //!   skipped. A message still in flight (a slow lookup in unordered mode) holds the
 //!   committed offset at itself.
 //! - **No duplicates after a crash.** Each output carries `ringwait-src: TOPIC/P/OFFSET`.
-//!   Each commit's metadata names where on the output partitions the outputs of later
-//!   messages may already be. A new owner of a partition reads those tails back before it
+//!   Outputs also carry, now and then, progress marks naming where on the output
+//!   partitions the outputs of later messages may already be. A new owner of a partition reads those tails back before it
 //!   reads the partition and skips every message whose output landed. This covers SIGKILL
 //!   of any instance at any moment and clean rebalances (a revoked partition stops, its
 //!   records in flight are delivered and committed before the revoke completes). It cannot

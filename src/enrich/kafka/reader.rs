@@ -458,8 +458,13 @@ impl Ctx {
             }
         }
         eprintln!(
-            "ringwait enrich: revoked {} partition(s); committed {:?}",
+            "ringwait enrich: revoked {} partition(s); {} {:?}",
             slots.len(),
+            if done {
+                "committed at the end"
+            } else {
+                "committed"
+            },
             tpl.elements()
                 .iter()
                 .map(|e| format!("{}/{} {:?}", e.topic(), e.partition(), e.offset()))

@@ -219,15 +219,44 @@ fn job_config(
     }
 }
 
+/// Counts the deliveries that failed (librdkafka's `flush` returns Ok all the same).
+#[derive(Default)]
+struct FailedDeliveries(AtomicU64);
+
+impl rdkafka::ClientContext for FailedDeliveries {}
+
+impl rdkafka::producer::ProducerContext for FailedDeliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The workload's producers: the job's settings, failed deliveries counted.
+type CountingProducer = BaseProducer<FailedDeliveries>;
+
 /// A producer with the job's settings.
-fn producer(brokers: &KafkaUrl) -> Result<BaseProducer, BoxError> {
-    Ok(kafka::producer_config(brokers, &[]).create()?)
+fn producer(brokers: &KafkaUrl) -> Result<CountingProducer, BoxError> {
+    Ok(kafka::producer_config(brokers, &[]).create_with_context(FailedDeliveries::default())?)
+}
+
+/// Waits for every message `p` sent; an error if any was not delivered.
+fn flushed(p: &CountingProducer, topic: &str) -> Result<(), BoxError> {
+    p.flush(Duration::from_secs(60))
+        .map_err(|e| format!("producing to {topic}: {e}"))?;
+    match p.context().0.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        n => Err(format!("{n} message(s) to {topic} were not delivered").into()),
+    }
 }
 
 /// Sends `n` records stamped `t(i)` to `topic`, spread over its partitions; `rate` per
 /// second, or as fast as the producer goes (`None`).
 fn send(
-    p: &BaseProducer,
+    p: &CountingProducer,
     topic: &str,
     n: u64,
     rate: Option<f64>,
@@ -262,8 +291,7 @@ fn send(
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-    p.flush(Duration::from_secs(60))
-        .map_err(|e| format!("producing to {topic}: {e}").into())
+    flushed(p, topic)
 }
 
 /// The input: `n` records, produced before anything is timed.
@@ -280,10 +308,11 @@ fn ceiling(
     group: &str,
     records: u64,
 ) -> Result<f64, BoxError> {
+    // Timed as the job is: from the clients' creation to their end.
+    let started = Instant::now();
     let consumer: BaseConsumer =
         kafka::consumer_config(&url(brokers, input, Some(group)), group, &[]).create()?;
     let p = producer(brokers)?;
-    let started = Instant::now();
     consumer.subscribe(&[input])?;
     let mut next = [0i64; PARTITIONS as usize];
     let (mut moved, mut last_commit) = (0u64, Instant::now());
@@ -339,8 +368,10 @@ fn ceiling(
             p.poll(Duration::ZERO);
         }
     }
-    p.flush(Duration::from_secs(60))?;
+    flushed(&p, output)?;
     commit(&next, CommitMode::Sync)?;
+    drop(p);
+    drop(consumer);
     Ok(moved as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -359,11 +390,14 @@ fn latency_run(
     let mut config = job_config(cfg, brokers, input, output, group, false);
     config.stop = Some(stop.clone());
     let job = std::thread::spawn(move || crate::enrich::run(config));
-    let seen = Arc::new(AtomicU64::new(0));
+    let (seen, quit) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let watch = {
         let (brokers, output) = (brokers.clone(), output.to_string());
-        let seen = seen.clone();
-        std::thread::spawn(move || watch_output(&brokers, &output, n, clock, &seen))
+        let (seen, quit) = (seen.clone(), quit.clone());
+        std::thread::spawn(move || watch_output(&brokers, &output, n, clock, &seen, &quit))
     };
     let ready = wait_for_assignment(brokers, input, group, &job);
     let produced = ready.and_then(|()| {
@@ -373,21 +407,22 @@ fn latency_run(
             clock.elapsed().as_nanos() as u64
         })
     });
-    let seen = match &produced {
-        Ok(()) => watch.join().expect("the output reader"),
-        Err(_) => Err("not produced".into()),
-    };
+    if produced.is_err() {
+        quit.store(true, Ordering::Relaxed);
+    }
+    let seen = watch.join().expect("the output reader");
     stop.store(true, Ordering::Relaxed);
     let ran = job.join().expect("the job thread");
-    produced?;
+    // The job's own failure first: it explains a failure to produce or to see outputs.
     ran?;
+    produced?;
     seen
 }
 
 /// Sends the unstamped warm-up messages and waits until they are all read at the end of
 /// the path: the producer's start (its idempotent id, connections) and a job's first
 /// fetches are not what is measured.
-fn warm_up(p: &BaseProducer, topic: &str, seen: &AtomicU64) -> Result<(), BoxError> {
+fn warm_up(p: &CountingProducer, topic: &str, seen: &AtomicU64) -> Result<(), BoxError> {
     send(p, topic, WARM_UP, None, || 0)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.load(Ordering::Relaxed) < WARM_UP {
@@ -403,18 +438,27 @@ fn warm_up(p: &BaseProducer, topic: &str, seen: &AtomicU64) -> Result<(), BoxErr
 /// warm-up) and read from it with the job's consumer settings, no job between.
 fn raw_hop(brokers: &KafkaUrl, topic: &str, rate: f64, n: u64) -> Result<Histogram<u64>, BoxError> {
     let clock = Instant::now();
-    let seen = Arc::new(AtomicU64::new(0));
+    let (seen, quit) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let watch = {
         let (brokers, topic) = (brokers.clone(), topic.to_string());
-        let seen = seen.clone();
-        std::thread::spawn(move || watch_output(&brokers, &topic, n, clock, &seen))
+        let (seen, quit) = (seen.clone(), quit.clone());
+        std::thread::spawn(move || watch_output(&brokers, &topic, n, clock, &seen, &quit))
     };
-    let p = producer(brokers)?;
-    warm_up(&p, topic, &seen)?;
-    send(&p, topic, n, Some(rate), || {
-        clock.elapsed().as_nanos() as u64
-    })?;
-    watch.join().expect("the hop's reader")
+    let sent = producer(brokers).and_then(|p| {
+        warm_up(&p, topic, &seen)?;
+        send(&p, topic, n, Some(rate), || {
+            clock.elapsed().as_nanos() as u64
+        })
+    });
+    if sent.is_err() {
+        quit.store(true, Ordering::Relaxed);
+    }
+    let read = watch.join().expect("the hop's reader");
+    sent?;
+    read
 }
 
 /// Waits until the job set up every partition of `input` (a partition new to the group is
@@ -460,6 +504,7 @@ fn watch_output(
     n: u64,
     clock: Instant,
     seen: &AtomicU64,
+    quit: &AtomicBool,
 ) -> Result<Histogram<u64>, BoxError> {
     // The job's consumer settings (its fetch wait): what a reader of the output sees.
     let consumer: BaseConsumer =
@@ -473,6 +518,9 @@ fn watch_output(
     let mut h = crate::metrics::latency_histogram();
     let deadline = Instant::now() + Duration::from_secs(120);
     while seen.load(Ordering::Relaxed) < n + WARM_UP {
+        if quit.load(Ordering::Relaxed) {
+            return Err("stopped: nothing more is sent".into());
+        }
         if Instant::now() > deadline {
             return Err(format!("only {} of {n} messages reached the output", h.len()).into());
         }

@@ -341,9 +341,13 @@ pub fn safe_start(
     target: i64,
     end: Option<i64>,
 ) -> Result<i64, KafkaConnError> {
-    // At the partition's start a fetch starts at its first batch: nothing to probe.
-    if target <= watermarks(client, topic, partition)?.0 {
-        return Ok(target);
+    // At (or before) the partition's start a fetch starts at its first batch: nothing to
+    // probe. Before it (retention removed the messages), the start itself: an offset that
+    // no longer exists would make librdkafka reset the position by `auto.offset.reset`,
+    // to the end with `start=latest`, skipping what the partition still holds.
+    let low = watermarks(client, topic, partition)?.0;
+    if target <= low {
+        return Ok(low);
     }
     let end = match end {
         Some(e) => e,

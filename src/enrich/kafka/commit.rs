@@ -28,9 +28,10 @@ use crate::enrich::EnrichError;
 /// How often the writer publishes what may be committed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
-/// One output in this many of an assignment carries a progress mark (its first one does):
-/// a read-back then reads at most this many outputs more to find one, and the others save
-/// librdkafka and the broker a header.
+/// One output in this many of an assignment carries a progress mark (so does its first one,
+/// and the first after each publication, every [`PUBLISH_EVERY`]): a read-back then finds
+/// one within this many outputs of the partition or 50 ms of its outputs, and the others
+/// save librdkafka and the broker a header.
 const MARK_EVERY: u32 = 64;
 
 /// One in this many messages has its produce latency measured.
@@ -208,6 +209,7 @@ impl KafkaCommitter {
         self.apply_control();
         let taken = self.take_deliveries();
         self.publish();
+        self.publish_latency();
         {
             let mut p = self.shared.progress.lock().expect("progress");
             p.writer_finished = true;
@@ -493,7 +495,10 @@ impl KafkaCommitter {
     fn publish(&mut self) {
         let mut p = self.shared.progress.lock().expect("progress");
         for (&key, &i) in &self.current {
-            let s = &self.slots[i];
+            let s = &mut self.slots[i];
+            // The next output after each publication carries a mark too: a quiet partition
+            // sharing its output partition with busy ones still has a recent mark there.
+            s.since_mark = 0;
             p.slots.insert(
                 key,
                 Published {
@@ -504,14 +509,18 @@ impl KafkaCommitter {
         }
         drop(p);
         self.shared.changed.notify_all();
-        if let Some(live) = &self.shared.live {
-            if self.live_at.elapsed() >= crate::metrics::live::PUBLISH_EVERY {
-                self.live_at = Instant::now();
-                live.kafka(&self.plan.group).store_produce_latency(
-                    &crate::metrics::live::LatencyBuckets::of(&self.latency),
-                );
-            }
+        if self.live_at.elapsed() >= crate::metrics::live::PUBLISH_EVERY {
+            self.publish_latency();
         }
         self.published_at = Instant::now();
+    }
+
+    /// `--metrics`: publishes the produce latency.
+    fn publish_latency(&mut self) {
+        if let Some(live) = &self.shared.live {
+            self.live_at = Instant::now();
+            live.kafka(&self.plan.group)
+                .store_produce_latency(&crate::metrics::live::LatencyBuckets::of(&self.latency));
+        }
     }
 }

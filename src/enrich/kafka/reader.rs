@@ -33,6 +33,9 @@ use crate::queue::BatchSender;
 /// How often what the writer published is committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
+/// Most partitions set up at once (each with two clients of its own).
+const PARALLEL_SETUPS: usize = 4;
+
 /// How often `--until caught-up` asks the group's committed offsets (one small request).
 const WATCH_EVERY: Duration = Duration::from_millis(50);
 
@@ -121,10 +124,13 @@ impl ConsumerContext for Ctx {
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::types::RDKafkaRespErr as E;
-        self.shared
-            .counters
-            .rebalances
-            .fetch_add(1, Ordering::Relaxed);
+        if err == E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            // One rebalance is a revoke and an assignment: counted once.
+            self.shared
+                .counters
+                .rebalances
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let result = match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -359,7 +365,8 @@ impl Ctx {
             ends[which] = end;
             let mut pos = end;
             // Marks at or below the committed offset sit within the last commit interval's
-            // outputs: a small first step finds them in the common case.
+            // outputs (one output of the partition in 64 carries one, and the first after
+            // each publication): a small first step finds them in the common case.
             let mut step = 256i64;
             while bound.is_none() && pos > low {
                 let from = (pos - step).max(low);
@@ -710,18 +717,13 @@ impl Reader<'_> {
     }
 
     fn pending_setups(&self) -> bool {
-        !self
-            .ctx()
-            .state
-            .lock()
-            .expect("assignments")
-            .pending
-            .is_empty()
+        self.ctx().has_pending.load(Ordering::Acquire)
     }
 
-    /// Sets up every partition assigned and not set up yet, each on a thread of its own
-    /// (a set-up waits on the brokers several times: one at a time, four partitions took a
-    /// second). Returns the partitions set up.
+    /// Sets up partitions assigned and not set up yet, up to [`PARALLEL_SETUPS`] at once,
+    /// each on a thread of its own with its own clients (a set-up waits on the brokers
+    /// several times: one at a time, four partitions took a second). The loop comes back
+    /// for the rest after a poll. Returns the partitions set up.
     fn set_up_pending(&mut self) -> Result<Vec<(u8, i32)>, EnrichError> {
         let consumer = self.consumer;
         let ctx = consumer.context();
@@ -732,7 +734,8 @@ impl Reader<'_> {
                 sync_slots(&mut self.slots, &st.slots);
                 return Ok(Vec::new());
             }
-            std::mem::take(&mut st.pending)
+            let n = st.pending.len().min(PARALLEL_SETUPS);
+            st.pending.drain(..n).collect::<Vec<_>>()
         };
         let mut probes = {
             let mut pool = ctx.probes.lock().expect("probes");
@@ -755,16 +758,14 @@ impl Reader<'_> {
                 .map(|h| h.join().unwrap_or_else(|_| Err("a set-up panicked".into())))
                 .collect()
         });
-        // One pair stays for the next rebalance; the others end in the background (~40 ms
-        // per client).
-        let mut pool = ctx.probes.lock().expect("probes");
-        pool.extend(probes);
-        let keep = pool.len().min(1);
-        let extra = pool.split_off(keep);
-        drop(pool);
-        if !extra.is_empty() {
-            std::thread::spawn(move || drop(extra));
-        }
+        // The clients stay for the next set-ups (at most PARALLEL_SETUPS pairs).
+        ctx.probes.lock().expect("probes").extend(probes);
+        // What did get set up is the reader's before any failure is reported, so that the
+        // final commit covers it.
+        sync_slots(
+            &mut self.slots,
+            &ctx.state.lock().expect("assignments").slots,
+        );
         for ((topic, p, _), result) in pending.iter().zip(results) {
             result.map_err(|e| {
                 EnrichError::Kafka(format!(
@@ -773,8 +774,6 @@ impl Reader<'_> {
                 ))
             })?;
         }
-        let st = ctx.state.lock().expect("assignments");
-        sync_slots(&mut self.slots, &st.slots);
         Ok(pending
             .iter()
             .map(|(topic, p, _)| (ctx.topic_index(topic).expect("an input"), *p))

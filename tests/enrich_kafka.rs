@@ -10,7 +10,6 @@ mod job_support;
 mod tier;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::kafka::Read;
@@ -401,9 +400,11 @@ fn wait_for_outputs(
     let c = broker.plain_consumer();
     let started = Instant::now();
     loop {
-        let total: i64 = (0..partitions)
-            .map(|p| ringwait::connect::kafka::true_end(&c, topic, p).unwrap_or(0))
-            .sum();
+        // All the partitions' ends in one fetch: a check that waits for each in turn can
+        // see the first output only after a loaded machine's job has finished.
+        let parts: Vec<(&str, i32)> = (0..partitions).map(|p| (topic, p)).collect();
+        let total: i64 =
+            ringwait::connect::kafka::true_ends(&c, &parts).map_or(0, |ends| ends.iter().sum());
         if total >= n {
             return;
         }
@@ -431,12 +432,7 @@ fn a_stopped_job_shows_its_metrics_commits_and_the_next_run_goes_on() {
         "out",
         &["--capacity", "64", "--metrics", &metrics],
     );
-    let mut job = job_support::bin()
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut job = job_support::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_for_outputs(&broker, "out", 4, 500, &mut job);
     let addr: std::net::SocketAddr = metrics.parse().unwrap();
     let started = Instant::now();
@@ -498,20 +494,15 @@ fn a_broker_that_stalls_mid_run_is_waited_for_and_nothing_is_lost() {
             "64",
         ],
     );
-    let mut job = job_support::bin()
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut job = job_support::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_for_outputs(&broker, "out", 4, 1, &mut job);
     broker.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(6));
     broker.signal(libc::SIGCONT);
-    assert!(
-        job.try_wait().unwrap().is_none(),
-        "the job ended while the broker stalled"
-    );
+    if let Some(status) = job.try_wait().unwrap() {
+        let err = job_support::stderr_of(&mut job);
+        panic!("the job ended ({status}) while the broker stalled:\n{err}");
+    }
     let status = job_support::wait_at_most(&mut job, Duration::from_secs(180));
     let err = job_support::stderr_of(&mut job);
     assert!(status.success(), "{err}");
@@ -531,12 +522,7 @@ fn a_broker_gone_for_good_stops_the_job_with_one_clear_line_in_bounded_time() {
     broker.create_topic("out", 4);
     broker.produce("in", &messages(40_000, 4));
     let args = job_args(&broker, "in?group=g", "out", &["--capacity", "64"]);
-    let mut job = job_support::bin()
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut job = job_support::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_for_outputs(&broker, "out", 4, 500, &mut job);
     broker.kill();
     let killed = Instant::now();

@@ -268,14 +268,7 @@ fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
             let redis = args.redis_options()?.redis.ok_or(
                 "stream: give --redis redis://HOST:PORT, a Redis server with streams (the built-in store has none)",
             )?;
-            let run = super::stream::run_stream(cfg, &redis)?;
-            Ok(Measured {
-                result: run.result,
-                latency: run.latency,
-                verified: None,
-                extra_lines: run.lines,
-                extra_series: Vec::new(),
-            })
+            Ok(super::stream::run_stream(cfg, &redis)?.into())
         }
         #[cfg(feature = "kafka")]
         Workload::Kafka => {
@@ -283,14 +276,7 @@ fn measure(cfg: &BenchConfig, args: &PerfArgs) -> Result<Measured, BoxError> {
                 .kafka
                 .as_deref()
                 .ok_or("kafka: give --kafka HOST:PORT, a Kafka broker")?;
-            let run = super::kafka::run_kafka(cfg, brokers)?;
-            Ok(Measured {
-                result: run.result,
-                latency: run.latency,
-                verified: None,
-                extra_lines: run.lines,
-                extra_series: Vec::new(),
-            })
+            Ok(super::kafka::run_kafka(cfg, brokers)?.into())
         }
         #[cfg(not(feature = "kafka"))]
         Workload::Kafka => {

@@ -28,26 +28,16 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::connect::kafka::{self, KafkaStart, KafkaUrl};
-use crate::enrich::{EnrichConfig, Input, Lookup, Output, StreamOptions};
+use crate::enrich::{EnrichConfig, Input, Output, StreamOptions};
 use crate::source::BoxError;
 
-use super::{BenchConfig, BenchResult};
+use super::{BenchConfig, BenchResult, JobRun};
 
 /// Messages sent before the latency run's stamped ones (and not measured).
 const WARM_UP: u64 = 1_000;
 
 /// Partitions of every topic the workload creates.
 const PARTITIONS: i32 = 4;
-
-/// What one kafka run measured.
-pub struct KafkaRun {
-    /// The job's throughput line (and its end-to-end latency at 10% of its rate).
-    pub result: BenchResult,
-    /// End-to-end latencies (ns) at 10% of the job's rate.
-    pub latency: Histogram<u64>,
-    /// The ceiling's line, the ratio, and the latency run's line.
-    pub lines: Vec<String>,
-}
 
 /// The run's topics: created at the start, deleted at the end (also when it fails).
 struct Topics {
@@ -110,7 +100,7 @@ impl Drop for Topics {
 }
 
 /// Runs the three parts against the brokers `bootstrap` with `cfg.records` messages.
-pub fn run_kafka(cfg: &BenchConfig, bootstrap: &str) -> Result<KafkaRun, BoxError> {
+pub fn run_kafka(cfg: &BenchConfig, bootstrap: &str) -> Result<JobRun, BoxError> {
     let records = cfg.records.max(1);
     let brokers = KafkaUrl {
         brokers: bootstrap.split(',').map(str::to_string).collect(),
@@ -179,7 +169,7 @@ pub fn run_kafka(cfg: &BenchConfig, bootstrap: &str) -> Result<KafkaRun, BoxErro
             hop.value_at_quantile(0.99) as f64 / 1e3,
         ),
     ];
-    Ok(KafkaRun {
+    Ok(JobRun {
         result,
         latency,
         lines,
@@ -202,21 +192,15 @@ fn job_config(
     group: &str,
     until: bool,
 ) -> EnrichConfig {
-    EnrichConfig {
-        input: Input::Kafka(Box::new(url(brokers, input, Some(group)))),
-        output: Output::Kafka(Box::new(url(brokers, output, None))),
-        lookup: Lookup::Builtin { keys: 1_000_000 },
-        mode: cfg.mode,
-        capacity: cfg.capacity,
-        partitions: Some(cfg.partitions),
-        progress: false,
-        pin: false,
-        stream: StreamOptions {
+    super::enrich_job(
+        cfg,
+        Input::Kafka(Box::new(url(brokers, input, Some(group)))),
+        Output::Kafka(Box::new(url(brokers, output, None))),
+        StreamOptions {
             until_caught_up: until,
             ..StreamOptions::default()
         },
-        ..EnrichConfig::default()
-    }
+    )
 }
 
 /// Counts the deliveries that failed (librdkafka's `flush` returns Ok all the same).
@@ -390,15 +374,7 @@ fn latency_run(
     let mut config = job_config(cfg, brokers, input, output, group, false);
     config.stop = Some(stop.clone());
     let job = std::thread::spawn(move || crate::enrich::run(config));
-    let (seen, quit) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let watch = {
-        let (brokers, output) = (brokers.clone(), output.to_string());
-        let (seen, quit) = (seen.clone(), quit.clone());
-        std::thread::spawn(move || watch_output(&brokers, &output, n, clock, &seen, &quit))
-    };
+    let (watch, seen, quit) = spawn_watch(brokers, output, n, clock);
     let ready = wait_for_assignment(brokers, input, group, &job);
     let produced = ready.and_then(|()| {
         let p = producer(brokers)?;
@@ -438,15 +414,7 @@ fn warm_up(p: &CountingProducer, topic: &str, seen: &AtomicU64) -> Result<(), Bo
 /// warm-up) and read from it with the job's consumer settings, no job between.
 fn raw_hop(brokers: &KafkaUrl, topic: &str, rate: f64, n: u64) -> Result<Histogram<u64>, BoxError> {
     let clock = Instant::now();
-    let (seen, quit) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let watch = {
-        let (brokers, topic) = (brokers.clone(), topic.to_string());
-        let (seen, quit) = (seen.clone(), quit.clone());
-        std::thread::spawn(move || watch_output(&brokers, &topic, n, clock, &seen, &quit))
-    };
+    let (watch, seen, quit) = spawn_watch(brokers, topic, n, clock);
     let sent = producer(brokers).and_then(|p| {
         warm_up(&p, topic, &seen)?;
         send(&p, topic, n, Some(rate), || {
@@ -494,6 +462,29 @@ fn wait_for_assignment(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A reader of the output (see [`watch_output`]) on a thread of its own, with how many
+/// messages it saw and the flag that stops it.
+#[allow(clippy::type_complexity)]
+fn spawn_watch(
+    brokers: &KafkaUrl,
+    output: &str,
+    n: u64,
+    clock: Instant,
+) -> (
+    std::thread::JoinHandle<Result<Histogram<u64>, BoxError>>,
+    Arc<AtomicU64>,
+    Arc<AtomicBool>,
+) {
+    let (seen, quit) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (brokers, output) = (brokers.clone(), output.to_string());
+    let (s, q) = (seen.clone(), quit.clone());
+    let watch = std::thread::spawn(move || watch_output(&brokers, &output, n, clock, &s, &q));
+    (watch, seen, quit)
 }
 
 /// Reads `output` as messages arrive until `n` did; each message's latency is now minus its

@@ -25,6 +25,39 @@ use crate::config::OrderMode;
 use crate::metrics::OperatorMetrics;
 use crate::runtime::RunReport;
 
+/// What a log → enrich → log workload (stream, kafka) measured: the job against its
+/// ceiling in the same run, and its end-to-end latency at 10% of its rate.
+pub struct JobRun {
+    /// The job's throughput line (and its end-to-end latency at 10% of its rate).
+    pub result: BenchResult,
+    /// End-to-end latencies (ns) at 10% of the job's rate.
+    pub latency: hdrhistogram::Histogram<u64>,
+    /// The ceiling's line, the ratio, and the latency run's lines.
+    pub lines: Vec<String>,
+}
+
+/// The `enrich` job those workloads run: `input` → built-in lookup → `output`, with the
+/// benchmark's mode, capacity and partitions, unpinned and quiet.
+fn enrich_job(
+    cfg: &BenchConfig,
+    input: crate::enrich::Input,
+    output: crate::enrich::Output,
+    stream: crate::enrich::StreamOptions,
+) -> crate::enrich::EnrichConfig {
+    crate::enrich::EnrichConfig {
+        input,
+        output,
+        lookup: crate::enrich::Lookup::Builtin { keys: 1_000_000 },
+        mode: cfg.mode,
+        capacity: cfg.capacity,
+        partitions: Some(cfg.partitions),
+        progress: false,
+        pin: false,
+        stream,
+        ..crate::enrich::EnrichConfig::default()
+    }
+}
+
 /// Which workload.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Workload {

@@ -297,6 +297,18 @@ pub struct Measured {
     pub extra_series: Vec<(String, Histogram<u64>)>,
 }
 
+impl From<super::JobRun> for Measured {
+    fn from(run: super::JobRun) -> Measured {
+        Measured {
+            result: run.result,
+            latency: run.latency,
+            verified: None,
+            extra_lines: run.lines,
+            extra_series: Vec::new(),
+        }
+    }
+}
+
 /// Runs the redis workload against `addr`.
 pub fn redis_report(
     cfg: &BenchConfig,

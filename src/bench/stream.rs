@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::connect::redis_stream::{BlockingConn, GroupStart, StreamUrl};
-use crate::enrich::{EnrichConfig, Input, Lookup, Output, StreamOptions};
+use crate::enrich::{EnrichConfig, Input, Output, StreamOptions};
 use crate::lookup::RedisUrl;
 use crate::resp::{encode_command, Frame, OwnedFrame};
 use crate::source::BoxError;
 
-use super::{BenchConfig, BenchResult};
+use super::{BenchConfig, BenchResult, JobRun};
 
 /// Keys of the stream workload (deleted before and after).
 const IN: &str = "ringwait-bench:in";
@@ -36,18 +36,8 @@ const LAT_OUT: &str = "ringwait-bench:latency-out";
 /// Entries per read (and per commit, for the job).
 const BATCH: usize = 1024;
 
-/// What one stream run measured.
-pub struct StreamRun {
-    /// The job's throughput line (and its end-to-end latency at 10% of its rate).
-    pub result: BenchResult,
-    /// End-to-end latencies (ns) at 10% of the job's rate.
-    pub latency: Histogram<u64>,
-    /// The ceiling's line, the ratio, and the latency run's line.
-    pub lines: Vec<String>,
-}
-
 /// Runs the three parts against `redis` with `cfg.records` entries.
-pub fn run_stream(cfg: &BenchConfig, redis: &RedisUrl) -> Result<StreamRun, BoxError> {
+pub fn run_stream(cfg: &BenchConfig, redis: &RedisUrl) -> Result<JobRun, BoxError> {
     let records = cfg.records.max(1);
     let mut conn = BlockingConn::open(redis, Duration::from_secs(2))?;
     clear(&mut conn)?;
@@ -84,7 +74,7 @@ pub fn run_stream(cfg: &BenchConfig, redis: &RedisUrl) -> Result<StreamRun, BoxE
             result.max_us
         ),
     ];
-    Ok(StreamRun {
+    Ok(JobRun {
         result,
         latency,
         lines,
@@ -107,22 +97,16 @@ fn job_config(
         start: GroupStart::Beginning,
         maxlen: None,
     };
-    EnrichConfig {
-        input: Input::RedisStream(Box::new(url(input, Some(group)))),
-        output: Output::RedisStream(Box::new(url(output, None))),
-        lookup: Lookup::Builtin { keys: 1_000_000 },
-        mode: cfg.mode,
-        capacity: cfg.capacity,
-        partitions: Some(cfg.partitions),
-        progress: false,
-        pin: false,
-        stream: StreamOptions {
+    super::enrich_job(
+        cfg,
+        Input::RedisStream(Box::new(url(input, Some(group)))),
+        Output::RedisStream(Box::new(url(output, None))),
+        StreamOptions {
             until_caught_up: until,
             batch: BATCH,
             ..StreamOptions::default()
         },
-        ..EnrichConfig::default()
-    }
+    )
 }
 
 /// Deletes the workload's keys.

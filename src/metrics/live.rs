@@ -553,15 +553,45 @@ fn encode_buckets(
     metric.encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count, &buckets, None)
 }
 
+/// Counter families of one series each, all with `labels`: (name, help, value).
+fn encode_counters(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    labels: &[(&str, String)],
+    counters: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::NoLabelSet;
+    use prometheus_client::metrics::MetricType;
+    for (name, help, v) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(v, None)?;
+    }
+    Ok(())
+}
+
+/// A histogram family (seconds) of one series with `labels`.
+fn encode_histogram(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    labels: &[(&str, String)],
+    name: &str,
+    help: &str,
+    h: &LatencyBuckets,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    use prometheus_client::registry::Unit;
+    let mut family =
+        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    encode_buckets(family.encode_family(&labels)?, h)
+}
+
 /// A stream job's families, labelled with the consumer.
 fn encode_stream(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder,
     consumer: &str,
     s: &StreamSample,
 ) -> Result<(), std::fmt::Error> {
-    use prometheus_client::encoding::NoLabelSet;
     use prometheus_client::metrics::MetricType;
-    use prometheus_client::registry::Unit;
     let labels = [("consumer", consumer.to_string())];
     let counters = [
         (
@@ -585,12 +615,7 @@ fn encode_stream(
             s.duplicates,
         ),
     ];
-    for (name, help, v) in counters {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        family
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-    }
+    encode_counters(encoder, &labels, &counters)?;
     let mut family = encoder.encode_descriptor(
         "ringwait_stream_group_lag",
         "Entries in the input streams not yet delivered to any consumer of the group.",
@@ -598,13 +623,13 @@ fn encode_stream(
         MetricType::Gauge,
     )?;
     family.encode_family(&labels)?.encode_gauge(&s.lag)?;
-    let mut family = encoder.encode_descriptor(
+    encode_histogram(
+        encoder,
+        &labels,
         "ringwait_stream_commit",
         "Round trip of a commit: one script adding a batch's outputs and its progress.",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
+        &s.commit_latency,
     )?;
-    encode_buckets(family.encode_family(&labels)?, &s.commit_latency)?;
     Ok(())
 }
 
@@ -614,9 +639,7 @@ fn encode_kafka(
     group: &str,
     s: &KafkaSample,
 ) -> Result<(), std::fmt::Error> {
-    use prometheus_client::encoding::NoLabelSet;
     use prometheus_client::metrics::MetricType;
-    use prometheus_client::registry::Unit;
     let labels = [("group", group.to_string())];
     let c = &s.counts;
     let counters = [
@@ -642,12 +665,7 @@ fn encode_kafka(
             c.failed_commits,
         ),
     ];
-    for (name, help, v) in counters {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        family
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-    }
+    encode_counters(encoder, &labels, &counters)?;
     let mut family = encoder.encode_descriptor(
         "ringwait_kafka_lag",
         "Messages of an owned input partition not yet committed: its end, as the last fetch saw it, minus the committed offset.",
@@ -662,13 +680,13 @@ fn encode_kafka(
         ];
         family.encode_family(&labels)?.encode_gauge(lag)?;
     }
-    let mut family = encoder.encode_descriptor(
+    encode_histogram(
+        encoder,
+        &labels,
         "ringwait_kafka_produce",
         "Produce latency: from the send of an output to its delivery report (one message in 64).",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
+        &s.produce_latency,
     )?;
-    encode_buckets(family.encode_family(&labels)?, &s.produce_latency)?;
     Ok(())
 }
 

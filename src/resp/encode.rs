@@ -1,7 +1,7 @@
 //! Allocation-free RESP2 encoding into caller-provided buffers.
 
 /// Formats `n` in decimal into the end of `buf`; returns the start of the digits.
-fn format_i64(n: i64, buf: &mut [u8; 20]) -> usize {
+pub(crate) fn format_i64(n: i64, buf: &mut [u8; 20]) -> usize {
     let mut pos = buf.len();
     let mut v = n.unsigned_abs();
     loop {

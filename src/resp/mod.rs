@@ -39,7 +39,7 @@
 //! assert_eq!(args, [&b"GET"[..], &b"k:1"[..]]);
 //! ```
 
-mod encode;
+pub(crate) mod encode;
 mod error;
 mod owned;
 mod parse;

@@ -374,11 +374,12 @@ impl KafkaCounters {
 
     /// A snapshot for the summary.
     pub fn stats(&self) -> KafkaStats {
+        let c = self.counts();
         KafkaStats {
-            read: self.read.load(Ordering::Relaxed),
-            delivered: self.delivered.load(Ordering::Relaxed),
-            landed_before: self.landed_before.load(Ordering::Relaxed),
-            rebalances: self.rebalances.load(Ordering::Relaxed),
+            read: c.read,
+            delivered: c.delivered,
+            landed_before: c.landed_before,
+            rebalances: c.rebalances,
             lag: self.lag.lock().expect("lag").clone(),
             produce_latency: self
                 .produce_latency

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use common::redis::{call, pipeline, RedisServer};
 use job_support::{crash_seed, kill_and_restart, log_of, ringwait, stderr, Rng};
-use ringwait::connect::redis_stream::EntryId;
+use ringwait::connect::redis_stream::{
+    BlockingConn, CommitBatch, CommitMode, CommitRecord, CommitTarget, EntryId, Kind,
+    StreamConnError,
+};
 use ringwait::resp::OwnedFrame;
 
 const KEYS: u64 = 500;
@@ -616,6 +619,7 @@ fn a_stopped_stream_job_commits_what_it_took_and_the_next_run_goes_on() {
         "ringwait_stream_read_total{consumer=\"c1\"}",
         "ringwait_stream_claimed_total{consumer=\"c1\"}",
         "ringwait_stream_duplicates_total{consumer=\"c1\"}",
+        "ringwait_stream_unverified_total{consumer=\"c1\"} 0",
         "ringwait_stream_group_lag{consumer=\"c1\"}",
         "ringwait_stream_commit_seconds_count{consumer=\"c1\"}",
     ] {
@@ -667,31 +671,63 @@ fn the_stream_benchmark_reports_the_job_against_the_servers_ceiling() {
 
 /// `EVAL` of the commit script with one output key, one input stream and these records
 /// (tag, id, payload...).
-fn commit(addr: SocketAddr, mode: &str, progress: &str, records: &[&[u8]]) -> OwnedFrame {
-    let script = ringwait::enrich::COMMIT_SCRIPT.as_bytes();
-    let mut args: Vec<&[u8]> = vec![b"EVAL", script];
-    if mode == "a" {
-        args.extend([&b"4"[..], b"out", b"out", b"out", b"in"]);
-    } else {
-        args.extend([&b"3"[..], b"out", b"out", progress.as_bytes()]);
+/// One record for [`commit`]: (kind, entry id, data, error).
+type Rec<'a> = (Kind, &'a [u8], &'a [u8], &'a str);
+
+/// Runs the commit script for `records` of input `in`, group `g`, to `out`: in ack mode
+/// (`progress` `None`) or progress mode; the entries read fresh at claim fence `fence`
+/// (`None`: not fresh). Its raw reply.
+fn commit(
+    addr: SocketAddr,
+    progress: Option<&str>,
+    records: &[Rec<'_>],
+    fence: Option<u64>,
+) -> OwnedFrame {
+    let target = CommitTarget {
+        output: "out".into(),
+        side: None,
+        maxlen: None,
+        inputs: vec!["in".into()],
+        group: "g".into(),
+        consumer: "c".into(),
+        mode: match progress {
+            None => CommitMode::Ack,
+            Some(key) => CommitMode::Progress(key.into()),
+        },
+    };
+    let mut batch = CommitBatch::default();
+    for &(kind, id, data, error) in records {
+        let record = CommitRecord {
+            stream: 0,
+            id,
+            kind,
+            data,
+            error,
+            fence,
+        };
+        batch.add(&target, record);
     }
-    args.extend([
-        &b"g"[..],
-        b"0",
-        mode.as_bytes(),
-        b"1000",
-        b"0",
-        b"1",
-        b"in",
-        b"c",
-    ]);
-    args.extend_from_slice(records);
-    call(addr, &args).unwrap()
+    let url: ringwait::lookup::RedisUrl = format!("redis://{addr}").parse().unwrap();
+    let mut conn = BlockingConn::open(&url, Duration::from_secs(2)).unwrap();
+    conn.send(&batch.take(&target).eval).unwrap();
+    match conn.reply(|f| Ok(OwnedFrame::from(f))) {
+        Ok(frame) => frame,
+        Err(StreamConnError::Server { message, .. }) => OwnedFrame::Error(message.into_bytes()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn counts(c: i64, d: i64, u: i64) -> OwnedFrame {
+    OwnedFrame::Array(vec![
+        OwnedFrame::Integer(c),
+        OwnedFrame::Integer(d),
+        OwnedFrame::Integer(u),
+    ])
 }
 
 #[test]
 fn the_commit_script_adds_an_entrys_output_once_however_often_it_is_committed() {
-    for mode in ["a", "p"] {
+    for progress in [None, Some("prog")] {
         let redis = RedisServer::start();
         let addr = redis.addr();
         let ids = xadd(addr, "in", &[b"{}".to_vec(), b"{}".to_vec()]);
@@ -702,34 +738,30 @@ fn the_commit_script_adds_an_entrys_output_once_however_often_it_is_committed() 
         )
         .unwrap();
         let (a, b) = (ids[0].as_bytes(), ids[1].as_bytes());
-        let counts = |c: i64, d: i64| {
-            OwnedFrame::Array(vec![OwnedFrame::Integer(c), OwnedFrame::Integer(d)])
-        };
         // The same entry twice in one batch, then the whole batch again (a resend after a
         // lost reply), then a batch with the other entry: one output each.
-        let batch: [&[u8]; 6] = [b"d1", a, b"x", b"d1", a, b"x"];
+        let batch = [(Kind::Data, a, &b"x"[..], ""), (Kind::Data, a, b"x", "")];
         assert_eq!(
-            commit(addr, mode, "prog", &batch),
-            counts(1, 1),
-            "mode {mode}"
+            commit(addr, progress, &batch, None),
+            counts(1, 1, 0),
+            "{progress:?}"
         );
         assert_eq!(
-            commit(addr, mode, "prog", &batch),
-            counts(0, 2),
-            "mode {mode}"
+            commit(addr, progress, &batch, None),
+            counts(0, 2, 0),
+            "{progress:?}"
         );
-        assert_eq!(
-            commit(addr, mode, "prog", &[b"e1", b, b"raw", b"why"]),
-            counts(1, 0)
-        );
+        let failed = [(Kind::Error, b, &b"raw"[..], "why")];
+        assert_eq!(commit(addr, progress, &failed, None), counts(1, 0, 0));
         let out = entries(addr, "out");
-        assert_eq!(out.len(), 2, "mode {mode}: {out:?}");
+        assert_eq!(out.len(), 2, "{progress:?}: {out:?}");
         assert_eq!(
             (&out[0].1["data"][..], &out[0].1["src"][..]),
             (&b"x"[..], a)
         );
         assert_eq!(&out[1].1["error"][..], b"why");
-        if mode == "a" {
+        assert_eq!(&out[1].1["data"][..], b"raw");
+        if progress.is_none() {
             assert_eq!(pending(addr, "in", "g"), 0, "ack mode acknowledges");
         } else {
             assert_eq!(
@@ -744,12 +776,56 @@ fn the_commit_script_adds_an_entrys_output_once_however_often_it_is_committed() 
         }
         // A key of the wrong type stops the batch before anything is written.
         call(addr, &[b"SET", b"out", b"x"]).unwrap();
-        let e = commit(addr, mode, "prog", &[b"d1", a, b"x"]);
+        let e = commit(addr, progress, &[(Kind::Data, a, b"x", "")], None);
         assert!(
             matches!(&e, OwnedFrame::Error(m) if m.starts_with(b"WRONGTYPE")),
             "{e:?}"
         );
     }
+}
+
+/// The one-`XACK` path: taken only while the claim fence holds the value the batch's
+/// entries were read at. A batch sent twice adds nothing the second time; a batch read
+/// before a claim is checked entry by entry.
+#[test]
+fn a_fresh_batch_is_acknowledged_at_once_only_while_no_claim_ran() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let ids = xadd(addr, "in", &vec![b"{}".to_vec(); 4]);
+    call(addr, &[b"XGROUP", b"CREATE", b"in", b"g", b"0"]).unwrap();
+    call(
+        addr,
+        &[b"XREADGROUP", b"GROUP", b"g", b"c", b"STREAMS", b"in", b">"],
+    )
+    .unwrap();
+    let rec = |i: usize| (Kind::Data, ids[i].as_bytes(), &b"x"[..], "");
+    call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
+    assert_eq!(
+        commit(addr, None, &[rec(0), rec(1)], Some(0)),
+        counts(2, 0, 0)
+    );
+    assert_eq!(
+        commit(addr, None, &[rec(0), rec(1)], Some(0)),
+        counts(0, 2, 0)
+    );
+    let stats = call(addr, &[b"INFO", b"commandstats"]).unwrap();
+    let OwnedFrame::Bulk(stats) = stats else {
+        panic!()
+    };
+    let stats = String::from_utf8(stats).unwrap();
+    assert!(
+        stats.contains("cmdstat_xack:calls=2,"),
+        "one XACK per batch: {stats}"
+    );
+    // A claim moved the fence (the claimer committed entry 2): entries 2 and 3 are checked
+    // one by one.
+    call(addr, &[b"INCR", b"{in}:ringwait-claims:g"]).unwrap();
+    call(addr, &[b"XACK", b"in", b"g", ids[2].as_bytes()]).unwrap();
+    assert_eq!(
+        commit(addr, None, &[rec(2), rec(3)], Some(0)),
+        counts(1, 1, 0)
+    );
+    assert_eq!(entries(addr, "out").len(), 3);
 }
 
 #[test]

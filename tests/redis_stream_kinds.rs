@@ -225,3 +225,128 @@ fn a_source_claims_what_a_dead_consumer_held() {
     assert_eq!(distinct.len(), 1000, "every entry, the dead one's included");
     assert!(held.iter().all(|id| distinct.contains(id)));
 }
+
+/// Reads `n` records from `source` (fewer if it ends).
+fn take(source: &mut RedisStreamSource, n: usize) -> Vec<StreamEntry> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match source.next().unwrap() {
+            SourceEvent::Element(ringwait::StreamElement::Record { value, .. }) => got.push(value),
+            SourceEvent::End => break,
+            _ => {
+                source.wait_for_input(Duration::from_millis(10));
+            }
+        }
+    }
+    got
+}
+
+/// Commits `entries` through a sink of its own as `consumer`, in one batch; its stats.
+fn commit_all(
+    input: &StreamUrl,
+    output: &StreamUrl,
+    consumer: &str,
+    entries: &[StreamEntry],
+) -> SinkStats {
+    use ringwait::sink::Sink;
+    let mut sink: RedisStreamSink<(StreamEntry, Vec<u8>)> =
+        RedisStreamSink::open(output, input, consumer, None).unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        sink.accept(ringwait::Emitted::Record {
+            value: (e.clone(), e.payload().unwrap_or_default().to_vec()),
+            timestamp: None,
+            sequence: i as u64,
+        });
+    }
+    sink.finish().unwrap()
+}
+
+/// The claim fence at work. A consumer reads 100 entries and stalls (a zombie); another
+/// claims them and commits half; then the zombie commits all 100. Its batch was read before
+/// the claim, so it is checked entry by entry: the 50 committed already are duplicates, the
+/// others get their output. Without the fence (a claim that did not move it) the zombie's
+/// batch would take the one-`XACK` path and add all 100: 50 duplicated outputs.
+#[test]
+fn a_zombie_committing_after_its_entries_were_claimed_duplicates_nothing() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    xadd(addr, 100);
+    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
+    let mut zombie = RedisStreamSource::open(&input, "zombie", SourceOptions::default()).unwrap();
+    let held = take(&mut zombie, 100);
+    assert_eq!(held.len(), 100);
+    assert!(held.iter().all(|e| e.fence().is_some()), "read fresh");
+    let options = SourceOptions {
+        claim_idle: Duration::from_millis(200),
+        end_when_empty: true,
+        ..SourceOptions::default()
+    };
+    let mut live = RedisStreamSource::open(&input, "live", options).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let claimed = take(&mut live, usize::MAX);
+    assert_eq!(
+        claimed.len(),
+        100,
+        "the live consumer claims the zombie's entries"
+    );
+    assert!(
+        claimed.iter().all(|e| e.fence().is_none()),
+        "claimed, not fresh"
+    );
+    let live_stats = commit_all(&input, &output, "live", &claimed[..50]);
+    assert_eq!((live_stats.committed, live_stats.duplicates), (50, 0));
+
+    let zombie_stats = commit_all(&input, &output, "zombie", &held);
+    assert_eq!(
+        (
+            zombie_stats.committed,
+            zombie_stats.duplicates,
+            zombie_stats.unverified
+        ),
+        (50, 50, 0),
+        "checked entry by entry"
+    );
+    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    assert_eq!(out.len(), 100, "one output per entry, none twice");
+    let OwnedFrame::Array(pending) = call(addr, &[b"XPENDING", b"in", b"g"]).unwrap() else {
+        panic!("XPENDING")
+    };
+    assert_eq!(pending[0], OwnedFrame::Integer(0), "nothing left pending");
+}
+
+/// Entries read fresh and committed while no claim ran go with one `XACK`; sent again (a
+/// reply lost), the batch adds nothing; an entry acknowledged by a client outside ringwait
+/// meanwhile is committed anyway and counted as unverified.
+#[test]
+fn fresh_batches_commit_once_and_outside_acknowledgements_are_counted() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let ids = xadd(addr, 20);
+    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
+    let mut source = RedisStreamSource::open(&input, "c", SourceOptions::default()).unwrap();
+    let got = take(&mut source, 20);
+    let first = commit_all(&input, &output, "c", &got[..10]);
+    assert_eq!(
+        (first.committed, first.duplicates, first.unverified),
+        (10, 0, 0)
+    );
+    let again = commit_all(&input, &output, "c", &got[..10]);
+    assert_eq!(
+        (again.committed, again.duplicates, again.unverified),
+        (0, 10, 0)
+    );
+    call(addr, &[b"XACK", b"in", b"g", &ids[15]]).unwrap();
+    let rest = commit_all(&input, &output, "c", &got[10..]);
+    assert_eq!(
+        (rest.committed, rest.duplicates, rest.unverified),
+        (10, 0, 1)
+    );
+    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    assert_eq!(out.len(), 20);
+}

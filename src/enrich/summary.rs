@@ -139,14 +139,21 @@ fn percentiles(
     )
 }
 
-/// `  stream: consumer C, read N (claimed K), committed M, duplicates D, group lag L; commit
-/// µs: p50 .. p99 ..`
+/// `  stream: consumer C, read N (claimed K), committed M, duplicates D, group lag L[,
+/// unverified U …]; commit µs: p50 .. p99 ..`
 fn stream_line(f: &mut std::fmt::Formatter<'_>, s: &super::StreamStats) -> std::fmt::Result {
     write!(
         f,
         "\n  stream: consumer {}, read {} (claimed {}), committed {}, duplicates {}, group lag {}",
         s.consumer, s.read, s.claimed, s.committed, s.duplicates, s.lag
     )?;
+    if s.unverified > 0 {
+        write!(
+            f,
+            ", unverified {} (acknowledged by a client outside ringwait: possible duplicates)",
+            s.unverified
+        )?;
+    }
     percentiles(f, "commit", &s.commit_latency)
 }
 

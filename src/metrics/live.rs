@@ -241,6 +241,7 @@ pub struct StreamGauges {
     acknowledged: AtomicU64,
     claimed: AtomicU64,
     duplicates: AtomicU64,
+    unverified: AtomicU64,
     lag: AtomicU64,
     commit_latency: HistogramGauges,
 }
@@ -256,6 +257,9 @@ pub struct StreamSample {
     pub claimed: u64,
     /// Entries whose commit found them already committed.
     pub duplicates: u64,
+    /// Entries committed although a client outside ringwait had acknowledged or claimed
+    /// them (possible duplicates).
+    pub unverified: u64,
     /// The group's lag: entries not yet delivered to any consumer.
     pub lag: u64,
     /// Commit round trips.
@@ -269,6 +273,7 @@ impl StreamGauges {
         self.acknowledged.store(s.acknowledged, Ordering::Relaxed);
         self.claimed.store(s.claimed, Ordering::Relaxed);
         self.duplicates.store(s.duplicates, Ordering::Relaxed);
+        self.unverified.store(s.unverified, Ordering::Relaxed);
         self.lag.store(s.lag, Ordering::Relaxed);
         self.commit_latency.store(&s.commit_latency);
     }
@@ -279,6 +284,7 @@ impl StreamGauges {
             acknowledged: self.acknowledged.load(Ordering::Relaxed),
             claimed: self.claimed.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            unverified: self.unverified.load(Ordering::Relaxed),
             lag: self.lag.load(Ordering::Relaxed),
             commit_latency: self.commit_latency.load(),
         }
@@ -396,6 +402,7 @@ impl LiveMetrics {
             acknowledged: AtomicU64::new(0),
             claimed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            unverified: AtomicU64::new(0),
             lag: AtomicU64::new(0),
             commit_latency: HistogramGauges::default(),
         })
@@ -613,6 +620,11 @@ fn encode_stream(
             "ringwait_stream_duplicates",
             "Stream entries whose commit found them already committed (nothing added).",
             s.duplicates,
+        ),
+        (
+            "ringwait_stream_unverified",
+            "Stream entries committed although a client outside ringwait had acknowledged or claimed them (their outputs were added: possible duplicates).",
+            s.unverified,
         ),
     ];
     encode_counters(encoder, &labels, &counters)?;

@@ -16,46 +16,77 @@ pub const PROGRESS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The commit script.
 ///
 /// `KEYS`: output, side stream (the output again when there is none), progress key (the
-/// output again in ack mode), then the input streams (ack mode).
+/// output again in ack mode), the claim fence (ack mode; the output again otherwise), then
+/// the input streams (ack mode).
 /// `ARGV`: group, maxlen (`0`: none), mode (`a` ack, `p` progress), now (ms), trim bound
-/// (ms), the input streams' count `n`, their `n` names, the consumer, then per record a tag
-/// (`d`, `e` or `s`, then the input stream's number from 1) and the entry id, followed by
-/// its output (`d`), or the payload and the error text (`e`), or nothing (`s`: skip).
-/// Returns `{committed, duplicates}`.
+/// (ms), the input streams' count `n`, their `n` names, the consumer, the fence the batch's
+/// entries were read at (empty: not all were read fresh), the records' kinds (one byte each:
+/// `d` output, `e` error entry, `s` skip), their input streams' numbers from 1 (one byte
+/// each; empty with one input), then every record's entry id, then the records' data in
+/// order: the output (`d`), or the payload and the error text (`e`), or nothing (`s`).
+/// Returns `{committed, duplicates, unverified}`.
 ///
 /// The keys' types are checked before anything is written, so a wrong type stops the batch
-/// with nothing of it done (as is a missing group). In ack mode an entry is new when its
-/// `XACK` acknowledges it
-/// (returns 1; `XCLAIM … JUSTID` for the batch cost 2.5 µs of server time per entry, the
-/// `XACK`s 0.6); in progress mode `ZMSCORE` names, for the whole batch, those not in the
-/// progress set, and one `ZADD NX` after the outputs records them. Only new entries get an
-/// output, each once. A batch holds at most [`MAX_BATCH`] records (Lua's `unpack` takes
-/// about 8,000 values).
+/// with nothing of it done (as is a missing group). An entry gets an output only if it is
+/// new, each once:
+///
+/// - **ack mode, fast path**: when no claim ran since the batch's entries were read (the
+///   fence, a counter every claim increments in the same script as its `XAUTOCLAIM`, still
+///   holds the value read just before the entries), every entry is still pending for its
+///   reader alone, so one `XACK` for the whole batch commits it. The `XACK` answers how many
+///   were pending: all (the batch is new), none (a resent batch: all committed before), or
+///   some — possible only if a client outside this protocol acknowledged or claimed entries
+///   of the group; then every output is added (a possible duplicate rather than a loss) and
+///   counted as `unverified`. One bulk `XACK` instead of one per entry takes 1.0 µs of
+///   server time per entry off the commit (see `perf/README.md`);
+/// - **ack mode, checked**: otherwise an entry is new exactly when its own `XACK`
+///   acknowledges it (returns 1; `XCLAIM … JUSTID` for the batch cost 2.5 µs of server time
+///   per entry, the `XACK`s 0.6);
+/// - **progress mode**: `ZMSCORE` names, for the whole batch, those not in the progress set,
+///   and one `ZADD NX` after the outputs records them.
+///
+/// A batch holds at most [`MAX_BATCH`] records (Lua's `unpack` takes about 8,000 values).
 pub const SCRIPT: &str = r#"
-local out, side, progress = KEYS[1], KEYS[2], KEYS[3]
+local out, side, progress, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, maxlen, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now, keep_from, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local consumer = ARGV[7 + n]
+local expected, kinds, streams = ARGV[8 + n], ARGV[9 + n], ARGV[10 + n]
+local count = #kinds
+local first_id = 11 + n
+local first_data = first_id + count
 for _, key in ipairs({out, side}) do
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'stream' and t ~= 'none' then
     return redis.error_reply('WRONGTYPE the key ' .. key .. ' holds a ' .. t .. ', not a stream')
   end
 end
-local last = #ARGV
--- The input stream of the record whose tag is `tag`.
-local function stream_of(tag)
+-- The input stream (from 1) of record r.
+local function stream_of(r)
   if n == 1 then return 1 end
-  return tonumber(string.sub(tag, 2))
-end
--- Where the record after the one at `i` starts.
-local function next_record(i, kind)
-  if kind == 100 then return i + 3 elseif kind == 101 then return i + 4 else return i + 2 end
+  return string.byte(streams, r)
 end
 -- Ack mode: the group must exist (XACK on a missing group answers 0, which would read as
 -- "committed before").
 if mode == 'a' then
-  for k = 1, n do redis.call('XPENDING', KEYS[3 + k], group) end
+  for k = 1, n do redis.call('XPENDING', KEYS[4 + k], group) end
+end
+-- Fast path: no claim since the entries were read; one XACK per input stream.
+local fast, unverified = false, 0
+if mode == 'a' and expected ~= '' and (redis.call('GET', fence) or '0') == expected then
+  fast = true
+  local acked = 0
+  if n == 1 then
+    acked = redis.call('XACK', KEYS[5], group, unpack(ARGV, first_id, first_data - 1))
+  else
+    local ids = {}
+    for k = 1, n do ids[k] = {} end
+    for r = 1, count do table.insert(ids[stream_of(r)], ARGV[first_id + r - 1]) end
+    for k = 1, n do
+      if #ids[k] > 0 then acked = acked + redis.call('XACK', KEYS[4 + k], group, unpack(ids[k])) end
+    end
+  end
+  if acked == 0 then return {0, count, 0} end
+  unverified = count - acked
 end
 -- Progress mode: which are not in the progress set yet, for the whole batch at once (reads
 -- only); they are recorded after their outputs are added, so a script cut short repeats an
@@ -64,12 +95,10 @@ local fresh, record = {}, {}
 if mode == 'p' then
   local members, ids = {}, {}
   for k = 1, n do members[k] = {}; ids[k] = {}; record[k] = {} end
-  local i = 8 + n
-  while i <= last do
-    local k, id = stream_of(ARGV[i]), ARGV[i + 1]
+  for r = 1, count do
+    local k, id = stream_of(r), ARGV[first_id + r - 1]
     table.insert(members[k], ARGV[6 + k] .. '/' .. id)
     table.insert(ids[k], id)
-    i = next_record(i, string.byte(ARGV[i], 1))
   end
   for k = 1, n do
     if #ids[k] > 0 then
@@ -84,6 +113,22 @@ if mode == 'p' then
     end
   end
 end
+local committed, duplicates = 0, 0
+local d = first_data
+if fast and n == 1 and maxlen == 0 then
+  -- The common case, without the general loop's checks per record.
+  for r = 1, count do
+    local kind = string.byte(kinds, r)
+    if kind == 100 then
+      redis.call('XADD', out, '*', 'data', ARGV[d], 'src', ARGV[first_id + r - 1])
+      d = d + 1
+    elseif kind == 101 then
+      redis.call('XADD', side, '*', 'error', ARGV[d + 1], 'src', ARGV[first_id + r - 1], 'data', ARGV[d])
+      d = d + 2
+    end
+  end
+  return {count, 0, unverified}
+end
 local function add(key, ...)
   if maxlen > 0 then
     redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', ...)
@@ -91,34 +136,14 @@ local function add(key, ...)
     redis.call('XADD', key, '*', ...)
   end
 end
-local committed, duplicates = 0, 0
-local i = 8 + n
-if mode == 'a' and n == 1 and maxlen == 0 then
-  -- The common case, without the general loop's calls per record.
-  local input = KEYS[4]
-  while i <= last do
-    local id, kind = ARGV[i + 1], string.byte(ARGV[i], 1)
-    if redis.call('XACK', input, group, id) == 1 then
-      if kind == 100 then
-        redis.call('XADD', out, '*', 'data', ARGV[i + 2], 'src', id)
-      elseif kind == 101 then
-        redis.call('XADD', side, '*', 'error', ARGV[i + 3], 'src', id, 'data', ARGV[i + 2])
-      end
-      committed = committed + 1
-    else
-      duplicates = duplicates + 1
-    end
-    if kind == 100 then i = i + 3 elseif kind == 101 then i = i + 4 else i = i + 2 end
-  end
-  return {committed, duplicates}
-end
-while i <= last do
-  local tag, id = ARGV[i], ARGV[i + 1]
-  local kind, k = string.byte(tag, 1), stream_of(tag)
+for r = 1, count do
+  local kind, k, id = string.byte(kinds, r), stream_of(r), ARGV[first_id + r - 1]
   local new
-  if mode == 'a' then
-    -- Ack mode: the entry is not committed yet exactly when this acknowledges it.
-    new = redis.call('XACK', KEYS[3 + k], group, id) == 1
+  if fast then
+    new = true
+  elseif mode == 'a' then
+    -- The entry is not committed yet exactly when this acknowledges it.
+    new = redis.call('XACK', KEYS[4 + k], group, id) == 1
   else
     local at = k .. '/' .. id
     new = fresh[at]
@@ -126,17 +151,17 @@ while i <= last do
   end
   if new then
     if kind == 100 then -- 'd'
-      if n > 1 then add(out, 'data', ARGV[i + 2], 'src', id, 'stream', ARGV[6 + k])
-      else add(out, 'data', ARGV[i + 2], 'src', id) end
+      if n > 1 then add(out, 'data', ARGV[d], 'src', id, 'stream', ARGV[6 + k])
+      else add(out, 'data', ARGV[d], 'src', id) end
     elseif kind == 101 then -- 'e'
-      if n > 1 then add(side, 'error', ARGV[i + 3], 'src', id, 'stream', ARGV[6 + k], 'data', ARGV[i + 2])
-      else add(side, 'error', ARGV[i + 3], 'src', id, 'data', ARGV[i + 2]) end
+      if n > 1 then add(side, 'error', ARGV[d + 1], 'src', id, 'stream', ARGV[6 + k], 'data', ARGV[d])
+      else add(side, 'error', ARGV[d + 1], 'src', id, 'data', ARGV[d]) end
     end
     committed = committed + 1
   else
     duplicates = duplicates + 1
   end
-  i = next_record(i, kind)
+  if kind == 100 then d = d + 1 elseif kind == 101 then d = d + 2 end
 end
 if mode == 'p' then
   for k = 1, n do
@@ -144,7 +169,7 @@ if mode == 'p' then
   end
   redis.call('ZREMRANGEBYSCORE', progress, '-inf', '(' .. keep_from)
 end
-return {committed, duplicates}
+return {committed, duplicates, unverified}
 "#;
 
 /// What a record commits as.
@@ -200,7 +225,7 @@ impl CommitTarget {
     }
 }
 
-fn has_hash_tag(key: &str) -> bool {
+pub(super) fn has_hash_tag(key: &str) -> bool {
     match key.find('{') {
         Some(open) => key[open + 1..].find('}').is_some_and(|close| close > 0),
         None => false,
@@ -211,11 +236,41 @@ fn has_hash_tag(key: &str) -> bool {
 /// commits) their ids per input stream for the `XACK`s that follow.
 #[derive(Debug, Default)]
 pub struct CommitBatch {
-    body: Vec<u8>,
-    records: usize,
-    args: usize,
+    /// One byte per record: `d`, `e` or `s`.
+    kinds: Vec<u8>,
+    /// One byte per record: its input stream's number from 1.
+    streams: Vec<u8>,
+    /// The records' entry ids, encoded as arguments.
+    id_args: Vec<u8>,
+    /// The records' data, encoded as arguments, and how many.
+    data_args: Vec<u8>,
+    data_count: usize,
+    /// The lowest claim fence the batch's entries were read at; `None` once one entry was
+    /// not read fresh (or before the first).
+    fence: Option<u64>,
+    unfenced: bool,
     ids: Vec<Vec<u8>>,
     id_lens: Vec<Vec<u32>>,
+}
+
+/// One record of a [`CommitBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct CommitRecord<'a> {
+    /// Its input stream (0-based, at most 254).
+    pub stream: usize,
+    /// Its entry id.
+    pub id: &'a [u8],
+    /// What it commits as.
+    pub kind: Kind,
+    /// Its output ([`Kind::Data`]) or the payload as it came ([`Kind::Error`]).
+    pub data: &'a [u8],
+    /// Why it failed ([`Kind::Error`]).
+    pub error: &'a str,
+    /// The claim fence read just before the entry was read as new (`XREADGROUP … >`; see
+    /// [`fence_key`](super::fence_key)); `None` for an entry read any other way (this
+    /// consumer's own pending entries, a claim). A batch whose entries were all read fresh
+    /// at the fence's current value is committed with one `XACK` (see [`SCRIPT`]).
+    pub fence: Option<u64>,
 }
 
 /// A batch encoded: the `EVAL`, and the `XACK`s to send once it is answered (two-server
@@ -231,75 +286,63 @@ pub struct EncodedBatch {
 }
 
 impl CommitBatch {
-    /// Adds a record of input stream `k` (0-based), entry `id`: its output `data`, an error
-    /// entry (`data` is then the payload as it came, `error` why), or only its progress.
-    pub fn add(
-        &mut self,
-        target: &CommitTarget,
-        k: usize,
-        id: &[u8],
-        kind: Kind,
-        data: &[u8],
-        error: &str,
-    ) {
-        // The tag: the kind, then the input stream's number from 1 (at most 255).
-        let mut tag = [0u8; 4];
-        tag[0] = match kind {
+    /// Adds a record: its output, an error entry, or only its progress.
+    pub fn add(&mut self, target: &CommitTarget, r: CommitRecord<'_>) {
+        assert!(r.stream < 255, "at most 255 input streams");
+        self.kinds.push(match r.kind {
             Kind::Data => b'd',
             Kind::Error => b'e',
             Kind::Skip => b's',
-        };
-        let mut n = k + 1;
-        let mut digits = [0u8; 3];
-        let mut len = 0;
-        while n > 0 || len == 0 {
-            digits[2 - len] = b'0' + (n % 10) as u8;
-            n /= 10;
-            len += 1;
-        }
-        tag[1..=len].copy_from_slice(&digits[3 - len..]);
-        write_bulk(&mut self.body, &tag[..=len]);
-        write_bulk(&mut self.body, id);
-        match kind {
+        });
+        self.streams.push(r.stream as u8 + 1);
+        write_bulk(&mut self.id_args, r.id);
+        match r.kind {
             Kind::Data => {
-                write_bulk(&mut self.body, data);
-                self.args += 3;
+                write_bulk(&mut self.data_args, r.data);
+                self.data_count += 1;
             }
             Kind::Error => {
-                write_bulk(&mut self.body, data);
-                write_bulk(&mut self.body, error.as_bytes());
-                self.args += 4;
+                write_bulk(&mut self.data_args, r.data);
+                write_bulk(&mut self.data_args, r.error.as_bytes());
+                self.data_count += 2;
             }
-            Kind::Skip => self.args += 2,
+            Kind::Skip => {}
+        }
+        match r.fence {
+            Some(f) => self.fence = Some(self.fence.map_or(f, |low| low.min(f))),
+            None => self.unfenced = true,
         }
         if matches!(target.mode, CommitMode::Progress(_)) {
             if self.ids.len() < target.inputs.len() {
                 self.ids.resize(target.inputs.len(), Vec::new());
                 self.id_lens.resize(target.inputs.len(), Vec::new());
             }
-            self.ids[k].extend_from_slice(id);
-            self.id_lens[k].push(id.len() as u32);
+            self.ids[r.stream].extend_from_slice(r.id);
+            self.id_lens[r.stream].push(r.id.len() as u32);
         }
-        self.records += 1;
     }
 
     /// Records in the batch.
     pub fn len(&self) -> usize {
-        self.records
+        self.kinds.len()
     }
 
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
-        self.records == 0
+        self.kinds.is_empty()
     }
 
     /// Encodes the batch and empties it.
     pub fn take(&mut self, target: &CommitTarget) -> EncodedBatch {
         let eval = self.encode(target);
         let (acks, ack_count) = self.encode_acks(target);
-        self.body.clear();
-        self.records = 0;
-        self.args = 0;
+        self.kinds.clear();
+        self.streams.clear();
+        self.id_args.clear();
+        self.data_args.clear();
+        self.data_count = 0;
+        self.fence = None;
+        self.unfenced = false;
         EncodedBatch {
             eval,
             acks,
@@ -310,20 +353,32 @@ impl CommitBatch {
     fn encode(&self, t: &CommitTarget) -> Vec<u8> {
         let out = t.output.as_bytes();
         let side = t.side.as_deref().map_or(out, str::as_bytes);
-        let (mode, progress): (&[u8], &[u8]) = match &t.mode {
-            CommitMode::Ack => (b"a", out),
-            CommitMode::Progress(key) => (b"p", key.as_bytes()),
+        let fence_key = super::fence_key(&t.inputs, &t.group);
+        let (mode, progress, fence): (&[u8], &[u8], &[u8]) = match &t.mode {
+            CommitMode::Ack => (b"a", out, fence_key.as_bytes()),
+            CommitMode::Progress(key) => (b"p", key.as_bytes(), out),
         };
         let ack_keys = if t.mode == CommitMode::Ack {
             t.inputs.len()
         } else {
             0
         };
-        let keys = 3 + ack_keys;
+        let expected = match (self.fence, self.unfenced, &t.mode) {
+            (Some(f), false, CommitMode::Ack) => f.to_string(),
+            _ => String::new(),
+        };
+        let streams: &[u8] = if t.inputs.len() > 1 {
+            &self.streams
+        } else {
+            b""
+        };
+        let keys = 4 + ack_keys;
         let now = now_ms();
         let keep_from = now.saturating_sub(PROGRESS_RETENTION.as_millis() as u64);
-        let args = 3 + keys + 6 + t.inputs.len() + 1 + self.args;
-        let mut c = Vec::with_capacity(self.body.len() + SCRIPT.len() + 256);
+        let args = 3 + keys + 6 + t.inputs.len() + 4 + self.kinds.len() + self.data_count;
+        let mut c = Vec::with_capacity(
+            self.id_args.len() + self.data_args.len() + 2 * self.kinds.len() + SCRIPT.len() + 256,
+        );
         write_array_header(&mut c, args);
         write_bulk(&mut c, b"EVAL");
         write_bulk(&mut c, SCRIPT.as_bytes());
@@ -331,6 +386,7 @@ impl CommitBatch {
         write_bulk(&mut c, out);
         write_bulk(&mut c, side);
         write_bulk(&mut c, progress);
+        write_bulk(&mut c, fence);
         for s in t.inputs.iter().take(ack_keys) {
             write_bulk(&mut c, s.as_bytes());
         }
@@ -344,7 +400,11 @@ impl CommitBatch {
             write_bulk(&mut c, s.as_bytes());
         }
         write_bulk(&mut c, t.consumer.as_bytes());
-        c.extend_from_slice(&self.body);
+        write_bulk(&mut c, expected.as_bytes());
+        write_bulk(&mut c, &self.kinds);
+        write_bulk(&mut c, streams);
+        c.extend_from_slice(&self.id_args);
+        c.extend_from_slice(&self.data_args);
         c
     }
 
@@ -386,23 +446,42 @@ impl EncodedBatch {
     }
 }
 
-/// The script's reply from `addr`: `(committed, duplicates)`.
+/// What one commit did, from the script's reply.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Entries committed (output or error entry added, or skipped, and their progress).
+    pub committed: u64,
+    /// Entries found committed before (nothing added).
+    pub duplicates: u64,
+    /// Entries committed although the batch's one `XACK` found them no longer pending: a
+    /// client outside this protocol acknowledged or claimed them (see [`SCRIPT`]). Their
+    /// outputs were added; each may be a duplicate.
+    pub unverified: u64,
+}
+
+/// The script's reply from `addr`.
 pub fn commit_counts(
     frame: Frame<'_>,
     addr: std::net::SocketAddr,
-) -> Result<(u64, u64), StreamConnError> {
+) -> Result<CommitCounts, StreamConnError> {
     let shape = || {
         StreamConnError::protocol(
             addr,
-            "the commit script must answer {committed, duplicates}",
+            "the commit script must answer {committed, duplicates, unverified}",
         )
     };
     let Frame::Array(items) = frame else {
         return Err(shape());
     };
     let mut it = items.iter();
-    match (it.next(), it.next()) {
-        (Some(Frame::Integer(c)), Some(Frame::Integer(d))) => Ok((c as u64, d as u64)),
+    match (it.next(), it.next(), it.next()) {
+        (Some(Frame::Integer(c)), Some(Frame::Integer(d)), Some(Frame::Integer(u))) => {
+            Ok(CommitCounts {
+                committed: c as u64,
+                duplicates: d as u64,
+                unverified: u as u64,
+            })
+        }
         _ => Err(shape()),
     }
 }

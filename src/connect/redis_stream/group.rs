@@ -9,10 +9,37 @@ use crate::resp::{ArrayView, Frame};
 /// How long a read of new entries waits on the server.
 pub const READ_BLOCK: Duration = Duration::from_millis(100);
 
+/// The claim fence of `group` on `inputs`: a counter that every claim ([`GroupConsumer::send_claim`])
+/// increments in the same script as its `XAUTOCLAIM` when it takes anything. A batch whose
+/// entries were all read as new while the fence held one value, and which finds it still
+/// there, holds entries that only their reader can have had: the commit script
+/// acknowledges it with one `XACK` (see [`SCRIPT`](super::SCRIPT)). The key sits in the
+/// first input's hash slot: `{tag}:ringwait-claims:G` beside an input named with a `{tag}`,
+/// else `{INPUT}:ringwait-claims:G`.
+pub fn fence_key(inputs: &[String], group: &str) -> String {
+    let first = inputs.first().map_or("", String::as_str);
+    let base = if super::commit::has_hash_tag(first) {
+        first.to_string()
+    } else {
+        format!("{{{first}}}")
+    };
+    format!("{base}:ringwait-claims:{group}")
+}
+
+/// `XAUTOCLAIM`, and an increment of the claim fence (`KEYS[2]`) when it took or dropped
+/// anything, in one script.
+const CLAIM_SCRIPT: &str = r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+if #r[2] > 0 or (r[3] and #r[3] > 0) then redis.call('INCR', KEYS[2]) end
+return r
+"#;
+
 /// Where a read starts.
 #[derive(Debug, Clone, Copy)]
 pub enum ReadFrom<'a> {
-    /// New entries (`>`), waiting up to [`READ_BLOCK`] for them.
+    /// New entries (`>`), waiting up to [`READ_BLOCK`] for them. The read is preceded by a
+    /// `GET` of the claim fence ([`fence_key`]): it has two replies, the fence's first (read
+    /// it with [`fence_reply`]).
     New,
     /// This consumer's own pending entries after these ids, one per stream.
     Own(&'a [String]),
@@ -32,7 +59,8 @@ pub struct GroupConsumer<'a> {
 }
 
 impl GroupConsumer<'_> {
-    /// Sends `XREADGROUP … COUNT n [BLOCK ms] STREAMS s… ids…`.
+    /// Sends `XREADGROUP … COUNT n [BLOCK ms] STREAMS s… ids…` (after a `GET` of the claim
+    /// fence for new entries: see [`ReadFrom::New`]).
     pub fn send_read(
         &self,
         conn: &mut BlockingConn,
@@ -50,6 +78,8 @@ impl GroupConsumer<'_> {
             count.as_bytes(),
         ]);
         if let ReadFrom::New = from {
+            let fence = fence_key(self.streams, self.group);
+            conn.send_command(&[b"GET", fence.as_bytes()])?;
             args.extend([&b"BLOCK"[..], block.as_bytes()]);
         }
         args.push(b"STREAMS");
@@ -62,7 +92,8 @@ impl GroupConsumer<'_> {
     }
 
     /// Sends `XAUTOCLAIM` on stream `k`: entries idle `min_idle` in any consumer's pending
-    /// list, from `cursor` on.
+    /// list, from `cursor` on; the claim fence ([`fence_key`]) moves in the same script when
+    /// anything is claimed. The reply is `XAUTOCLAIM`'s ([`claim_reply`]).
     pub fn send_claim(
         &self,
         conn: &mut BlockingConn,
@@ -72,14 +103,17 @@ impl GroupConsumer<'_> {
     ) -> Result<(), StreamConnError> {
         let count = self.count.max(1).to_string();
         let idle = min_idle.as_millis().to_string();
+        let fence = fence_key(self.streams, self.group);
         conn.send_command(&[
-            b"XAUTOCLAIM",
+            b"EVAL",
+            CLAIM_SCRIPT.as_bytes(),
+            b"2",
             self.streams[k].as_bytes(),
+            fence.as_bytes(),
             self.group.as_bytes(),
             self.name.as_bytes(),
             idle.as_bytes(),
             cursor.as_bytes(),
-            b"COUNT",
             count.as_bytes(),
         ])
     }
@@ -114,6 +148,19 @@ impl GroupConsumer<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The claim fence's value from the `GET` before a read of new entries (0 while the key is
+/// absent).
+pub fn fence_reply(frame: Frame<'_>, addr: std::net::SocketAddr) -> Result<u64, StreamConnError> {
+    match frame {
+        Frame::Nil => Ok(0),
+        f => f
+            .as_bytes()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| StreamConnError::protocol(addr, "the claim fence must hold a counter")),
     }
 }
 

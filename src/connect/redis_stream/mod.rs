@@ -21,12 +21,12 @@ mod source;
 mod url;
 
 pub use commit::{
-    commit_counts, CommitBatch, CommitMode, CommitTarget, EncodedBatch, Kind, MAX_BATCH,
-    PROGRESS_RETENTION, SCRIPT,
+    commit_counts, CommitBatch, CommitCounts, CommitMode, CommitRecord, CommitTarget, EncodedBatch,
+    Kind, MAX_BATCH, PROGRESS_RETENTION, SCRIPT,
 };
 pub(crate) use conn::text;
 pub use conn::{BlockingConn, StreamConnError};
-pub use group::{claim_reply, GroupConsumer, ReadFrom, READ_BLOCK};
+pub use group::{claim_reply, fence_key, fence_reply, GroupConsumer, ReadFrom, READ_BLOCK};
 pub use sink::{RedisStreamSink, SinkStats, StreamOutput};
 pub use source::{RedisStreamSource, SourceOptions, StreamEntry};
 pub use url::{GroupStart, StreamUrl, StreamUrlError};

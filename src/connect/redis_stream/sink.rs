@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::commit::{commit_counts, CommitBatch, CommitMode, CommitTarget, EncodedBatch, Kind};
+use super::commit::{
+    commit_counts, CommitBatch, CommitMode, CommitRecord, CommitTarget, EncodedBatch, Kind,
+};
 use super::conn::{BlockingConn, StreamConnError};
 use super::{StreamEntry, StreamUrl};
 use crate::element::Emitted;
@@ -37,6 +39,10 @@ pub struct SinkStats {
     pub committed: u64,
     /// Entries whose commit found them committed already (nothing added).
     pub duplicates: u64,
+    /// Entries committed although no longer pending when acknowledged, by a client outside
+    /// this protocol: their outputs were added and may be duplicates (see
+    /// [`CommitCounts::unverified`](super::CommitCounts::unverified)).
+    pub unverified: u64,
     /// Batches committed.
     pub batches: u64,
 }
@@ -49,7 +55,8 @@ const WINDOW: usize = 4;
 /// `{error, src, data: its payload}` on the side stream, or is acknowledged without output
 /// when there is none. Outputs gather per partition round into one batch, committed by one
 /// script that acknowledges each entry and adds its output only if that acknowledged it
-/// (input and output on one server), or records it in a progress set beside the output and
+/// (input and output on one server; with one `XACK` for the batch when its entries were all
+/// read fresh and no claim ran since, see [`CommitRecord::fence`](super::CommitRecord::fence)), or records it in a progress set beside the output and
 /// adds only if it was not there (two servers; then the sink acknowledges on the input's
 /// server). So however often an entry is read and committed, it has one output.
 ///
@@ -168,10 +175,11 @@ impl<O: StreamOutput> RedisStreamSink<O> {
                 self.conn.try_reply(counts)
             };
             match reply {
-                Ok(Some((committed, duplicates))) => {
+                Ok(Some(counts)) => {
                     let (batch, _) = self.in_flight.pop_front().expect("in flight");
-                    self.stats.committed += committed;
-                    self.stats.duplicates += duplicates;
+                    self.stats.committed += counts.committed;
+                    self.stats.duplicates += counts.duplicates;
+                    self.stats.unverified += counts.unverified;
                     self.stats.batches += 1;
                     if let Err(e) = self.acknowledge(&batch) {
                         self.fail(e);
@@ -218,15 +226,15 @@ impl<O: StreamOutput> Sink<O, StreamEntry> for RedisStreamSink<O> {
             }
             Emitted::Watermark(_) => return,
         };
-        let target = &self.target;
-        self.batch.add(
-            target,
-            entry.stream(),
-            entry.id(),
+        let record = CommitRecord {
+            stream: entry.stream(),
+            id: entry.id(),
             kind,
             data,
-            error.as_deref().unwrap_or(""),
-        );
+            error: error.as_deref().unwrap_or(""),
+            fence: entry.fence(),
+        };
+        self.batch.add(&self.target, record);
         if self.batch.len() >= self.batch_size {
             self.send();
         }

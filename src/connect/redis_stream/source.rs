@@ -20,6 +20,7 @@ pub struct StreamEntry {
     /// `None`: the entry has no such field, or it was deleted while pending.
     payload: Option<(u32, u32)>,
     stream: u8,
+    fence: Option<u64>,
 }
 
 impl StreamEntry {
@@ -38,6 +39,12 @@ impl StreamEntry {
     /// Which of the source's input streams it came from (its position in the URL).
     pub fn stream(&self) -> usize {
         usize::from(self.stream)
+    }
+
+    /// The claim fence read just before the entry was read as new; `None` when it was read
+    /// any other way (see [`CommitRecord::fence`](super::CommitRecord::fence)).
+    pub fn fence(&self) -> Option<u64> {
+        self.fence
     }
 }
 
@@ -97,6 +104,10 @@ pub struct RedisStreamSource {
     consumer: String,
     options: SourceOptions,
     asked: Option<Asked>,
+    /// A read of new entries is in flight and its claim fence's reply has not arrived yet.
+    awaiting_fence: bool,
+    /// The claim fence read before the read in flight.
+    read_fence: Option<u64>,
     own_done: bool,
     own_cursor: Vec<String>,
     claim_cursor: Vec<String>,
@@ -131,6 +142,8 @@ impl RedisStreamSource {
             next_claim: Instant::now() + options.claim_idle,
             options,
             asked: None,
+            awaiting_fence: false,
+            read_fence: None,
             own_done: false,
             own_cursor: vec!["0".into(); n],
             claim_cursor: vec!["0-0".into(); n],
@@ -171,6 +184,8 @@ impl RedisStreamSource {
             Asked::New => consumer.send_read(&mut self.conn, ReadFrom::New)?,
         }
         self.asked = Some(asked);
+        self.awaiting_fence = asked == Asked::New;
+        self.read_fence = None;
         Ok(())
     }
 
@@ -180,6 +195,18 @@ impl RedisStreamSource {
             return Ok(false);
         };
         let addr = self.conn.addr();
+        if self.awaiting_fence {
+            match self
+                .conn
+                .try_reply(|frame| super::fence_reply(frame, addr))?
+            {
+                Some(fence) => {
+                    self.read_fence = Some(fence);
+                    self.awaiting_fence = false;
+                }
+                None => return Ok(false),
+            }
+        }
         let field = self.options.field.as_bytes().to_vec();
         let streams = &self.url.streams;
         let mut cursors: Vec<Option<String>> = vec![None; streams.len()];
@@ -214,12 +241,14 @@ impl RedisStreamSource {
         self.asked = None;
         let chunk = Arc::new(chunk);
         let n = got.len();
+        let fence = self.read_fence.filter(|_| asked == Asked::New);
         for f in got {
             self.ready.push_back(StreamEntry {
                 chunk: chunk.clone(),
                 id: f.id,
                 payload: f.payload,
                 stream: f.stream,
+                fence,
             });
         }
         match asked {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::{StreamCounters, StreamPlan};
 use crate::connect::redis_stream::{
-    commit_counts, BlockingConn, CommitBatch, EncodedBatch, Kind, StreamConnError,
+    commit_counts, BlockingConn, CommitBatch, CommitRecord, EncodedBatch, Kind, StreamConnError,
 };
 use crate::enrich::intake::Intake;
 use crate::enrich::record::Line;
@@ -93,9 +93,18 @@ impl StreamCommitter {
         data: &[u8],
         error: &str,
     ) -> Result<(), EnrichError> {
-        let origin = line.origin();
-        let (k, id) = (usize::from(origin[0]), &origin[1..]);
-        self.batch.add(&self.plan.target, k, id, kind, data, error);
+        let (stream, fence, id) = super::origin::read(line.origin()).ok_or_else(|| {
+            EnrichError::Stream(format!("record {} has no stream origin", line.number))
+        })?;
+        let record = CommitRecord {
+            stream,
+            id,
+            kind,
+            data,
+            error,
+            fence,
+        };
+        self.batch.add(&self.plan.target, record);
         if self.batch.len() >= self.plan.commit_batch {
             self.send_batch()?;
         }
@@ -104,11 +113,10 @@ impl StreamCommitter {
 
     /// `STREAM/ID`: the entry a record came from, for messages.
     pub fn describe(&self, line: &Line) -> String {
-        let origin = line.origin();
-        match origin.split_first() {
-            Some((k, id)) => format!(
+        match super::origin::read(line.origin()) {
+            Some((k, _, id)) => format!(
                 "{}/{}",
-                self.plan.input.streams[usize::from(*k)],
+                self.plan.input.streams[k],
                 String::from_utf8_lossy(id)
             ),
             None => format!("record {}", line.number),
@@ -153,7 +161,7 @@ impl StreamCommitter {
     fn receive_one(&mut self) -> Result<(), EnrichError> {
         let addr = self.conn.addr();
         let reply = self.conn.reply(|frame| commit_counts(frame, addr));
-        let (committed, duplicates) = match reply {
+        let counts = match reply {
             Ok(counts) => counts,
             Err(e) if e.is_connection() => return self.recover(e),
             Err(e) => {
@@ -177,10 +185,19 @@ impl StreamCommitter {
         }
         self.counters
             .committed
-            .fetch_add(committed, Ordering::Relaxed);
+            .fetch_add(counts.committed, Ordering::Relaxed);
         self.counters
             .duplicates
-            .fetch_add(duplicates, Ordering::Relaxed);
+            .fetch_add(counts.duplicates, Ordering::Relaxed);
+        if counts.unverified > 0 {
+            self.counters
+                .unverified
+                .fetch_add(counts.unverified, Ordering::Relaxed);
+            eprintln!(
+                "ringwait enrich: warning: {} entries of a batch were no longer pending in group {:?} when committed, though no claim ran since they were read: a client outside ringwait acknowledged or claimed them (or the group was reset). Their outputs were added; they may be duplicates",
+                counts.unverified, self.plan.group
+            );
+        }
         if self
             .live
             .as_ref()
@@ -203,6 +220,7 @@ impl StreamCommitter {
                 acknowledged: c.committed.load(Ordering::Relaxed),
                 claimed: c.claimed.load(Ordering::Relaxed),
                 duplicates: c.duplicates.load(Ordering::Relaxed),
+                unverified: c.unverified.load(Ordering::Relaxed),
                 lag: c.lag.load(Ordering::Relaxed),
                 commit_latency: crate::metrics::live::LatencyBuckets::of(all),
             });

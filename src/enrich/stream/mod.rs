@@ -14,7 +14,10 @@
 //!   only if that acknowledged it (`XACK` returned 1), `XADD`s its output. An entry's output
 //!   and its acknowledgement are one atomic step, and a second commit of the same entry (a
 //!   retry after a lost reply, a claim by another instance, a replay after a restart) finds
-//!   it acknowledged and adds nothing;
+//!   it acknowledged and adds nothing. A batch whose entries were all read as new while no
+//!   claim ran (the claim fence, [`fence_key`](crate::connect::redis_stream::fence_key),
+//!   unchanged since the reads) is acknowledged with one `XACK` for all its entries
+//!   instead: they cannot have been anyone else's;
 //! - **two servers**: on the output's server the script records the entry in a progress
 //!   sorted set (`ZADD NX`, scored by the commit's time) and `XADD`s its output only if it
 //!   was not there; then the writer `XACK`s the batch on the input's server. A crash between
@@ -34,6 +37,7 @@
 //! and refuses otherwise, naming the keys.
 
 mod commit;
+mod origin;
 mod reader;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +105,9 @@ pub struct StreamCounters {
     pub committed: AtomicU64,
     /// Entries whose commit found them already committed (nothing added).
     pub duplicates: AtomicU64,
+    /// Entries committed although a client outside ringwait had acknowledged or claimed
+    /// them (see [`CommitCounts::unverified`](crate::connect::redis_stream::CommitCounts)).
+    pub unverified: AtomicU64,
     /// The group's lag: entries in the input streams not yet delivered to any consumer.
     pub lag: AtomicU64,
     /// Commit round trips (`EVAL` sent to reply), nanoseconds.
@@ -118,6 +125,8 @@ pub struct StreamStats {
     pub committed: u64,
     /// See [`StreamCounters::duplicates`].
     pub duplicates: u64,
+    /// See [`StreamCounters::unverified`].
+    pub unverified: u64,
     /// The group's lag when the run ended.
     pub lag: u64,
     /// Commit round trips, nanoseconds.
@@ -140,6 +149,7 @@ impl StreamCounters {
             claimed: self.claimed.load(Ordering::Relaxed),
             committed: self.committed.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            unverified: self.unverified.load(Ordering::Relaxed),
             lag: self.lag.load(Ordering::Relaxed),
             commit_latency: latency,
             consumer: consumer.to_string(),

@@ -143,7 +143,8 @@ def stream_table(rows):
             "once; redis-server on the same 2 cores)\n",
             f"Medians of {len(full)} repetition(s), {n} entries each. ceiling = one client "
             "moving the same entries with XREADGROUP + XADD pipelined (no lookup, no "
-            "acknowledgement, no exactly-once); ratio = job ÷ ceiling per repetition (target "
+            "acknowledgement, no exactly-once), the mean of a run before and one after the "
+            "job; ratio = job ÷ ceiling per repetition (target "
             "≥ 0.80); latency = XADD of an input entry to its output entry visible, at 10% "
             "of the job's rate.\n",
             "| ceiling entries/s | job entries/s | ratio | latency rate/s | p50 µs | p99 µs | p99.9 µs |",

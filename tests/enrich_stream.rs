@@ -791,7 +791,7 @@ fn the_commit_script_adds_an_entrys_output_once_however_often_it_is_committed() 
 fn a_fresh_batch_is_acknowledged_at_once_only_while_no_claim_ran() {
     let redis = RedisServer::start();
     let addr = redis.addr();
-    let ids = xadd(addr, "in", &vec![b"{}".to_vec(); 4]);
+    let ids = xadd(addr, "in", &vec![b"{}".to_vec(); 5]);
     call(addr, &[b"XGROUP", b"CREATE", b"in", b"g", b"0"]).unwrap();
     call(
         addr,
@@ -826,6 +826,13 @@ fn a_fresh_batch_is_acknowledged_at_once_only_while_no_claim_ran() {
         counts(1, 1, 0)
     );
     assert_eq!(entries(addr, "out").len(), 3);
+    // The same entry twice in a row, at the fence's value: one XACK would count it once, so
+    // the batch is checked entry by entry.
+    assert_eq!(
+        commit(addr, None, &[rec(4), rec(4)], Some(1)),
+        counts(1, 1, 0)
+    );
+    assert_eq!(entries(addr, "out").len(), 4);
 }
 
 #[test]

@@ -350,3 +350,72 @@ fn fresh_batches_commit_once_and_outside_acknowledgements_are_counted() {
     };
     assert_eq!(out.len(), 20);
 }
+
+/// A process frozen (or killed with its commit still on the way) and its replacement under
+/// the same consumer name: the replacement reads the entries back from its own pending list
+/// and commits one; then the old batch arrives. The own read moved the fence, so the old
+/// batch is checked entry by entry: one output each.
+#[test]
+fn a_replacement_under_the_same_consumer_name_fences_off_the_old_process() {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    xadd(addr, 2);
+    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
+    let mut old = RedisStreamSource::open(&input, "c", SourceOptions::default()).unwrap();
+    let held = take(&mut old, 2);
+    assert!(held.iter().all(|e| e.fence().is_some()), "read fresh");
+    let mut replacement = RedisStreamSource::open(&input, "c", SourceOptions::default()).unwrap();
+    let again = take(&mut replacement, 2);
+    assert_eq!(again.len(), 2, "its own pending entries");
+    assert!(again.iter().all(|e| e.fence().is_none()), "not fresh");
+    let first = commit_all(&input, &output, "c", &again[..1]);
+    assert_eq!((first.committed, first.duplicates), (1, 0));
+    let late = commit_all(&input, &output, "c", &held);
+    assert_eq!(
+        (late.committed, late.duplicates, late.unverified),
+        (1, 1, 0),
+        "checked entry by entry"
+    );
+    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    assert_eq!(out.len(), 2, "one output per entry");
+}
+
+/// A record with two outputs: the first commits its entry, the second is a duplicate (also
+/// when it would go in a batch read at the same fence).
+#[test]
+fn a_second_output_of_one_record_adds_nothing() {
+    use ringwait::sink::Sink;
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    xadd(addr, 2);
+    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
+    let mut source = RedisStreamSource::open(&input, "c", SourceOptions::default()).unwrap();
+    let got = take(&mut source, 2);
+    let mut sink: RedisStreamSink<(StreamEntry, Vec<u8>)> =
+        RedisStreamSink::open(&output, &input, "c", None).unwrap();
+    for (sequence, value) in [(0u64, b"a"), (0, b"b"), (1, b"c")] {
+        sink.accept(ringwait::Emitted::Record {
+            value: (got[sequence as usize].clone(), value.to_vec()),
+            timestamp: None,
+            sequence,
+        });
+        if value == b"a" {
+            // The second output then shares a batch with the next entry's, read at the same
+            // fence: only the sink can tell that it is a duplicate.
+            sink.flush();
+        }
+    }
+    let stats = sink.finish().unwrap();
+    assert_eq!(
+        (stats.committed, stats.duplicates, stats.unverified),
+        (2, 1, 0)
+    );
+    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    assert_eq!(out.len(), 2);
+}

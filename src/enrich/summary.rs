@@ -150,7 +150,7 @@ fn stream_line(f: &mut std::fmt::Formatter<'_>, s: &super::StreamStats) -> std::
     if s.unverified > 0 {
         write!(
             f,
-            ", unverified {} (acknowledged by a client outside ringwait: possible duplicates)",
+            ", unverified {} (no longer pending when committed, by a client outside the claim fence: possible duplicates)",
             s.unverified
         )?;
     }

@@ -623,7 +623,7 @@ fn encode_stream(
         ),
         (
             "ringwait_stream_unverified",
-            "Stream entries committed although a client outside ringwait had acknowledged or claimed them (their outputs were added: possible duplicates).",
+            "Stream entries committed although no longer pending, acknowledged or claimed by a client outside the claim fence (their outputs were added: possible duplicates).",
             s.unverified,
         ),
     ];

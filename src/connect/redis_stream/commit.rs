@@ -32,13 +32,16 @@ pub const PROGRESS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 ///
 /// - **ack mode, fast path**: when no claim ran since the batch's entries were read (the
 ///   fence, a counter every claim increments in the same script as its `XAUTOCLAIM`, still
-///   holds the value read just before the entries), every entry is still pending for its
-///   reader alone, so one `XACK` for the whole batch commits it. The `XACK` answers how many
-///   were pending: all (the batch is new), none (a resent batch: all committed before), or
-///   some — possible only if a client outside this protocol acknowledged or claimed entries
-///   of the group; then every output is added (a possible duplicate rather than a loss) and
-///   counted as `unverified`. One bulk `XACK` instead of one per entry takes 1.0 µs of
-///   server time per entry off the commit (see `perf/README.md`);
+///   holds the value read just before the entries; a read of a consumer's own pending
+///   entries moves it too), no other ringwait consumer can have taken these entries, so one
+///   `XACK` for the whole batch commits it. The `XACK` answers how many were pending: all
+///   (the batch is new), none (a resent batch: all committed before), or some — which this
+///   protocol rules out; it takes something outside it: a client that acknowledged or
+///   claimed entries of the group (another tool, a ringwait older than the fence), the group
+///   reset, or the fence key evicted. Then every output is added (a possible duplicate
+///   rather than a loss) and counted as `unverified`. One bulk `XACK` instead of one per
+///   entry takes about a quarter of the server's CPU per entry off the commit (see
+///   `perf/README.md`);
 /// - **ack mode, checked**: otherwise an entry is new exactly when its own `XACK`
 ///   acknowledges it (returns 1; `XCLAIM … JUSTID` for the batch cost 2.5 µs of server time
 ///   per entry, the `XACK`s 0.6);
@@ -245,10 +248,14 @@ pub struct CommitBatch {
     /// The records' data, encoded as arguments, and how many.
     data_args: Vec<u8>,
     data_count: usize,
-    /// The lowest claim fence the batch's entries were read at; `None` once one entry was
-    /// not read fresh (or before the first).
+    /// The lowest claim fence the batch's entries were read at (`None` before the first).
     fence: Option<u64>,
+    /// An entry was not read fresh, or came twice in a row: the batch is checked entry by
+    /// entry.
     unfenced: bool,
+    /// The last record's entry id and input stream.
+    last_id: Vec<u8>,
+    last_stream: usize,
     ids: Vec<Vec<u8>>,
     id_lens: Vec<Vec<u32>>,
 }
@@ -269,7 +276,9 @@ pub struct CommitRecord<'a> {
     /// The claim fence read just before the entry was read as new (`XREADGROUP … >`; see
     /// [`fence_key`](super::fence_key)); `None` for an entry read any other way (this
     /// consumer's own pending entries, a claim). A batch whose entries were all read fresh
-    /// at the fence's current value is committed with one `XACK` (see [`SCRIPT`]).
+    /// at the fence's current value is committed with one `XACK` (see [`SCRIPT`]): give an
+    /// entry read fresh to at most one record, once (the same entry twice in a row makes
+    /// the batch checked entry by entry).
     pub fence: Option<u64>,
 }
 
@@ -312,6 +321,12 @@ impl CommitBatch {
             Some(f) => self.fence = Some(self.fence.map_or(f, |low| low.min(f))),
             None => self.unfenced = true,
         }
+        if self.kinds.len() > 1 && self.last_stream == r.stream && self.last_id == r.id {
+            self.unfenced = true; // one XACK would count the entry once
+        }
+        self.last_id.clear();
+        self.last_id.extend_from_slice(r.id);
+        self.last_stream = r.stream;
         if matches!(target.mode, CommitMode::Progress(_)) {
             if self.ids.len() < target.inputs.len() {
                 self.ids.resize(target.inputs.len(), Vec::new());
@@ -343,6 +358,7 @@ impl CommitBatch {
         self.data_count = 0;
         self.fence = None;
         self.unfenced = false;
+        self.last_id.clear();
         EncodedBatch {
             eval,
             acks,

@@ -9,13 +9,14 @@ use crate::resp::{ArrayView, Frame};
 /// How long a read of new entries waits on the server.
 pub const READ_BLOCK: Duration = Duration::from_millis(100);
 
-/// The claim fence of `group` on `inputs`: a counter that every claim ([`GroupConsumer::send_claim`])
-/// increments in the same script as its `XAUTOCLAIM` when it takes anything. A batch whose
-/// entries were all read as new while the fence held one value, and which finds it still
-/// there, holds entries that only their reader can have had: the commit script
-/// acknowledges it with one `XACK` (see [`SCRIPT`](super::SCRIPT)). The key sits in the
-/// first input's hash slot: `{tag}:ringwait-claims:G` beside an input named with a `{tag}`,
-/// else `{INPUT}:ringwait-claims:G`.
+/// The claim fence of `group` on `inputs`: a counter that every claim
+/// ([`GroupConsumer::send_claim`]) increments in the same script as its `XAUTOCLAIM` when it
+/// takes anything, and every read of a consumer's own pending entries increments before
+/// it. A batch whose entries were all read as new while the fence held one value, and which
+/// finds it still there, holds entries that no other ringwait consumer can have taken: the
+/// commit script acknowledges it with one `XACK` (see [`SCRIPT`](super::SCRIPT)). The key
+/// sits in the first input's hash slot: `{tag}:ringwait-claims:G` beside an input named
+/// with a `{tag}`, else `{INPUT}:ringwait-claims:G`.
 pub fn fence_key(inputs: &[String], group: &str) -> String {
     let first = inputs.first().map_or("", String::as_str);
     let base = if super::commit::has_hash_tag(first) {
@@ -34,14 +35,18 @@ if #r[2] > 0 or (r[3] and #r[3] > 0) then redis.call('INCR', KEYS[2]) end
 return r
 "#;
 
-/// Where a read starts.
+/// Where a read starts. Either read is preceded by a command on the claim fence
+/// ([`fence_key`]), so it has two replies, the fence's first (read it with
+/// [`fence_reply`]).
 #[derive(Debug, Clone, Copy)]
 pub enum ReadFrom<'a> {
-    /// New entries (`>`), waiting up to [`READ_BLOCK`] for them. The read is preceded by a
-    /// `GET` of the claim fence ([`fence_key`]): it has two replies, the fence's first (read
-    /// it with [`fence_reply`]).
+    /// New entries (`>`), waiting up to [`READ_BLOCK`] for them, after a `GET` of the fence:
+    /// the value the entries are read at.
     New,
-    /// This consumer's own pending entries after these ids, one per stream.
+    /// This consumer's own pending entries after these ids, one per stream, after an `INCR`
+    /// of the fence: another process under the same consumer name (one frozen, or one
+    /// killed with a commit still on its way) may hold these entries in a batch read fresh,
+    /// which must then be checked entry by entry.
     Own(&'a [String]),
 }
 
@@ -59,8 +64,8 @@ pub struct GroupConsumer<'a> {
 }
 
 impl GroupConsumer<'_> {
-    /// Sends `XREADGROUP … COUNT n [BLOCK ms] STREAMS s… ids…` (after a `GET` of the claim
-    /// fence for new entries: see [`ReadFrom::New`]).
+    /// Sends `XREADGROUP … COUNT n [BLOCK ms] STREAMS s… ids…`, after a `GET` (new entries)
+    /// or an `INCR` (own pending entries) of the claim fence: see [`ReadFrom`].
     pub fn send_read(
         &self,
         conn: &mut BlockingConn,
@@ -77,10 +82,13 @@ impl GroupConsumer<'_> {
             b"COUNT",
             count.as_bytes(),
         ]);
-        if let ReadFrom::New = from {
-            let fence = fence_key(self.streams, self.group);
-            conn.send_command(&[b"GET", fence.as_bytes()])?;
-            args.extend([&b"BLOCK"[..], block.as_bytes()]);
+        let fence = fence_key(self.streams, self.group);
+        match from {
+            ReadFrom::New => {
+                conn.send_command(&[b"GET", fence.as_bytes()])?;
+                args.extend([&b"BLOCK"[..], block.as_bytes()]);
+            }
+            ReadFrom::Own(_) => conn.send_command(&[b"INCR", fence.as_bytes()])?,
         }
         args.push(b"STREAMS");
         args.extend(self.streams.iter().map(|s| s.as_bytes()));
@@ -151,11 +159,12 @@ impl GroupConsumer<'_> {
     }
 }
 
-/// The claim fence's value from the `GET` before a read of new entries (0 while the key is
+/// The claim fence's value from the `GET` (or `INCR`) before a read (0 while the key is
 /// absent).
 pub fn fence_reply(frame: Frame<'_>, addr: std::net::SocketAddr) -> Result<u64, StreamConnError> {
     match frame {
         Frame::Nil => Ok(0),
+        Frame::Integer(n) => Ok(n as u64),
         f => f
             .as_bytes()
             .and_then(|b| std::str::from_utf8(b).ok())

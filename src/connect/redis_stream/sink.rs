@@ -55,8 +55,8 @@ const WINDOW: usize = 4;
 /// `{error, src, data: its payload}` on the side stream, or is acknowledged without output
 /// when there is none. Outputs gather per partition round into one batch, committed by one
 /// script that acknowledges each entry and adds its output only if that acknowledged it
-/// (input and output on one server; with one `XACK` for the batch when its entries were all
-/// read fresh and no claim ran since, see [`CommitRecord::fence`](super::CommitRecord::fence)), or records it in a progress set beside the output and
+/// (input and output on one server; one `XACK` for the batch when its entries were all
+/// read fresh and no claim ran since: [`CommitRecord::fence`](super::CommitRecord::fence)), or records it in a progress set beside the output and
 /// adds only if it was not there (two servers; then the sink acknowledges on the input's
 /// server). So however often an entry is read and committed, it has one output.
 ///
@@ -73,6 +73,9 @@ pub struct RedisStreamSink<O> {
     in_flight: VecDeque<(EncodedBatch, Instant)>,
     stats: SinkStats,
     error: Option<StreamConnError>,
+    /// The input sequence of the last output taken: a second output of one record is a
+    /// duplicate, dropped here.
+    last_sequence: Option<u64>,
     /// Set when a commit fails for good (see [`stop_on_failure`](Self::stop_on_failure)).
     failed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     _out: std::marker::PhantomData<O>,
@@ -130,6 +133,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
             in_flight: VecDeque::with_capacity(WINDOW + 1),
             stats: SinkStats::default(),
             error: None,
+            last_sequence: None,
             failed: None,
             _out: std::marker::PhantomData,
         })
@@ -208,6 +212,15 @@ impl<O: StreamOutput> Sink<O, StreamEntry> for RedisStreamSink<O> {
     fn accept(&mut self, item: Emitted<O, StreamEntry>) {
         if self.error.is_some() {
             return; // nothing more is committed: the entries stay pending
+        }
+        let sequence = match &item {
+            Emitted::Record { sequence, .. } | Emitted::Failed { sequence, .. } => *sequence,
+            Emitted::Watermark(_) => return,
+        };
+        // The outputs of one record come together: the first commits its entry.
+        if self.last_sequence.replace(sequence) == Some(sequence) {
+            self.stats.duplicates += 1;
+            return;
         }
         let (entry, kind, data, error) = match &item {
             Emitted::Record { value, .. } => (value.entry(), Kind::Data, value.payload(), None),

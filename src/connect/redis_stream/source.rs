@@ -184,7 +184,7 @@ impl RedisStreamSource {
             Asked::New => consumer.send_read(&mut self.conn, ReadFrom::New)?,
         }
         self.asked = Some(asked);
-        self.awaiting_fence = asked == Asked::New;
+        self.awaiting_fence = matches!(asked, Asked::New | Asked::Own);
         self.read_fence = None;
         Ok(())
     }

@@ -194,7 +194,7 @@ impl StreamCommitter {
                 .unverified
                 .fetch_add(counts.unverified, Ordering::Relaxed);
             eprintln!(
-                "ringwait enrich: warning: {} entries of a batch were no longer pending in group {:?} when committed, though no claim ran since they were read: a client outside ringwait acknowledged or claimed them (or the group was reset). Their outputs were added; they may be duplicates",
+                "ringwait enrich: warning: {} entries of a batch were no longer pending in group {:?} when committed, though no ringwait claim ran since they were read: a client other than this ringwait (another tool, an older ringwait) acknowledged or claimed them, the group was reset, or the claim fence key was evicted. Their outputs were added; they may be duplicates",
                 counts.unverified, self.plan.group
             );
         }

@@ -15,9 +15,10 @@
 //!   and its acknowledgement are one atomic step, and a second commit of the same entry (a
 //!   retry after a lost reply, a claim by another instance, a replay after a restart) finds
 //!   it acknowledged and adds nothing. A batch whose entries were all read as new while no
-//!   claim ran (the claim fence, [`fence_key`](crate::connect::redis_stream::fence_key),
-//!   unchanged since the reads) is acknowledged with one `XACK` for all its entries
-//!   instead: they cannot have been anyone else's;
+//!   claim and no read of a consumer's own pending entries ran (the claim fence,
+//!   [`fence_key`](crate::connect::redis_stream::fence_key), unchanged since the reads) is
+//!   acknowledged with one `XACK` for all its entries instead: no other ringwait consumer
+//!   can have taken them;
 //! - **two servers**: on the output's server the script records the entry in a progress
 //!   sorted set (`ZADD NX`, scored by the commit's time) and `XADD`s its output only if it
 //!   was not there; then the writer `XACK`s the batch on the input's server. A crash between
@@ -33,8 +34,9 @@
 //! `fail` stops the job and leaves it pending.
 //!
 //! In Redis Cluster every key of the script must share a hash slot: the output (and side)
-//! stream and, on one server, the input streams, or the progress key on two. The job checks
-//! and refuses otherwise, naming the keys.
+//! stream and, on one server, the input streams and the claim fence, or the progress key on
+//! two (where the input streams and the fence share one on the input's server). The job
+//! checks and refuses otherwise, naming the keys.
 
 mod commit;
 mod origin;
@@ -438,10 +440,14 @@ fn check_slots(
     side: Option<&str>,
     mode: &CommitMode,
 ) -> Result<(), EnrichError> {
+    let fence = crate::connect::redis_stream::fence_key(&input.streams, input_group(input));
     let mut keys: Vec<&str> = vec![output];
     keys.extend(side);
     match mode {
-        CommitMode::Ack => keys.extend(input.streams.iter().map(String::as_str)),
+        CommitMode::Ack => {
+            keys.extend(input.streams.iter().map(String::as_str));
+            keys.push(&fence);
+        }
         CommitMode::Progress(key) => keys.push(key),
     }
     if share_a_slot(conn, &keys)? {
@@ -455,16 +461,24 @@ fn check_slots(
     ))
 }
 
-/// On two servers, the input streams (read in one `XREADGROUP`) share a slot too.
+/// On two servers, the input streams (read in one `XREADGROUP`) and the claim fence share a
+/// slot too.
 fn check_input_slots(conn: &mut BlockingConn, input: &StreamUrl) -> Result<(), EnrichError> {
-    let keys: Vec<&str> = input.streams.iter().map(String::as_str).collect();
+    let fence = crate::connect::redis_stream::fence_key(&input.streams, input_group(input));
+    let mut keys: Vec<&str> = input.streams.iter().map(String::as_str).collect();
+    keys.push(&fence);
     if share_a_slot(conn, &keys)? {
         return Ok(());
     }
     Err(flag(
         "--input",
-        "in Redis Cluster the input streams must share a hash slot: give them one {tag}",
+        format!("in Redis Cluster the keys {keys:?} (the input streams and their claim fence) must share a hash slot: give the streams one {{tag}}"),
     ))
+}
+
+/// The input's group (checked to be there).
+fn input_group(input: &StreamUrl) -> &str {
+    input.group.as_deref().unwrap_or_default()
 }
 
 /// Whether `keys` can be used together on `conn`'s server: it is not a cluster node, or they

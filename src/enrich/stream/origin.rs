@@ -2,8 +2,8 @@
 //! stream's number (one byte), the claim fence the entry was read at (eight bytes, little
 //! endian; `u64::MAX` when it was not read as new), then the entry's id.
 
-/// The longest origin: an id of up to 39 bytes (`MS-SEQ` of two `u64`s).
-pub(crate) const MAX: usize = 48;
+/// The longest origin: an id of up to 41 bytes (`MS-SEQ` of two `u64`s: 20 + 1 + 20).
+pub(crate) const MAX: usize = 50;
 
 const NOT_FRESH: u64 = u64::MAX;
 
@@ -45,7 +45,10 @@ mod tests {
         );
         let len = write(&mut buf, 0, None, b"1-0").unwrap();
         assert_eq!(read(&buf[..len]), Some((0, None, &b"1-0"[..])));
-        assert_eq!(write(&mut buf, 0, None, &[b'1'; 40]), None);
+        let longest = format!("{}-{}", u64::MAX, u64::MAX);
+        let len = write(&mut buf, 1, None, longest.as_bytes()).unwrap();
+        assert_eq!(read(&buf[..len]).unwrap().2, longest.as_bytes());
+        assert_eq!(write(&mut buf, 0, None, &[b'1'; 42]), None);
         assert_eq!(read(b"\0\0"), None);
     }
 }

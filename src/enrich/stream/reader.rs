@@ -204,10 +204,9 @@ impl<'a> StreamReader<'a> {
         consumer.send_read(&mut self.conn, from)?;
         let mut lasts: Vec<Option<EntryId>> = vec![None; plan.input.streams.len()];
         let addr = self.conn.addr();
-        let fence = match fresh {
-            true => Some(self.conn.reply(|frame| fence_reply(frame, addr))?),
-            false => None,
-        };
+        // The fence's reply: the value new entries are read at; an own read only moved it.
+        let fence = self.conn.reply(|frame| fence_reply(frame, addr))?;
+        let fence = fresh.then_some(fence);
         let got = self.conn.reply(|frame| {
             let mut got = 0;
             consumer.for_each_stream(frame, addr, |k, entries| {

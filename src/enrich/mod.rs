@@ -781,8 +781,8 @@ fn run_pipeline(
     }
     // The reader stops within 50 ms of a halt or a stop request, even when it waits on a
     // pipe (see `intake`).
-    let read = reader.map_or(Ok(()), |r| r.join().expect("reader thread"));
-    let written = writer.join().expect("writer thread");
+    let read = reader.map_or(Ok(()), |r| join_thread(r, "reader"));
+    let written = join_thread(writer, "writer");
     done.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
         let _ = t.join();
@@ -961,6 +961,23 @@ fn summarise(
     }
 }
 
+/// A thread's result, or its panic as an error naming the thread and the panic's message.
+fn join_thread<T>(
+    handle: std::thread::JoinHandle<Result<T, EnrichError>>,
+    name: &str,
+) -> Result<T, EnrichError> {
+    handle.join().unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(EnrichError::Internal(format!(
+            "the {name} thread panicked: {message}"
+        )))
+    })
+}
+
 fn spawn_progress(done: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let started = Instant::now();
@@ -986,4 +1003,23 @@ fn write_report(path: &PathBuf, summary: &EnrichSummary) -> Result<(), EnrichErr
     );
     std::fs::write(path, svg)
         .map_err(|cause| EnrichError::io("write the report", path.display(), cause))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_panics_becomes_an_error_naming_it() {
+        let handle = std::thread::spawn(|| -> Result<(), EnrichError> {
+            panic!("slot {} out of range", 3);
+        });
+        let e = join_thread(handle, "writer").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "internal error: the writer thread panicked: slot 3 out of range"
+        );
+        let ok = std::thread::spawn(|| -> Result<u8, EnrichError> { Ok(7) });
+        assert_eq!(join_thread(ok, "reader").unwrap(), 7);
+    }
 }

@@ -229,6 +229,7 @@ pub(crate) fn spawn_writer(
     std::thread::Builder::new()
         .name("ringwait-writer".into())
         .spawn(move || {
+            let _halt_on_panic = HaltOnPanic(settings.stop.clone());
             let passed = vec![0; queues.len()];
             let next = checkpoint.as_ref().map_or(0, |c| c.next_index);
             let mut w = Writer {
@@ -263,6 +264,19 @@ pub(crate) fn spawn_writer(
             result.and(flushed).map(|()| w.stats)
         })
         .expect("spawning the writer thread")
+}
+
+/// Sets the job's halt flag when the writer thread unwinds from a panic, so that the reader
+/// and the partitions stop instead of waiting for a writer that is gone (the job then
+/// reports the panic; see `join_thread` in the module above).
+struct HaltOnPanic(Arc<AtomicBool>);
+
+impl Drop for HaltOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Writer {
@@ -714,5 +728,30 @@ fn record_index(item: &Item) -> Option<u64> {
         Emitted::Record { value, .. } => Some(value.0.index),
         Emitted::Failed { input, .. } => Some(input.index),
         Emitted::Watermark(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_that_panics_halts_the_job() {
+        let halt = Arc::new(AtomicBool::new(false));
+        let flag = halt.clone();
+        let joined = std::thread::spawn(move || {
+            let _guard = HaltOnPanic(flag);
+            panic!("a bug in the writer");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(halt.load(Ordering::Relaxed), "a panic sets the halt flag");
+
+        let flag = halt.clone();
+        halt.store(false, Ordering::Relaxed);
+        std::thread::spawn(move || drop(HaltOnPanic(flag)))
+            .join()
+            .unwrap();
+        assert!(!halt.load(Ordering::Relaxed), "an ordinary end does not");
     }
 }

@@ -39,8 +39,11 @@ const LATENCY_SAMPLE: u64 = 64;
 
 /// Bits of a delivery's opaque value that hold the input offset; above them, the output
 /// (1 bit) and the assignment's slot (17 bits: slots are not reused, so a run supports
-/// 131,072 partition assignments; see the closing note of issue 13).
+/// [`MAX_SLOTS`] partition assignments, and stops with an error at the next).
 const OFFSET_BITS: u32 = 46;
+
+/// Partition assignments one run can take (see [`OFFSET_BITS`]).
+const MAX_SLOTS: usize = 1 << (usize::BITS - OFFSET_BITS - 1);
 
 /// One delivery report: the message's opaque value, and its output partition and offset
 /// (or why it was not delivered).
@@ -106,6 +109,17 @@ pub(crate) struct KafkaCommitter {
     /// When the produce latency was last published to `--metrics`.
     live_at: Instant,
     failed: Option<String>,
+}
+
+/// However the writer ends (a panic included), the reader must not wait for it for ever:
+/// it then commits what was published, which only ever covers delivered outputs.
+impl Drop for KafkaCommitter {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.shared.progress.lock() {
+            p.writer_finished = true;
+        }
+        self.shared.changed.notify_all();
+    }
 }
 
 impl KafkaCommitter {
@@ -277,6 +291,10 @@ impl KafkaCommitter {
         match found {
             Some((i, epoch, false)) if epoch == o.epoch => Ok(Some(i)),
             Some((_, epoch, _)) if epoch >= o.epoch => Ok(None),
+            // An assignment refused (too many in one run): that is the error.
+            _ if self.failed.is_some() => {
+                Err(EnrichError::Kafka(self.failed.clone().expect("checked")))
+            }
             _ => Err(EnrichError::Kafka(format!(
                 "record of {} under assignment {} which the reader never announced",
                 self.plan.describe(o.topic, o.partition, o.offset),
@@ -297,6 +315,16 @@ impl KafkaCommitter {
                 } => {
                     let (out, side) = self.plan.out_partitions_of(partition);
                     let i = self.slots.len();
+                    if i >= MAX_SLOTS {
+                        // Its first record stops the writer with this error (`slot_of`); the
+                        // group resumes from its commits.
+                        self.failed.get_or_insert_with(|| {
+                            format!(
+                                "this run took {MAX_SLOTS} partition assignments, as many as one run can track; start it again (the group resumes from its commits)"
+                            )
+                        });
+                        continue;
+                    }
                     if let Some(&old) = self.current.get(&(topic, partition)) {
                         self.slots[old].revoked = true;
                     }

@@ -191,39 +191,33 @@ fn a_sink_that_cannot_commit_stops_its_source_and_says_why() {
 
 #[test]
 fn a_source_claims_what_a_dead_consumer_held() {
-    let redis = RedisServer::start();
-    let addr = redis.addr();
-    xadd(addr, 1000);
-    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
-    let take = |source: &mut RedisStreamSource, n: usize| {
-        let mut got = Vec::new();
-        while got.len() < n {
-            match source.next().unwrap() {
-                SourceEvent::Element(ringwait::StreamElement::Record { value, .. }) => {
-                    got.push(value.id().to_vec())
-                }
-                SourceEvent::End => break,
-                _ => {
-                    source.wait_for_input(Duration::from_millis(10));
-                }
-            }
-        }
-        got
-    };
+    let (_redis, input, _) = server_with_entries(1000);
     let mut dead = RedisStreamSource::open(&input, "dead", SourceOptions::default()).unwrap();
     let held = take(&mut dead, 100);
     drop(dead);
-    let options = SourceOptions {
-        claim_idle: Duration::from_millis(200),
-        end_when_empty: true,
-        ..SourceOptions::default()
-    };
-    let mut live = RedisStreamSource::open(&input, "live", options).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let got = take(&mut live, usize::MAX);
-    let distinct: std::collections::HashSet<_> = got.iter().collect();
+    let got = claim_all(&input, "live");
+    let distinct: std::collections::HashSet<_> = got.iter().map(StreamEntry::id).collect();
     assert_eq!(distinct.len(), 1000, "every entry, the dead one's included");
-    assert!(held.iter().all(|id| distinct.contains(id)));
+    assert!(held.iter().all(|e| distinct.contains(e.id())));
+}
+
+/// A redis-server with `n` entries in stream `in`, the input URL (group `g`) and the output's
+/// (`out`).
+fn server_with_entries(n: usize) -> (RedisServer, StreamUrl, StreamUrl) {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    xadd(addr, n);
+    let input = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
+    let output = format!("redis-stream://{addr}/out").parse().unwrap();
+    (redis, input, output)
+}
+
+/// Entries in the output stream `out`.
+fn output_len(addr: std::net::SocketAddr) -> usize {
+    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    out.len()
 }
 
 /// Reads `n` records from `source` (fewer if it ends).
@@ -239,6 +233,19 @@ fn take(source: &mut RedisStreamSource, n: usize) -> Vec<StreamEntry> {
         }
     }
     got
+}
+
+/// What a consumer `name` that claims entries idle for 200 ms reads, after waiting 300 ms,
+/// until nothing is left.
+fn claim_all(input: &StreamUrl, name: &str) -> Vec<StreamEntry> {
+    let options = SourceOptions {
+        claim_idle: Duration::from_millis(200),
+        end_when_empty: true,
+        ..SourceOptions::default()
+    };
+    let mut live = RedisStreamSource::open(input, name, options).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    take(&mut live, usize::MAX)
 }
 
 /// Commits `entries` through a sink of its own as `consumer`, in one batch; its stats.
@@ -268,23 +275,13 @@ fn commit_all(
 /// batch would take the one-`XACK` path and add all 100: 50 duplicated outputs.
 #[test]
 fn a_zombie_committing_after_its_entries_were_claimed_duplicates_nothing() {
-    let redis = RedisServer::start();
+    let (redis, input, output) = server_with_entries(100);
     let addr = redis.addr();
-    xadd(addr, 100);
-    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
-    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
     let mut zombie = RedisStreamSource::open(&input, "zombie", SourceOptions::default()).unwrap();
     let held = take(&mut zombie, 100);
     assert_eq!(held.len(), 100);
     assert!(held.iter().all(|e| e.fence().is_some()), "read fresh");
-    let options = SourceOptions {
-        claim_idle: Duration::from_millis(200),
-        end_when_empty: true,
-        ..SourceOptions::default()
-    };
-    let mut live = RedisStreamSource::open(&input, "live", options).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let claimed = take(&mut live, usize::MAX);
+    let claimed = claim_all(&input, "live");
     assert_eq!(
         claimed.len(),
         100,
@@ -307,10 +304,7 @@ fn a_zombie_committing_after_its_entries_were_claimed_duplicates_nothing() {
         (50, 50, 0),
         "checked entry by entry"
     );
-    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
-        panic!("XRANGE")
-    };
-    assert_eq!(out.len(), 100, "one output per entry, none twice");
+    assert_eq!(output_len(addr), 100, "one output per entry, none twice");
     let OwnedFrame::Array(pending) = call(addr, &[b"XPENDING", b"in", b"g"]).unwrap() else {
         panic!("XPENDING")
     };
@@ -322,11 +316,9 @@ fn a_zombie_committing_after_its_entries_were_claimed_duplicates_nothing() {
 /// meanwhile is committed anyway and counted as unverified.
 #[test]
 fn fresh_batches_commit_once_and_outside_acknowledgements_are_counted() {
-    let redis = RedisServer::start();
+    let (redis, input, output) = server_with_entries(0);
     let addr = redis.addr();
     let ids = xadd(addr, 20);
-    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
-    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
     let mut source = RedisStreamSource::open(&input, "c", SourceOptions::default()).unwrap();
     let got = take(&mut source, 20);
     let first = commit_all(&input, &output, "c", &got[..10]);
@@ -345,10 +337,7 @@ fn fresh_batches_commit_once_and_outside_acknowledgements_are_counted() {
         (rest.committed, rest.duplicates, rest.unverified),
         (10, 0, 1)
     );
-    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
-        panic!("XRANGE")
-    };
-    assert_eq!(out.len(), 20);
+    assert_eq!(output_len(addr), 20);
 }
 
 /// A process frozen (or killed with its commit still on the way) and its replacement under
@@ -357,11 +346,8 @@ fn fresh_batches_commit_once_and_outside_acknowledgements_are_counted() {
 /// batch is checked entry by entry: one output each.
 #[test]
 fn a_replacement_under_the_same_consumer_name_fences_off_the_old_process() {
-    let redis = RedisServer::start();
+    let (redis, input, output) = server_with_entries(2);
     let addr = redis.addr();
-    xadd(addr, 2);
-    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
-    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
     let mut old = RedisStreamSource::open(&input, "c", SourceOptions::default()).unwrap();
     let held = take(&mut old, 2);
     assert!(held.iter().all(|e| e.fence().is_some()), "read fresh");
@@ -377,10 +363,7 @@ fn a_replacement_under_the_same_consumer_name_fences_off_the_old_process() {
         (1, 1, 0),
         "checked entry by entry"
     );
-    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
-        panic!("XRANGE")
-    };
-    assert_eq!(out.len(), 2, "one output per entry");
+    assert_eq!(output_len(addr), 2, "one output per entry");
 }
 
 /// A record with two outputs: the first commits its entry, the second is a duplicate (also
@@ -388,11 +371,8 @@ fn a_replacement_under_the_same_consumer_name_fences_off_the_old_process() {
 #[test]
 fn a_second_output_of_one_record_adds_nothing() {
     use ringwait::sink::Sink;
-    let redis = RedisServer::start();
+    let (redis, input, output) = server_with_entries(2);
     let addr = redis.addr();
-    xadd(addr, 2);
-    let input: StreamUrl = format!("redis-stream://{addr}/in?group=g").parse().unwrap();
-    let output: StreamUrl = format!("redis-stream://{addr}/out").parse().unwrap();
     let mut source = RedisStreamSource::open(&input, "c", SourceOptions::default()).unwrap();
     let got = take(&mut source, 2);
     let mut sink: RedisStreamSink<(StreamEntry, Vec<u8>)> =
@@ -414,8 +394,5 @@ fn a_second_output_of_one_record_adds_nothing() {
         (stats.committed, stats.duplicates, stats.unverified),
         (2, 1, 0)
     );
-    let OwnedFrame::Array(out) = call(addr, &[b"XRANGE", b"out", b"-", b"+"]).unwrap() else {
-        panic!("XRANGE")
-    };
-    assert_eq!(out.len(), 2);
+    assert_eq!(output_len(addr), 2);
 }

@@ -376,13 +376,7 @@ fn latency_run(
     let job = std::thread::spawn(move || crate::enrich::run(config));
     let (watch, seen, quit) = spawn_watch(brokers, output, n, clock);
     let ready = wait_for_assignment(brokers, input, group, &job);
-    let produced = ready.and_then(|()| {
-        let p = producer(brokers)?;
-        warm_up(&p, input, &seen)?;
-        send(&p, input, n, Some(rate), || {
-            clock.elapsed().as_nanos() as u64
-        })
-    });
+    let produced = ready.and_then(|()| send_stamped(brokers, input, n, rate, clock, &seen));
     if produced.is_err() {
         quit.store(true, Ordering::Relaxed);
     }
@@ -393,6 +387,23 @@ fn latency_run(
     ran?;
     produced?;
     seen
+}
+
+/// The timed part of a latency run: a producer of its own sends the warm-up to `topic`, then
+/// `n` messages at `rate`, each stamped with its send time on `clock`.
+fn send_stamped(
+    brokers: &KafkaUrl,
+    topic: &str,
+    n: u64,
+    rate: f64,
+    clock: Instant,
+    seen: &AtomicU64,
+) -> Result<(), BoxError> {
+    let p = producer(brokers)?;
+    warm_up(&p, topic, seen)?;
+    send(&p, topic, n, Some(rate), || {
+        clock.elapsed().as_nanos() as u64
+    })
 }
 
 /// Sends the unstamped warm-up messages and waits until they are all read at the end of
@@ -415,12 +426,7 @@ fn warm_up(p: &CountingProducer, topic: &str, seen: &AtomicU64) -> Result<(), Bo
 fn raw_hop(brokers: &KafkaUrl, topic: &str, rate: f64, n: u64) -> Result<Histogram<u64>, BoxError> {
     let clock = Instant::now();
     let (watch, seen, quit) = spawn_watch(brokers, topic, n, clock);
-    let sent = producer(brokers).and_then(|p| {
-        warm_up(&p, topic, &seen)?;
-        send(&p, topic, n, Some(rate), || {
-            clock.elapsed().as_nanos() as u64
-        })
-    });
+    let sent = send_stamped(brokers, topic, n, rate, clock, &seen);
     if sent.is_err() {
         quit.store(true, Ordering::Relaxed);
     }

@@ -298,6 +298,12 @@ impl CommitBatch {
     /// Adds a record: its output, an error entry, or only its progress.
     pub fn add(&mut self, target: &CommitTarget, r: CommitRecord<'_>) {
         assert!(r.stream < 255, "at most 255 input streams");
+        if !self.is_empty() && self.last_stream == r.stream && self.last_id == r.id {
+            self.unfenced = true; // one XACK would count the entry once
+        }
+        self.last_id.clear();
+        self.last_id.extend_from_slice(r.id);
+        self.last_stream = r.stream;
         self.kinds.push(match r.kind {
             Kind::Data => b'd',
             Kind::Error => b'e',
@@ -321,12 +327,6 @@ impl CommitBatch {
             Some(f) => self.fence = Some(self.fence.map_or(f, |low| low.min(f))),
             None => self.unfenced = true,
         }
-        if self.kinds.len() > 1 && self.last_stream == r.stream && self.last_id == r.id {
-            self.unfenced = true; // one XACK would count the entry once
-        }
-        self.last_id.clear();
-        self.last_id.extend_from_slice(r.id);
-        self.last_stream = r.stream;
         if matches!(target.mode, CommitMode::Progress(_)) {
             if self.ids.len() < target.inputs.len() {
                 self.ids.resize(target.inputs.len(), Vec::new());

@@ -115,10 +115,7 @@ pub(crate) struct KafkaCommitter {
 /// it then commits what was published, which only ever covers delivered outputs.
 impl Drop for KafkaCommitter {
     fn drop(&mut self) {
-        if let Ok(mut p) = self.shared.progress.lock() {
-            p.writer_finished = true;
-        }
-        self.shared.changed.notify_all();
+        self.mark_finished();
     }
 }
 
@@ -224,11 +221,7 @@ impl KafkaCommitter {
         let taken = self.take_deliveries();
         self.publish();
         self.publish_latency();
-        {
-            let mut p = self.shared.progress.lock().expect("progress");
-            p.writer_finished = true;
-        }
-        self.shared.changed.notify_all();
+        self.mark_finished();
         let mut shared = self
             .shared
             .counters
@@ -259,11 +252,19 @@ impl KafkaCommitter {
         let _ = self.producer.flush(Duration::from_secs(5));
         let _ = self.take_deliveries();
         self.publish();
-        self.shared
+        self.mark_finished();
+    }
+
+    /// Tells the reader that nothing more will be published (a poisoned lock too: this also
+    /// runs while a panic unwinds).
+    fn mark_finished(&self) {
+        let mut p = self
+            .shared
             .progress
             .lock()
-            .expect("progress")
-            .writer_finished = true;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.writer_finished = true;
+        drop(p);
         self.shared.changed.notify_all();
     }
 
@@ -291,14 +292,16 @@ impl KafkaCommitter {
         match found {
             Some((i, epoch, false)) if epoch == o.epoch => Ok(Some(i)),
             Some((_, epoch, _)) if epoch >= o.epoch => Ok(None),
-            // An assignment refused (too many in one run): that is the error.
-            _ if self.failed.is_some() => {
-                Err(EnrichError::Kafka(self.failed.clone().expect("checked")))
-            }
-            _ => Err(EnrichError::Kafka(format!(
-                "record of {} under assignment {} which the reader never announced",
-                self.plan.describe(o.topic, o.partition, o.offset),
-                o.epoch
+            // An assignment refused (too many in one run) is the error; otherwise the reader
+            // broke its word.
+            _ => Err(EnrichError::Kafka(self.failed.clone().unwrap_or_else(
+                || {
+                    format!(
+                        "record of {} under assignment {} which the reader never announced",
+                        self.plan.describe(o.topic, o.partition, o.offset),
+                        o.epoch
+                    )
+                },
             ))),
         }
     }

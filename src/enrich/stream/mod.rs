@@ -280,9 +280,17 @@ pub(crate) fn prepare(config: &EnrichConfig) -> Result<StreamPlan, EnrichError> 
             &group,
         ))
     };
-    check_slots(&mut out_conn, &input, &out_stream, side.as_deref(), &mode)?;
+    let fence = crate::connect::redis_stream::fence_key(&input.streams, &group);
+    check_slots(
+        &mut out_conn,
+        &input,
+        &fence,
+        &out_stream,
+        side.as_deref(),
+        &mode,
+    )?;
     if !same {
-        check_input_slots(&mut in_conn, &input)?;
+        check_input_slots(&mut in_conn, &input, &fence)?;
     }
     for name in &input.streams {
         must_be_stream(&mut in_conn, name, "--input")?;
@@ -432,21 +440,22 @@ fn must_be_stream(
     }
 }
 
-/// In Redis Cluster, the keys one commit script touches must share a slot.
+/// In Redis Cluster, the keys one commit script touches must share a slot (`fence`: the
+/// inputs' claim fence).
 fn check_slots(
     conn: &mut BlockingConn,
     input: &StreamUrl,
+    fence: &str,
     output: &str,
     side: Option<&str>,
     mode: &CommitMode,
 ) -> Result<(), EnrichError> {
-    let fence = crate::connect::redis_stream::fence_key(&input.streams, input_group(input));
     let mut keys: Vec<&str> = vec![output];
     keys.extend(side);
     match mode {
         CommitMode::Ack => {
             keys.extend(input.streams.iter().map(String::as_str));
-            keys.push(&fence);
+            keys.push(fence);
         }
         CommitMode::Progress(key) => keys.push(key),
     }
@@ -463,10 +472,13 @@ fn check_slots(
 
 /// On two servers, the input streams (read in one `XREADGROUP`) and the claim fence share a
 /// slot too.
-fn check_input_slots(conn: &mut BlockingConn, input: &StreamUrl) -> Result<(), EnrichError> {
-    let fence = crate::connect::redis_stream::fence_key(&input.streams, input_group(input));
+fn check_input_slots(
+    conn: &mut BlockingConn,
+    input: &StreamUrl,
+    fence: &str,
+) -> Result<(), EnrichError> {
     let mut keys: Vec<&str> = input.streams.iter().map(String::as_str).collect();
-    keys.push(&fence);
+    keys.push(fence);
     if share_a_slot(conn, &keys)? {
         return Ok(());
     }
@@ -474,11 +486,6 @@ fn check_input_slots(conn: &mut BlockingConn, input: &StreamUrl) -> Result<(), E
         "--input",
         format!("in Redis Cluster the keys {keys:?} (the input streams and their claim fence) must share a hash slot: give the streams one {{tag}}"),
     ))
-}
-
-/// The input's group (checked to be there).
-fn input_group(input: &StreamUrl) -> &str {
-    input.group.as_deref().unwrap_or_default()
 }
 
 /// Whether `keys` can be used together on `conn`'s server: it is not a cluster node, or they

@@ -1,6 +1,9 @@
 //! The commit: one script per batch adds the batch's outputs and commits the input's
-//! progress atomically on the output's server (see [`SCRIPT`]). [`CommitBatch`] builds the
-//! `EVAL`; the job's committer and [`RedisStreamSink`](super::RedisStreamSink) send it.
+//! progress atomically on the output's server (see [`SCRIPT`]); a batch read fresh, with
+//! input and output on one server, may instead go as a watched transaction of plain
+//! commands (see [`GUARD_SCRIPT`]). [`CommitBatch`] builds both; a
+//! [`CommitPipeline`](super::CommitPipeline) sends them for the job's committer and for
+//! [`RedisStreamSink`](super::RedisStreamSink).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +50,9 @@ pub const PROGRESS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 ///   per entry, the `XACK`s 0.6);
 /// - **progress mode**: `ZMSCORE` names, for the whole batch, those not in the progress set,
 ///   and one `ZADD NX` after the outputs records them.
+///
+/// A batch read fresh usually goes as a watched transaction instead (see [`GUARD_SCRIPT`]);
+/// this script takes it when the guard refuses it and whenever it is sent again.
 ///
 /// A batch holds at most [`MAX_BATCH`] records (Lua's `unpack` takes about 8,000 values).
 pub const SCRIPT: &str = r#"
@@ -175,6 +181,55 @@ end
 return {committed, duplicates, unverified}
 "#;
 
+/// The check before a watched commit: the batch as plain commands, `XACK`s and `XADD`s in
+/// one `MULTI`/`EXEC`, without a script's cost per record (a quarter of the server's CPU per
+/// entry, see `perf/README.md`). A transaction cannot be conditional, so the condition is
+/// a `WATCH`: the pipeline sends
+///
+/// `WATCH fence guard`, `EVAL GUARD_SCRIPT …`, `MULTI`, `XACK`…, `XADD`…, `EXEC`
+///
+/// and the script, run between the `WATCH` and the `MULTI`, writes the guard key when the
+/// batch may not go this way, which makes the `EXEC` abort: nothing of the batch is done,
+/// and the pipeline sends it again as the [`SCRIPT`], which checks entry by entry. It
+/// refuses when the guard is already set (an earlier batch on the connection was refused:
+/// this keeps the batches' order), when the claim fence moved since the entries were read
+/// (a claim ran: they may be another consumer's by now), when the batch's first or last
+/// entry is no longer pending (the batch, or part of it, was committed before), and, with
+/// an error, when a key has the wrong type or the group is missing. Once it has passed,
+/// the `WATCH` on the fence aborts the `EXEC` if a claim runs before it.
+///
+/// `KEYS`: the claim fence, the guard, the output, the side stream (the output again), the
+/// input streams. `ARGV`: the fence the entries were read at, the group, then the first
+/// record's input stream (from 1) and entry id, and the last record's. Returns 1 (go on), 0
+/// (refused) or an error; on anything but 1 the guard is set.
+pub const GUARD_SCRIPT: &str = r#"
+local fence, guard = KEYS[1], KEYS[2]
+local function check()
+  if redis.call('EXISTS', guard) == 1 then return 0 end
+  if (redis.call('GET', fence) or '0') ~= ARGV[1] then return 0 end
+  for _, key in ipairs({KEYS[3], KEYS[4]}) do
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'stream' and t ~= 'none' then
+      return redis.error_reply('WRONGTYPE the key ' .. key .. ' holds a ' .. t .. ', not a stream')
+    end
+  end
+  -- The group must exist (XACK on a missing group answers 0).
+  for k = 5, #KEYS do redis.call('XPENDING', KEYS[k], ARGV[2]) end
+  for _, at in ipairs({3, 5}) do
+    local id = ARGV[at + 1]
+    if #redis.call('XPENDING', KEYS[4 + tonumber(ARGV[at])], ARGV[2], id, id, 1) == 0 then
+      return 0
+    end
+  end
+  return 1
+end
+local ok, result = pcall(check)
+if ok and result == 1 then return 1 end
+redis.call('SET', guard, '1')
+if ok or type(result) == 'table' then return result end
+return redis.error_reply(tostring(result))
+"#;
+
 /// What a record commits as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -253,11 +308,18 @@ pub struct CommitBatch {
     /// An entry was not read fresh, or came twice in a row: the batch is checked entry by
     /// entry.
     unfenced: bool,
-    /// The last record's entry id and input stream.
+    /// The first and the last record's entry id and input stream.
+    first_id: Vec<u8>,
+    first_stream: usize,
     last_id: Vec<u8>,
     last_stream: usize,
+    /// Per input stream, the records' entry ids and their lengths (two-server commits, and
+    /// the watched form's `XACK`s with several inputs).
     ids: Vec<Vec<u8>>,
     id_lens: Vec<Vec<u32>>,
+    /// Ack mode: the records' `XADD`s, for the watched form, and how many.
+    adds: Vec<u8>,
+    add_count: usize,
 }
 
 /// One record of a [`CommitBatch`].
@@ -276,22 +338,48 @@ pub struct CommitRecord<'a> {
     /// The claim fence read just before the entry was read as new (`XREADGROUP … >`; see
     /// [`fence_key`](super::fence_key)); `None` for an entry read any other way (this
     /// consumer's own pending entries, a claim). A batch whose entries were all read fresh
-    /// at the fence's current value is committed with one `XACK` (see [`SCRIPT`]): give an
+    /// at the fence's current value is committed with one `XACK`, as a watched transaction
+    /// (see [`GUARD_SCRIPT`] and [`SCRIPT`]): give an
     /// entry read fresh to at most one record, once (the same entry twice in a row makes
     /// the batch checked entry by entry).
     pub fence: Option<u64>,
 }
 
-/// A batch encoded: the `EVAL`, and the `XACK`s to send once it is answered (two-server
-/// commits; empty otherwise).
+/// A batch encoded: the `EVAL`, the watched form when the batch may go that way, and the
+/// `XACK`s to send once it is answered (two-server commits; empty otherwise).
 #[derive(Debug, Clone)]
 pub struct EncodedBatch {
-    /// The `EVAL` command.
+    /// The `EVAL` of the [`SCRIPT`]: right however often the batch is sent.
     pub eval: Vec<u8>,
+    /// The watched transaction (see [`GUARD_SCRIPT`]): ack mode, every entry read fresh.
+    pub watched: Option<Watched>,
     /// The `XACK` commands, one per input stream with entries in the batch.
     pub acks: Vec<u8>,
     /// How many `XACK` commands `acks` holds.
     pub ack_count: usize,
+}
+
+/// A batch as a watched transaction: `WATCH`, the [`GUARD_SCRIPT`], `MULTI`, its `XACK`s
+/// and `XADD`s, `EXEC`.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// The commands.
+    pub commands: Vec<u8>,
+    /// Records in the batch.
+    pub records: usize,
+    /// `XACK` commands in the transaction (one per input stream with entries), before the
+    /// `XADD`s.
+    pub acks: usize,
+    /// `XADD` commands in the transaction.
+    pub adds: usize,
+}
+
+impl Watched {
+    /// Replies the commands get: `WATCH`, `EVAL` and `MULTI`, one `QUEUED` per command in
+    /// the transaction, and `EXEC`.
+    pub fn replies(&self) -> usize {
+        3 + self.acks + self.adds + 1
+    }
 }
 
 impl CommitBatch {
@@ -300,6 +388,11 @@ impl CommitBatch {
         assert!(r.stream < 255, "at most 255 input streams");
         if !self.is_empty() && self.last_stream == r.stream && self.last_id == r.id {
             self.unfenced = true; // one XACK would count the entry once
+        }
+        if self.is_empty() {
+            self.first_id.clear();
+            self.first_id.extend_from_slice(r.id);
+            self.first_stream = r.stream;
         }
         self.last_id.clear();
         self.last_id.extend_from_slice(r.id);
@@ -327,7 +420,11 @@ impl CommitBatch {
             Some(f) => self.fence = Some(self.fence.map_or(f, |low| low.min(f))),
             None => self.unfenced = true,
         }
-        if matches!(target.mode, CommitMode::Progress(_)) {
+        let ack_mode = target.mode == CommitMode::Ack;
+        if ack_mode {
+            self.encode_add(target, &r);
+        }
+        if !ack_mode || target.inputs.len() > 1 {
             if self.ids.len() < target.inputs.len() {
                 self.ids.resize(target.inputs.len(), Vec::new());
                 self.id_lens.resize(target.inputs.len(), Vec::new());
@@ -350,7 +447,15 @@ impl CommitBatch {
     /// Encodes the batch and empties it.
     pub fn take(&mut self, target: &CommitTarget) -> EncodedBatch {
         let eval = self.encode(target);
-        let (acks, ack_count) = self.encode_acks(target);
+        let watched = self.encode_watched(target);
+        let (acks, ack_count) = match target.mode {
+            CommitMode::Progress(_) => self.encode_acks(target),
+            CommitMode::Ack => {
+                self.ids.iter_mut().for_each(Vec::clear);
+                self.id_lens.iter_mut().for_each(Vec::clear);
+                (Vec::new(), 0)
+            }
+        };
         self.kinds.clear();
         self.streams.clear();
         self.id_args.clear();
@@ -359,11 +464,133 @@ impl CommitBatch {
         self.fence = None;
         self.unfenced = false;
         self.last_id.clear();
+        self.adds.clear();
+        self.add_count = 0;
         EncodedBatch {
             eval,
+            watched,
             acks,
             ack_count,
         }
+    }
+
+    /// The fence every entry was read at, when all were read fresh (and none came twice in a
+    /// row): the batch may then be acknowledged at once.
+    fn expected_fence(&self, t: &CommitTarget) -> Option<u64> {
+        match (self.fence, self.unfenced, &t.mode) {
+            (Some(f), false, CommitMode::Ack) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Ack mode: appends the record's `XADD` (none for a skipped record), its fields in the
+    /// [`SCRIPT`]'s order.
+    fn encode_add(&mut self, t: &CommitTarget, r: &CommitRecord<'_>) {
+        let mut maxlen = [0u8; 20];
+        let maxlen = t.maxlen.map(|m| {
+            use std::io::Write;
+            let mut at = &mut maxlen[..];
+            write!(at, "{m}").expect("20 digits hold a u64");
+            let len = 20 - at.len();
+            &maxlen[..len]
+        });
+        let key = match r.kind {
+            Kind::Data => t.output.as_bytes(),
+            Kind::Error => t.side.as_deref().unwrap_or(&t.output).as_bytes(),
+            Kind::Skip => return,
+        };
+        let stream = (t.inputs.len() > 1).then(|| t.inputs[r.stream].as_bytes());
+        let (first_field, first_value): (&[u8], &[u8]) = match r.kind {
+            Kind::Error => (b"error", r.error.as_bytes()),
+            _ => (b"data", r.data),
+        };
+        let mut args: [&[u8]; 14] = [b""; 14];
+        let mut n = 0;
+        let head: [&[u8]; 2] = [b"XADD", key];
+        let maxlen_args: [&[u8]; 3] = [b"MAXLEN", b"~", maxlen.unwrap_or_default()];
+        let fields: [&[u8]; 4] = [first_field, first_value, b"src", r.id];
+        let stream_args: [&[u8]; 2] = [b"stream", stream.unwrap_or_default()];
+        let tail: [&[u8]; 2] = [b"data", r.data];
+        let parts: [(&[&[u8]], bool); 6] = [
+            (&head, true),
+            (&maxlen_args, maxlen.is_some()),
+            (&[b"*"], true),
+            (&fields, true),
+            (&stream_args, stream.is_some()),
+            (&tail, r.kind == Kind::Error),
+        ];
+        for (part, used) in parts {
+            if used {
+                args[n..n + part.len()].copy_from_slice(part);
+                n += part.len();
+            }
+        }
+        let args = &args[..n];
+        encode_command(&mut self.adds, args);
+        self.add_count += 1;
+    }
+
+    /// The watched form (see [`GUARD_SCRIPT`]): ack mode, every entry read fresh.
+    fn encode_watched(&self, t: &CommitTarget) -> Option<Watched> {
+        let expected = self.expected_fence(t)?.to_string();
+        let fence = super::fence_key(&t.inputs, &t.group);
+        let guard = super::guard_key(&t.inputs, &t.group, &t.consumer);
+        let out = t.output.as_bytes();
+        let side = t.side.as_deref().map_or(out, str::as_bytes);
+        let mut c = Vec::with_capacity(self.adds.len() + 2 * self.id_args.len() + 4096);
+        encode_command(&mut c, &[b"WATCH", fence.as_bytes(), guard.as_bytes()]);
+        let keys = 4 + t.inputs.len();
+        write_array_header(&mut c, 3 + keys + 6);
+        write_bulk(&mut c, b"EVAL");
+        write_bulk(&mut c, GUARD_SCRIPT.as_bytes());
+        write_bulk(&mut c, keys.to_string().as_bytes());
+        write_bulk(&mut c, fence.as_bytes());
+        write_bulk(&mut c, guard.as_bytes());
+        write_bulk(&mut c, out);
+        write_bulk(&mut c, side);
+        for s in &t.inputs {
+            write_bulk(&mut c, s.as_bytes());
+        }
+        write_bulk(&mut c, expected.as_bytes());
+        write_bulk(&mut c, t.group.as_bytes());
+        write_bulk(&mut c, (self.first_stream + 1).to_string().as_bytes());
+        write_bulk(&mut c, &self.first_id);
+        write_bulk(&mut c, (self.last_stream + 1).to_string().as_bytes());
+        write_bulk(&mut c, &self.last_id);
+        encode_command(&mut c, &[b"MULTI"]);
+        let mut acks = 0;
+        if t.inputs.len() == 1 {
+            write_array_header(&mut c, 3 + self.kinds.len());
+            write_bulk(&mut c, b"XACK");
+            write_bulk(&mut c, t.inputs[0].as_bytes());
+            write_bulk(&mut c, t.group.as_bytes());
+            c.extend_from_slice(&self.id_args);
+            acks = 1;
+        } else {
+            for (k, lens) in self.id_lens.iter().enumerate() {
+                if lens.is_empty() {
+                    continue;
+                }
+                write_array_header(&mut c, 3 + lens.len());
+                write_bulk(&mut c, b"XACK");
+                write_bulk(&mut c, t.inputs[k].as_bytes());
+                write_bulk(&mut c, t.group.as_bytes());
+                let mut at = 0;
+                for len in lens {
+                    write_bulk(&mut c, &self.ids[k][at..at + *len as usize]);
+                    at += *len as usize;
+                }
+                acks += 1;
+            }
+        }
+        c.extend_from_slice(&self.adds);
+        encode_command(&mut c, &[b"EXEC"]);
+        Some(Watched {
+            commands: c,
+            records: self.kinds.len(),
+            acks,
+            adds: self.add_count,
+        })
     }
 
     fn encode(&self, t: &CommitTarget) -> Vec<u8> {
@@ -379,10 +606,9 @@ impl CommitBatch {
         } else {
             0
         };
-        let expected = match (self.fence, self.unfenced, &t.mode) {
-            (Some(f), false, CommitMode::Ack) => f.to_string(),
-            _ => String::new(),
-        };
+        let expected = self
+            .expected_fence(t)
+            .map_or_else(String::new, |f| f.to_string());
         let streams: &[u8] = if t.inputs.len() > 1 {
             &self.streams
         } else {

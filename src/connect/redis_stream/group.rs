@@ -18,13 +18,26 @@ pub const READ_BLOCK: Duration = Duration::from_millis(100);
 /// sits in the first input's hash slot: `{tag}:ringwait-claims:G` beside an input named
 /// with a `{tag}`, else `{INPUT}:ringwait-claims:G`.
 pub fn fence_key(inputs: &[String], group: &str) -> String {
+    format!("{}:ringwait-claims:{group}", slot_base(inputs))
+}
+
+/// The commit guard of `consumer` in `group` on `inputs`, beside the claim fence (in its
+/// hash slot): `{tag}:ringwait-guard:G:CONSUMER`. A watched commit
+/// ([`CommitPipeline`](super::CommitPipeline)) sets it when it finds the fence moved, which
+/// aborts that commit and every watched commit behind it on the connection until the
+/// pipeline deletes it again.
+pub fn guard_key(inputs: &[String], group: &str, consumer: &str) -> String {
+    format!("{}:ringwait-guard:{group}:{consumer}", slot_base(inputs))
+}
+
+/// The first input's name with its `{tag}`, or the whole name as the tag.
+fn slot_base(inputs: &[String]) -> String {
     let first = inputs.first().map_or("", String::as_str);
-    let base = if super::commit::has_hash_tag(first) {
+    if super::commit::has_hash_tag(first) {
         first.to_string()
     } else {
         format!("{{{first}}}")
-    };
-    format!("{base}:ringwait-claims:{group}")
+    }
 }
 
 /// `XAUTOCLAIM`, and an increment of the claim fence (`KEYS[2]`) when it took or dropped

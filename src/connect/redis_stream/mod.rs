@@ -3,8 +3,9 @@
 //! * [`StreamUrl`], the address: `redis-stream://[USER:PW@]HOST:PORT[/DB]/STREAM[,STREAM...][?group=G&…]`;
 //! * [`RedisStreamSource`], one partition's consumer in a group: its own pending entries
 //!   first, then new ones, and entries idle in dead consumers' pending lists (claimed);
-//! * [`RedisStreamSink`], which commits each entry's output and its acknowledgement in one script
-//!   per batch ([`SCRIPT`]), so an entry gets exactly one output however often it is read or
+//! * [`RedisStreamSink`], which commits each entry's output and its acknowledgement in one
+//!   atomic step per batch (the [`SCRIPT`], or a watched transaction for a batch read fresh:
+//!   [`CommitPipeline`]), so an entry gets exactly one output however often it is read or
 //!   committed (a restart, a claim, a resent batch).
 //!
 //! Both do their I/O without blocking the partition's executor (but for the sink's
@@ -16,17 +17,21 @@
 mod commit;
 mod conn;
 mod group;
+mod pipeline;
 mod sink;
 mod source;
 mod url;
 
 pub use commit::{
     commit_counts, CommitBatch, CommitCounts, CommitMode, CommitRecord, CommitTarget, EncodedBatch,
-    Kind, MAX_BATCH, PROGRESS_RETENTION, SCRIPT,
+    Kind, Watched, GUARD_SCRIPT, MAX_BATCH, PROGRESS_RETENTION, SCRIPT,
 };
 pub(crate) use conn::text;
 pub use conn::{BlockingConn, StreamConnError};
-pub use group::{claim_reply, fence_key, fence_reply, GroupConsumer, ReadFrom, READ_BLOCK};
+pub use group::{
+    claim_reply, fence_key, fence_reply, guard_key, GroupConsumer, ReadFrom, READ_BLOCK,
+};
+pub use pipeline::{CommitPipeline, Committed};
 pub use sink::{RedisStreamSink, SinkStats, StreamOutput};
 pub use source::{RedisStreamSource, SourceOptions, StreamEntry};
 pub use url::{GroupStart, StreamUrl, StreamUrlError};

@@ -1,13 +1,11 @@
 //! [`RedisStreamSink`]: one partition's outputs committed to a stream with their entries'
 //! acknowledgements, exactly once, without blocking the partition's executor.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::commit::{
-    commit_counts, CommitBatch, CommitMode, CommitRecord, CommitTarget, EncodedBatch, Kind,
-};
+use super::commit::{CommitBatch, CommitMode, CommitRecord, CommitTarget, EncodedBatch, Kind};
 use super::conn::{BlockingConn, StreamConnError};
+use super::pipeline::CommitPipeline;
 use super::{StreamEntry, StreamUrl};
 use crate::element::Emitted;
 use crate::sink::Sink;
@@ -53,11 +51,14 @@ const WINDOW: usize = 4;
 /// One partition's output to a Redis stream. Each output becomes an entry `{data, src: the
 /// input entry's id}` (and `stream`, with several inputs); a failed record becomes an entry
 /// `{error, src, data: its payload}` on the side stream, or is acknowledged without output
-/// when there is none. Outputs gather per partition round into one batch, committed by one
-/// script that acknowledges each entry and adds its output only if that acknowledged it
-/// (input and output on one server; one `XACK` for the batch when its entries were all
-/// read fresh and no claim ran since: [`CommitRecord::fence`](super::CommitRecord::fence)), or records it in a progress set beside the output and
-/// adds only if it was not there (two servers; then the sink acknowledges on the input's
+/// when there is none. Outputs gather per partition round into one batch, committed in one
+/// atomic step that acknowledges each entry and adds its output only if that acknowledged
+/// it (input and output on one server: a watched transaction with one `XACK` for the batch
+/// when its entries were all read fresh and no claim ran since, see
+/// [`CommitRecord::fence`](super::CommitRecord::fence) and
+/// [`CommitPipeline`](super::CommitPipeline); else the [`SCRIPT`](super::SCRIPT)), or
+/// records it in a progress set beside the output and adds only if it was not there (two
+/// servers; then the sink acknowledges on the input's
 /// server). So however often an entry is read and committed, it has one output.
 ///
 /// A lost connection fails the partition at [`finish`](Sink::finish) (see
@@ -70,7 +71,7 @@ pub struct RedisStreamSink<O> {
     target: CommitTarget,
     batch: CommitBatch,
     batch_size: usize,
-    in_flight: VecDeque<(EncodedBatch, Instant)>,
+    pipeline: CommitPipeline,
     stats: SinkStats,
     error: Option<StreamConnError>,
     /// The input sequence of the last output taken: a second output of one record is a
@@ -116,6 +117,10 @@ impl<O: StreamOutput> RedisStreamSink<O> {
                 return Err(format!("the key {key:?} on {} is not a stream", output.server).into());
             }
         }
+        let guard = match mode {
+            CommitMode::Ack => Some(super::guard_key(&input.streams, &group, consumer)),
+            CommitMode::Progress(_) => None,
+        };
         Ok(RedisStreamSink {
             conn,
             acks_conn,
@@ -130,7 +135,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
             },
             batch: CommitBatch::default(),
             batch_size: 256,
-            in_flight: VecDeque::with_capacity(WINDOW + 1),
+            pipeline: CommitPipeline::new(guard),
             stats: SinkStats::default(),
             error: None,
             last_sequence: None,
@@ -152,7 +157,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
         if let Some(flag) = &self.failed {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        self.in_flight.clear();
+        self.pipeline.clear();
         self.error.get_or_insert(error);
     }
 
@@ -162,25 +167,22 @@ impl<O: StreamOutput> RedisStreamSink<O> {
             return;
         }
         let encoded = self.batch.take(&self.target);
-        match self.conn.send(&encoded.eval) {
-            Ok(()) => self.in_flight.push_back((encoded, Instant::now())),
-            Err(e) => self.fail(e),
+        if let Err(e) = self.pipeline.send(&mut self.conn, encoded) {
+            self.fail(e);
         }
     }
 
     /// Takes the replies that arrived (all of them, waiting, when `wait`).
     fn receive(&mut self, wait: bool) {
-        while !self.in_flight.is_empty() && self.error.is_none() {
-            let addr = self.conn.addr();
-            let counts = |frame: crate::resp::Frame<'_>| commit_counts(frame, addr);
+        while !self.pipeline.is_empty() && self.error.is_none() {
             let reply = if wait {
-                self.conn.reply(counts).map(Some)
+                self.pipeline.receive(&mut self.conn).map(Some)
             } else {
-                self.conn.try_reply(counts)
+                self.pipeline.try_receive(&mut self.conn)
             };
             match reply {
-                Ok(Some(counts)) => {
-                    let (batch, _) = self.in_flight.pop_front().expect("in flight");
+                Ok(Some(done)) => {
+                    let (batch, counts) = (done.batch, done.counts);
                     self.stats.committed += counts.committed;
                     self.stats.duplicates += counts.duplicates;
                     self.stats.unverified += counts.unverified;
@@ -254,7 +256,7 @@ impl<O: StreamOutput> Sink<O, StreamEntry> for RedisStreamSink<O> {
     }
 
     fn has_room(&self) -> bool {
-        self.in_flight.len() < WINDOW || self.error.is_some()
+        self.pipeline.len() < WINDOW || self.error.is_some()
     }
 
     fn flush(&mut self) {

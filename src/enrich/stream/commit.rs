@@ -1,19 +1,20 @@
 //! The committer: the writer's side of a stream output. Results gather in a batch; a full
-//! batch (or the writer going idle) leaves as one `EVAL` of the
-//! [commit script](crate::connect::redis_stream::SCRIPT), which adds each
-//! entry's output and commits its progress atomically (see the [module docs](super)). Up to
-//! [`WINDOW`] batches are in flight at once; their replies are read in order. A lost
-//! connection is reopened and every batch whose reply did not arrive is sent again: the
-//! script adds nothing for an entry already committed, so resending is safe.
+//! batch (or the writer going idle) leaves as one commit, which adds each entry's output and
+//! commits its progress atomically (see the [module docs](super)): a watched transaction
+//! for a batch read fresh, else the [commit script](crate::connect::redis_stream::SCRIPT)
+//! (see [`CommitPipeline`]). Up to [`WINDOW`] batches are in flight at once; their replies
+//! are read in order. A lost connection is reopened and every batch whose reply did not
+//! arrive is sent again as the script, which adds nothing for an entry already committed,
+//! so resending is safe.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{StreamCounters, StreamPlan};
 use crate::connect::redis_stream::{
-    commit_counts, BlockingConn, CommitBatch, CommitRecord, EncodedBatch, Kind, StreamConnError,
+    guard_key, BlockingConn, CommitBatch, CommitMode, CommitPipeline, CommitRecord, EncodedBatch,
+    Kind, StreamConnError,
 };
 use crate::enrich::intake::Intake;
 use crate::enrich::record::Line;
@@ -21,12 +22,6 @@ use crate::enrich::EnrichError;
 
 /// Batches in flight before the writer waits for the oldest one's reply.
 pub(crate) const WINDOW: usize = 4;
-
-/// A batch sent and not yet answered.
-struct Sent {
-    batch: EncodedBatch,
-    sent_at: Instant,
-}
 
 /// The writer's committer for a stream output.
 pub(crate) struct StreamCommitter {
@@ -41,7 +36,8 @@ pub(crate) struct StreamCommitter {
     poisoned: bool,
     /// Since when the output's server has been unreachable (or answering LOADING, BUSY…).
     down_since: Option<Instant>,
-    in_flight: VecDeque<Sent>,
+    /// The batches sent and not yet answered.
+    pipeline: CommitPipeline,
     counters: Arc<StreamCounters>,
     /// Commit round trips since the last [`publish`](Self::publish) (for the summary).
     latency: hdrhistogram::Histogram<u64>,
@@ -63,11 +59,10 @@ impl StreamCommitter {
         live: Option<Arc<crate::metrics::live::LiveMetrics>>,
     ) -> Result<StreamCommitter, EnrichError> {
         let conn = plan.connect_output(&intake)?;
-        let acks_conn = match plan.target.mode {
-            crate::connect::redis_stream::CommitMode::Ack => None,
-            crate::connect::redis_stream::CommitMode::Progress(_) => {
-                Some(plan.connect_input(&intake)?)
-            }
+        let t = &plan.target;
+        let (acks_conn, guard) = match t.mode {
+            CommitMode::Ack => (None, Some(guard_key(&t.inputs, &t.group, &t.consumer))),
+            CommitMode::Progress(_) => (Some(plan.connect_input(&intake)?), None),
         };
         Ok(StreamCommitter {
             plan,
@@ -77,7 +72,7 @@ impl StreamCommitter {
             batch: CommitBatch::default(),
             poisoned: false,
             down_since: None,
-            in_flight: VecDeque::with_capacity(WINDOW + 1),
+            pipeline: CommitPipeline::new(guard),
             counters,
             latency: crate::metrics::latency_histogram(),
             live: live.map(|l| (l, crate::metrics::latency_histogram(), Instant::now())),
@@ -129,7 +124,7 @@ impl StreamCommitter {
             return Ok(());
         }
         self.send_batch()?;
-        while !self.in_flight.is_empty() {
+        while !self.pipeline.is_empty() {
             self.receive_one()?;
         }
         self.publish();
@@ -142,16 +137,11 @@ impl StreamCommitter {
         if self.batch.is_empty() || self.poisoned {
             return Ok(());
         }
-        let sent = Sent {
-            batch: self.batch.take(&self.plan.target),
-            sent_at: Instant::now(),
-        };
-        if let Err(e) = self.conn.send(&sent.batch.eval) {
-            self.in_flight.push_back(sent);
+        let batch = self.batch.take(&self.plan.target);
+        if let Err(e) = self.pipeline.send(&mut self.conn, batch) {
             return self.recover(e);
         }
-        self.in_flight.push_back(sent);
-        while self.in_flight.len() > WINDOW {
+        while self.pipeline.len() > WINDOW {
             self.receive_one()?;
         }
         Ok(())
@@ -159,22 +149,20 @@ impl StreamCommitter {
 
     /// Reads the oldest batch's reply (and, on two servers, acknowledges its entries).
     fn receive_one(&mut self) -> Result<(), EnrichError> {
-        let addr = self.conn.addr();
-        let reply = self.conn.reply(|frame| commit_counts(frame, addr));
-        let counts = match reply {
-            Ok(counts) => counts,
+        let sent = match self.pipeline.receive(&mut self.conn) {
+            Ok(sent) => sent,
             Err(e) if e.is_connection() => return self.recover(e),
             Err(e) => {
                 // Nothing more is committed or acknowledged: the batches in flight (whose
                 // replies would now be read against the wrong batch) are dropped, and their
                 // entries stay pending for the next run.
                 self.poisoned = true;
-                self.in_flight.clear();
+                self.pipeline.clear();
                 return Err(self.fatal(e));
             }
         };
+        let counts = sent.counts;
         self.down_since = None;
-        let sent = self.in_flight.pop_front().expect("a batch in flight");
         let ns = sent.sent_at.elapsed().as_nanos() as u64;
         self.latency.saturating_record(ns.max(1));
         if let Some((_, all, _)) = self.live.as_mut() {
@@ -251,28 +239,24 @@ impl StreamCommitter {
         let since = *self.down_since.get_or_insert_with(Instant::now);
         eprintln!(
             "ringwait enrich: lost the output's server ({error}); reconnecting and committing the {} batch(es) in flight again",
-            self.in_flight.len()
+            self.pipeline.len()
         );
         let mut wait = std::time::Duration::from_millis(20);
         loop {
             if since.elapsed() > super::SERVER_DOWN_LIMIT {
                 self.poisoned = true;
-                self.in_flight.clear();
+                self.pipeline.clear();
                 return Err(self.fatal(error));
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(std::time::Duration::from_secs(1));
             self.conn = self.plan.connect_output(&self.intake)?;
-            let resent = self
-                .in_flight
-                .iter()
-                .try_for_each(|sent| self.conn.send(&sent.batch.eval));
-            match resent {
+            match self.pipeline.resend(&mut self.conn) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_connection() => continue,
                 Err(e) => {
                     self.poisoned = true;
-                    self.in_flight.clear();
+                    self.pipeline.clear();
                     return Err(self.fatal(e));
                 }
             }

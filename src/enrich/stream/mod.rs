@@ -2,13 +2,13 @@
 //!
 //! ```text
 //! XREADGROUP / XAUTOCLAIM ─► reader thread ─► partitions (operator + lookup) ─► writer thread
-//!                                                               EVAL commit script (batch) ◄─┘
+//!                                      commit: MULTI…EXEC or the EVAL script (batch) ◄─┘
 //! ```
 //!
 //! # What exactly-once rests on
 //! Every input entry is read through a consumer group, so it sits in the group's pending
-//! list until it is acknowledged. The writer commits a batch of results with one script
-//! (`EVAL`, atomic on the server) that, for each entry:
+//! list until it is acknowledged. The writer commits a batch of results in one step, atomic on
+//! the server (the commit script, `EVAL`; or a watched transaction), that, for each entry:
 //!
 //! - **input and output on one server** (same address and database): `XACK`s the entry and,
 //!   only if that acknowledged it (`XACK` returned 1), `XADD`s its output. An entry's output
@@ -18,7 +18,9 @@
 //!   claim and no read of a consumer's own pending entries ran (the claim fence,
 //!   [`fence_key`](crate::connect::redis_stream::fence_key), unchanged since the reads) is
 //!   acknowledged with one `XACK` for all its entries instead: no other ringwait consumer
-//!   can have taken them;
+//!   can have taken them. Such a batch goes as a transaction of plain commands guarded by
+//!   a `WATCH` of the fence, and through the script only when the guard refuses it (see
+//!   [`CommitPipeline`](crate::connect::redis_stream::CommitPipeline));
 //! - **two servers**: on the output's server the script records the entry in a progress
 //!   sorted set (`ZADD NX`, scored by the commit's time) and `XADD`s its output only if it
 //!   was not there; then the writer `XACK`s the batch on the input's server. A crash between
@@ -34,7 +36,8 @@
 //! `fail` stops the job and leaves it pending.
 //!
 //! In Redis Cluster every key of the script must share a hash slot: the output (and side)
-//! stream and, on one server, the input streams and the claim fence, or the progress key on
+//! stream and, on one server, the input streams and the claim fence (and the commit guard
+//! beside it, [`guard_key`](crate::connect::redis_stream::guard_key)), or the progress key on
 //! two (where the input streams and the fence share one on the input's server). The job
 //! checks and refuses otherwise, naming the keys.
 

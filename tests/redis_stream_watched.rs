@@ -1,0 +1,389 @@
+//! The watched commit against a real redis-server: a batch read fresh goes as `WATCH`, the
+//! guard script, `MULTI`, `XACK`, `XADD`s, `EXEC`; a batch the guard refuses (a claim ran
+//! since the read), every batch behind it, and every batch sent again after a lost
+//! connection go as the commit script. Either way each entry gets one output, in order.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::redis::{call, pipeline, RedisServer};
+use ringwait::connect::redis_stream::{
+    guard_key, BlockingConn, CommitBatch, CommitCounts, CommitMode, CommitPipeline, CommitRecord,
+    CommitTarget, EncodedBatch, Kind, StreamConnError,
+};
+use ringwait::resp::OwnedFrame;
+
+const FENCE: &[u8] = b"{in}:ringwait-claims:g";
+
+/// A redis-server with `n` entries in `in`, all read (pending) by consumer `c` of group `g`;
+/// their ids.
+fn server_with_pending(n: usize) -> (RedisServer, Vec<Vec<u8>>) {
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let commands: Vec<Vec<Vec<u8>>> = (0..n)
+        .map(|i| {
+            let data = format!("record {i}").into_bytes();
+            vec![
+                b"XADD".to_vec(),
+                b"in".to_vec(),
+                b"*".to_vec(),
+                b"data".to_vec(),
+                data,
+            ]
+        })
+        .collect();
+    let ids = pipeline(addr, &commands)
+        .into_iter()
+        .map(|r| match r {
+            OwnedFrame::Bulk(id) => id,
+            r => panic!("{r:?}"),
+        })
+        .collect();
+    call(addr, &[b"XGROUP", b"CREATE", b"in", b"g", b"0"]).unwrap();
+    let count = n.to_string();
+    let read: &[&[u8]] = &[
+        b"XREADGROUP",
+        b"GROUP",
+        b"g",
+        b"c",
+        b"COUNT",
+        count.as_bytes(),
+        b"STREAMS",
+        b"in",
+        b">",
+    ];
+    call(addr, read).unwrap();
+    (redis, ids)
+}
+
+fn target(side: Option<&str>, maxlen: Option<u64>) -> CommitTarget {
+    CommitTarget {
+        output: "out".into(),
+        side: side.map(str::to_string),
+        maxlen,
+        inputs: vec!["in".into()],
+        group: "g".into(),
+        consumer: "c".into(),
+        mode: CommitMode::Ack,
+    }
+}
+
+/// A batch of outputs `out <id>` for `ids`, read fresh at `fence` (`None`: not fresh).
+fn batch(t: &CommitTarget, ids: &[Vec<u8>], fence: Option<u64>) -> EncodedBatch {
+    let mut b = CommitBatch::default();
+    for id in ids {
+        let data = [b"out ", &id[..]].concat();
+        let record = CommitRecord {
+            stream: 0,
+            id,
+            kind: Kind::Data,
+            data: &data,
+            error: "",
+            fence,
+        };
+        b.add(t, record);
+    }
+    b.take(t)
+}
+
+fn connect(addr: SocketAddr) -> BlockingConn {
+    let url = format!("redis://{addr}").parse().unwrap();
+    BlockingConn::open(&url, Duration::from_secs(2)).unwrap()
+}
+
+fn pipeline_of(t: &CommitTarget) -> CommitPipeline {
+    CommitPipeline::new(Some(guard_key(&t.inputs, &t.group, &t.consumer)))
+}
+
+fn counts(c: u64, d: u64, u: u64) -> CommitCounts {
+    CommitCounts {
+        committed: c,
+        duplicates: d,
+        unverified: u,
+    }
+}
+
+/// The output's entries: each one's field names and values, in order.
+fn outputs(addr: SocketAddr, key: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    let OwnedFrame::Array(entries) = call(addr, &[b"XRANGE", key, b"-", b"+"]).unwrap() else {
+        panic!("XRANGE")
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            let OwnedFrame::Array(mut parts) = e else {
+                panic!("entry")
+            };
+            let OwnedFrame::Array(fields) = parts.remove(1) else {
+                panic!("fields")
+            };
+            fields
+                .into_iter()
+                .map(|f| match f {
+                    OwnedFrame::Bulk(b) => b,
+                    f => panic!("{f:?}"),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The `src` of each output entry, in order.
+fn sources(addr: SocketAddr) -> Vec<Vec<u8>> {
+    outputs(addr, b"out")
+        .into_iter()
+        .map(|fields| {
+            let at = fields.iter().position(|f| f == b"src").expect("src");
+            fields[at + 1].clone()
+        })
+        .collect()
+}
+
+/// `calls=` of `command` in `INFO commandstats` (0 when it never ran).
+fn calls(addr: SocketAddr, command: &str) -> u64 {
+    let OwnedFrame::Bulk(stats) = call(addr, &[b"INFO", b"commandstats"]).unwrap() else {
+        panic!("INFO")
+    };
+    let stats = String::from_utf8(stats).unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+fn pending(addr: SocketAddr) -> i64 {
+    let OwnedFrame::Array(summary) = call(addr, &[b"XPENDING", b"in", b"g"]).unwrap() else {
+        panic!("XPENDING")
+    };
+    match summary[0] {
+        OwnedFrame::Integer(n) => n,
+        _ => panic!("count"),
+    }
+}
+
+/// Both forms write the same entries: output `{data, src}`, error entry `{error, src,
+/// data}` on the side stream, nothing for a skipped record; and both acknowledge.
+#[test]
+fn a_batch_read_fresh_commits_as_one_transaction_with_the_scripts_entries() {
+    let (redis, ids) = server_with_pending(6);
+    let addr = redis.addr();
+    let t = target(Some("errors"), Some(1000));
+    let encode = |ids: &[Vec<u8>], fence: Option<u64>| {
+        let mut b = CommitBatch::default();
+        for (kind, id) in [Kind::Data, Kind::Error, Kind::Skip].into_iter().zip(ids) {
+            let record = CommitRecord {
+                stream: 0,
+                id,
+                kind,
+                data: b"payload",
+                error: "why",
+                fence,
+            };
+            b.add(&t, record);
+        }
+        b.take(&t)
+    };
+    let watched = encode(&ids[..3], Some(0));
+    let scripted = encode(&ids[3..], None);
+    assert!(watched.watched.is_some() && scripted.watched.is_none());
+    let mut conn = connect(addr);
+    let mut p = pipeline_of(&t);
+    call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
+    p.send(&mut conn, watched).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(3, 0, 0));
+    assert_eq!(calls(addr, "exec"), 1, "one transaction");
+    assert_eq!(calls(addr, "eval"), 1, "the guard's script only");
+    p.send(&mut conn, scripted).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(3, 0, 0));
+    assert_eq!(calls(addr, "exec"), 1, "the script, not a transaction");
+    assert_eq!(pending(addr), 0, "all acknowledged");
+    let out = outputs(addr, b"out");
+    let errors = outputs(addr, b"errors");
+    assert_eq!(out.len(), 2, "one output per batch, nothing for the skip");
+    assert_eq!(
+        out[0],
+        vec![
+            b"data".to_vec(),
+            b"payload".to_vec(),
+            b"src".to_vec(),
+            ids[0].clone()
+        ]
+    );
+    assert_eq!(
+        out[1],
+        vec![
+            b"data".to_vec(),
+            b"payload".to_vec(),
+            b"src".to_vec(),
+            ids[3].clone()
+        ]
+    );
+    assert_eq!(errors.len(), 2);
+    for (entry, id) in errors.iter().zip([&ids[1], &ids[4]]) {
+        let expected: Vec<Vec<u8>> = vec![
+            b"error".to_vec(),
+            b"why".to_vec(),
+            b"src".to_vec(),
+            id.clone(),
+            b"data".to_vec(),
+            b"payload".to_vec(),
+        ];
+        assert_eq!(entry, &expected);
+    }
+}
+
+/// A claim between the read and the commit: the guard refuses the batch, and, since it is
+/// then set, every watched batch behind it (also one read after the claim). All go again as
+/// the script, in their order: the entry the claimer committed is not written twice, and the
+/// outputs keep the order of the batches.
+#[test]
+fn a_claim_after_the_read_sends_that_batch_and_those_behind_it_through_the_script_in_order() {
+    let (redis, ids) = server_with_pending(30);
+    let addr = redis.addr();
+    let t = target(None, None);
+    let b1 = batch(&t, &ids[..10], Some(0));
+    let b2 = batch(&t, &ids[10..20], Some(0));
+    // The claimer: the fence moves, and it commits entry 5.
+    call(addr, &[b"INCR", FENCE]).unwrap();
+    call(
+        addr,
+        &[b"XADD", b"out", b"*", b"data", b"claimed", b"src", &ids[5]],
+    )
+    .unwrap();
+    call(addr, &[b"XACK", b"in", b"g", &ids[5]]).unwrap();
+    let b3 = batch(&t, &ids[20..], Some(1));
+    let mut conn = connect(addr);
+    let mut p = pipeline_of(&t);
+    call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
+    for b in [b1, b2, b3] {
+        p.send(&mut conn, b).unwrap();
+    }
+    let got: Vec<CommitCounts> = (0..3)
+        .map(|_| p.receive(&mut conn).unwrap().counts)
+        .collect();
+    assert_eq!(
+        got,
+        vec![counts(9, 1, 0), counts(10, 0, 0), counts(10, 0, 0)]
+    );
+    assert_eq!(
+        calls(addr, "eval"),
+        6,
+        "three guards refused, three scripts"
+    );
+    let expected: Vec<Vec<u8>> = std::iter::once(ids[5].clone())
+        .chain(
+            ids.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 5)
+                .map(|(_, id)| id.clone()),
+        )
+        .collect();
+    assert_eq!(
+        sources(addr),
+        expected,
+        "one output each, in the batches' order"
+    );
+    let guard = guard_key(&t.inputs, &t.group, &t.consumer);
+    assert_eq!(
+        call(addr, &[b"EXISTS", guard.as_bytes()]).unwrap(),
+        OwnedFrame::Integer(0),
+        "the guard is deleted once the refused batches are sent again"
+    );
+    // The next batch read fresh goes watched again.
+    call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
+    let add: Vec<Vec<u8>> = [&b"XADD"[..], b"in", b"*", b"data", b"x"]
+        .map(<[u8]>::to_vec)
+        .to_vec();
+    let more = match &pipeline(addr, &[add])[0] {
+        OwnedFrame::Bulk(id) => vec![id.clone()],
+        r => panic!("{r:?}"),
+    };
+    call(
+        addr,
+        &[b"XREADGROUP", b"GROUP", b"g", b"c", b"STREAMS", b"in", b">"],
+    )
+    .unwrap();
+    p.send(&mut conn, batch(&t, &more, Some(1))).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(1, 0, 0));
+    assert_eq!(calls(addr, "eval"), 1, "the guard only: committed watched");
+}
+
+/// A process killed after its guard was set leaves it behind; the next pipeline under the
+/// same consumer name deletes it before its first watched batch, which then commits as one.
+#[test]
+fn a_guard_left_by_a_dead_process_is_cleared_before_the_first_watched_batch() {
+    let (redis, ids) = server_with_pending(10);
+    let addr = redis.addr();
+    let t = target(None, None);
+    let guard = guard_key(&t.inputs, &t.group, &t.consumer);
+    call(addr, &[b"SET", guard.as_bytes(), b"1"]).unwrap();
+    let mut conn = connect(addr);
+    let mut p = pipeline_of(&t);
+    call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
+    p.send(&mut conn, batch(&t, &ids, Some(0))).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+    assert_eq!(calls(addr, "eval"), 1, "committed watched, not refused");
+    assert_eq!(sources(addr), ids);
+}
+
+/// A watched batch whose reply was lost (the connection dropped) is sent again as the
+/// script on a new connection: it finds the batch committed and adds nothing.
+#[test]
+fn a_watched_batch_sent_again_after_a_lost_connection_adds_nothing() {
+    let (redis, ids) = server_with_pending(10);
+    let addr = redis.addr();
+    let t = target(None, None);
+    let mut p = pipeline_of(&t);
+    let mut lost = connect(addr);
+    p.send(&mut lost, batch(&t, &ids, Some(0))).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sources(addr).len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first send commits"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(lost);
+    let mut conn = connect(addr);
+    p.resend(&mut conn).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(0, 10, 0));
+    assert_eq!(sources(addr), ids, "one output each");
+}
+
+/// A key of the wrong type, or a missing group: the guard stops the batch with the server's
+/// error, before anything of it is done.
+#[test]
+fn a_wrong_key_or_a_missing_group_stops_a_watched_batch_with_nothing_done() {
+    let (redis, ids) = server_with_pending(10);
+    let addr = redis.addr();
+    let t = target(None, None);
+    call(addr, &[b"SET", b"out", b"not a stream"]).unwrap();
+    let message = server_error(&t, addr, batch(&t, &ids, Some(0)));
+    assert!(message.starts_with("WRONGTYPE"), "{message}");
+    assert_eq!(pending(addr), 10, "nothing acknowledged");
+
+    call(addr, &[b"DEL", b"out"]).unwrap();
+    call(addr, &[b"XGROUP", b"DESTROY", b"in", b"g"]).unwrap();
+    let message = server_error(&t, addr, batch(&t, &ids, Some(0)));
+    assert!(message.contains("NOGROUP"), "{message}");
+    assert_eq!(
+        call(addr, &[b"EXISTS", b"out"]).unwrap(),
+        OwnedFrame::Integer(0),
+        "no output added"
+    );
+}
+
+/// Commits `b` through a new pipeline; the server's error it must end with.
+fn server_error(t: &CommitTarget, addr: SocketAddr, b: EncodedBatch) -> String {
+    let mut conn = connect(addr);
+    let mut p = pipeline_of(t);
+    p.send(&mut conn, b).unwrap();
+    match p.receive(&mut conn) {
+        Err(StreamConnError::Server { message, .. }) => message,
+        other => panic!("{other:?}"),
+    }
+}

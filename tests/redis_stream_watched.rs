@@ -93,8 +93,11 @@ fn connect(addr: SocketAddr) -> BlockingConn {
     BlockingConn::open(&url, Duration::from_secs(2)).unwrap()
 }
 
-fn pipeline_of(t: &CommitTarget) -> CommitPipeline {
-    CommitPipeline::new(Some(guard_key(&t.inputs, &t.group, &t.consumer)))
+fn pipeline_of(t: &CommitTarget, conn: &mut BlockingConn) -> CommitPipeline {
+    let guard = guard_key(&t.inputs, &t.group, &t.consumer);
+    let p = CommitPipeline::open(conn, Some(guard)).unwrap();
+    assert!(p.watching());
+    p
 }
 
 fn counts(c: u64, d: u64, u: u64) -> CommitCounts {
@@ -190,7 +193,7 @@ fn a_batch_read_fresh_commits_as_one_transaction_with_the_scripts_entries() {
     let scripted = encode(&ids[3..], None);
     assert!(watched.watched.is_some() && scripted.watched.is_none());
     let mut conn = connect(addr);
-    let mut p = pipeline_of(&t);
+    let mut p = pipeline_of(&t, &mut conn);
     call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
     p.send(&mut conn, watched).unwrap();
     assert_eq!(p.receive(&mut conn).unwrap().counts, counts(3, 0, 0));
@@ -256,7 +259,7 @@ fn a_claim_after_the_read_sends_that_batch_and_those_behind_it_through_the_scrip
     call(addr, &[b"XACK", b"in", b"g", &ids[5]]).unwrap();
     let b3 = batch(&t, &ids[20..], Some(1));
     let mut conn = connect(addr);
-    let mut p = pipeline_of(&t);
+    let mut p = pipeline_of(&t, &mut conn);
     call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
     for b in [b1, b2, b3] {
         p.send(&mut conn, b).unwrap();
@@ -286,12 +289,6 @@ fn a_claim_after_the_read_sends_that_batch_and_those_behind_it_through_the_scrip
         expected,
         "one output each, in the batches' order"
     );
-    let guard = guard_key(&t.inputs, &t.group, &t.consumer);
-    assert_eq!(
-        call(addr, &[b"EXISTS", guard.as_bytes()]).unwrap(),
-        OwnedFrame::Integer(0),
-        "the guard is deleted once the refused batches are sent again"
-    );
     // The next batch read fresh goes watched again.
     call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
     let add: Vec<Vec<u8>> = [&b"XADD"[..], b"in", b"*", b"data", b"x"]
@@ -312,7 +309,8 @@ fn a_claim_after_the_read_sends_that_batch_and_those_behind_it_through_the_scrip
 }
 
 /// A process killed after its guard was set leaves it behind; the next pipeline under the
-/// same consumer name deletes it before its first watched batch, which then commits as one.
+/// same consumer name sets it to its own token before its first watched batch, which then
+/// commits as one.
 #[test]
 fn a_guard_left_by_a_dead_process_is_cleared_before_the_first_watched_batch() {
     let (redis, ids) = server_with_pending(10);
@@ -321,7 +319,7 @@ fn a_guard_left_by_a_dead_process_is_cleared_before_the_first_watched_batch() {
     let guard = guard_key(&t.inputs, &t.group, &t.consumer);
     call(addr, &[b"SET", guard.as_bytes(), b"1"]).unwrap();
     let mut conn = connect(addr);
-    let mut p = pipeline_of(&t);
+    let mut p = pipeline_of(&t, &mut conn);
     call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
     p.send(&mut conn, batch(&t, &ids, Some(0))).unwrap();
     assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
@@ -329,29 +327,111 @@ fn a_guard_left_by_a_dead_process_is_cleared_before_the_first_watched_batch() {
     assert_eq!(sources(addr), ids);
 }
 
-/// A watched batch whose reply was lost (the connection dropped) is sent again as the
-/// script on a new connection: it finds the batch committed and adds nothing.
+/// A watched batch whose reply was lost is sent again as the script on a new connection,
+/// while the old connection still carries it out late: its guard ran before the resend and
+/// its `EXEC` comes after. The resend's new token aborts that `EXEC`: one output each.
 #[test]
-fn a_watched_batch_sent_again_after_a_lost_connection_adds_nothing() {
+fn a_watched_batch_the_old_connection_carries_out_late_adds_nothing_after_a_resend() {
     let (redis, ids) = server_with_pending(10);
     let addr = redis.addr();
+    // The pipeline's first send goes to another server (as good as lost), so that the test
+    // can play the old connection's part by hand against the real one.
+    let elsewhere = RedisServer::start();
     let t = target(None, None);
-    let mut p = pipeline_of(&t);
-    let mut lost = connect(addr);
-    p.send(&mut lost, batch(&t, &ids, Some(0))).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while sources(addr).len() < 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first send commits"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    drop(lost);
     let mut conn = connect(addr);
+    let mut p = pipeline_of(&t, &mut conn);
+    let guard = guard_key(&t.inputs, &t.group, &t.consumer);
+    let token = match call(addr, &[b"GET", guard.as_bytes()]).unwrap() {
+        OwnedFrame::Bulk(t) => t,
+        r => panic!("{r:?}"),
+    };
+    let b = batch(&t, &ids, Some(0));
+    let late = b.watched.clone().expect("watched");
+    let mut lost = connect(elsewhere.addr());
+    p.send(&mut lost, b).unwrap();
+
+    // The old connection: WATCH and the guard (which passes), then nothing yet.
+    let mut old = connect(addr);
+    old.send_command(&[b"WATCH", late.fence.as_bytes(), guard.as_bytes()])
+        .unwrap();
+    let mut eval = Vec::new();
+    ringwait::resp::write_array_header(&mut eval, 1 + late.check_args + 1);
+    ringwait::resp::write_bulk(&mut eval, b"EVAL");
+    eval.extend_from_slice(&late.check);
+    ringwait::resp::write_bulk(&mut eval, &token);
+    old.send(&eval).unwrap();
+    old.reply(|_| Ok(())).unwrap();
+    assert_eq!(
+        old.reply(|f| Ok(OwnedFrame::from(f))).unwrap(),
+        OwnedFrame::Integer(1)
+    );
+
     p.resend(&mut conn).unwrap();
-    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(0, 10, 0));
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+
+    // The old connection's transaction arrives: aborted by the new token.
+    old.send_command(&[b"MULTI"]).unwrap();
+    old.send(&late.body).unwrap();
+    old.send_command(&[b"SET", guard.as_bytes(), b"late"])
+        .unwrap();
+    old.send_command(&[b"EXEC"]).unwrap();
+    for _ in 0..late.acks + late.adds + 2 {
+        old.reply(|_| Ok(())).unwrap();
+    }
+    assert_eq!(
+        old.reply(|f| Ok(OwnedFrame::from(f))).unwrap(),
+        OwnedFrame::NilArray,
+        "the late EXEC is aborted"
+    );
     assert_eq!(sources(addr), ids, "one output each");
+}
+
+/// A batch that must go as the script (here, entries not read fresh) sent behind watched
+/// batches in flight, the first of which is refused: it waits for them, so the outputs keep
+/// the order the batches were sent in.
+#[test]
+fn a_script_batch_behind_watched_ones_commits_in_its_turn() {
+    let (redis, ids) = server_with_pending(30);
+    let addr = redis.addr();
+    let t = target(None, None);
+    let b1 = batch(&t, &ids[..10], Some(0));
+    call(addr, &[b"INCR", FENCE]).unwrap();
+    let b2 = batch(&t, &ids[10..20], None);
+    let b3 = batch(&t, &ids[20..], Some(1));
+    let mut conn = connect(addr);
+    let mut p = pipeline_of(&t, &mut conn);
+    for b in [b1, b2, b3] {
+        p.send(&mut conn, b).unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+    }
+    assert_eq!(sources(addr), ids, "in the order sent");
+}
+
+/// The chain: a watched batch expects the token its predecessor's transaction left in the
+/// guard. When it is not there (the predecessor's `EXEC` was aborted, or another process
+/// under the same consumer name reset the guard), the batch is refused and goes again as
+/// the script: one output each, and the pipeline goes on watched after.
+#[test]
+fn a_watched_batch_whose_predecessor_left_no_token_is_refused() {
+    let (redis, ids) = server_with_pending(30);
+    let addr = redis.addr();
+    let t = target(None, None);
+    let mut conn = connect(addr);
+    let mut p = pipeline_of(&t, &mut conn);
+    p.send(&mut conn, batch(&t, &ids[..10], Some(0))).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+    let guard = guard_key(&t.inputs, &t.group, &t.consumer);
+    call(addr, &[b"SET", guard.as_bytes(), b"someone else's"]).unwrap();
+    call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
+    p.send(&mut conn, batch(&t, &ids[10..20], Some(0))).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+    assert_eq!(calls(addr, "eval"), 2, "refused, then the script");
+    p.send(&mut conn, batch(&t, &ids[20..], Some(0))).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+    assert_eq!(calls(addr, "eval"), 3, "watched again");
+    assert_eq!(sources(addr), ids);
 }
 
 /// A key of the wrong type, or a missing group: the guard stops the batch with the server's
@@ -380,10 +460,37 @@ fn a_wrong_key_or_a_missing_group_stops_a_watched_batch_with_nothing_done() {
 /// Commits `b` through a new pipeline; the server's error it must end with.
 fn server_error(t: &CommitTarget, addr: SocketAddr, b: EncodedBatch) -> String {
     let mut conn = connect(addr);
-    let mut p = pipeline_of(t);
+    let mut p = pipeline_of(t, &mut conn);
     p.send(&mut conn, b).unwrap();
     match p.receive(&mut conn) {
         Err(StreamConnError::Server { message, .. }) => message,
         other => panic!("{other:?}"),
     }
+}
+
+/// A server whose ACL refuses the transaction's commands: the pipeline finds out when it
+/// opens and commits every batch with the script instead, exactly once all the same.
+#[test]
+fn without_the_transaction_commands_every_batch_goes_as_the_script() {
+    let (redis, ids) = server_with_pending(10);
+    let addr = redis.addr();
+    call(
+        addr,
+        &[
+            b"ACL", b"SETUSER", b"limited", b"on", b">pw", b"~*", b"&*", b"+@all", b"-watch",
+            b"-multi",
+        ],
+    )
+    .unwrap();
+    let url = format!("redis://limited:pw@{addr}").parse().unwrap();
+    let mut conn = BlockingConn::open(&url, Duration::from_secs(2)).unwrap();
+    let t = target(None, None);
+    let guard = guard_key(&t.inputs, &t.group, &t.consumer);
+    let mut p = CommitPipeline::open(&mut conn, Some(guard)).unwrap();
+    assert!(!p.watching());
+    call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
+    p.send(&mut conn, batch(&t, &ids, Some(0))).unwrap();
+    assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+    assert_eq!(calls(addr, "exec"), 0, "no transaction");
+    assert_eq!(sources(addr), ids);
 }

@@ -182,30 +182,35 @@ return {committed, duplicates, unverified}
 "#;
 
 /// The check before a watched commit: the batch as plain commands, `XACK`s and `XADD`s in
-/// one `MULTI`/`EXEC`, without a script's cost per record (a quarter of the server's CPU per
-/// entry, see `perf/README.md`). A transaction cannot be conditional, so the condition is
-/// a `WATCH`: the pipeline sends
+/// one `MULTI`/`EXEC`, without a script's cost per record (about a seventh of the server's
+/// CPU per entry, see `perf/README.md`). A transaction cannot be conditional, so the
+/// condition is a `WATCH`: the [`CommitPipeline`](super::CommitPipeline) sends
 ///
-/// `WATCH fence guard`, `EVAL GUARD_SCRIPT …`, `MULTI`, `XACK`…, `XADD`…, `EXEC`
+/// `WATCH fence guard`, `EVAL GUARD_SCRIPT …`, `MULTI`, `XACK`…, `XADD`…,
+/// `SET guard TOKEN`, `EXEC`
 ///
 /// and the script, run between the `WATCH` and the `MULTI`, writes the guard key when the
 /// batch may not go this way, which makes the `EXEC` abort: nothing of the batch is done,
-/// and the pipeline sends it again as the [`SCRIPT`], which checks entry by entry. It
-/// refuses when the guard is already set (an earlier batch on the connection was refused:
-/// this keeps the batches' order), when the claim fence moved since the entries were read
-/// (a claim ran: they may be another consumer's by now), when the batch's first or last
-/// entry is no longer pending (the batch, or part of it, was committed before), and, with
-/// an error, when a key has the wrong type or the group is missing. Once it has passed,
-/// the `WATCH` on the fence aborts the `EXEC` if a claim runs before it.
+/// and the pipeline sends it again as the [`SCRIPT`], which checks entry by entry. The
+/// guard key chains the batches of one pipeline: each transaction leaves its own token
+/// there, and the next batch expects it. The script refuses when the guard does not hold
+/// the token of the batch before (that batch was refused or aborted: refusing this one
+/// keeps the batches' order; or another process under the same consumer name reset it),
+/// when the claim fence moved since the entries were read (a claim ran: they may be
+/// another consumer's by now), when the batch's first or last entry is no longer pending
+/// (the batch, or part of it, was committed before), and, with an error, when a key has
+/// the wrong type or the group is missing. Once it has passed, the `WATCH` aborts the
+/// `EXEC` if a claim runs, or the pipeline resets the guard, before it.
 ///
 /// `KEYS`: the claim fence, the guard, the output, the side stream (the output again), the
-/// input streams. `ARGV`: the fence the entries were read at, the group, then the first
-/// record's input stream (from 1) and entry id, and the last record's. Returns 1 (go on), 0
-/// (refused) or an error; on anything but 1 the guard is set.
+/// input streams. `ARGV`: the fence the entries were read at, the group, the first record's
+/// input stream (from 1) and entry id, the last record's, then the token the guard must
+/// hold. Returns 1 (go on), 0 (refused) or an error; on anything but 1 the guard is set to
+/// `refused`, which no token equals.
 pub const GUARD_SCRIPT: &str = r#"
 local fence, guard = KEYS[1], KEYS[2]
 local function check()
-  if redis.call('EXISTS', guard) == 1 then return 0 end
+  if redis.call('GET', guard) ~= ARGV[7] then return 0 end
   if (redis.call('GET', fence) or '0') ~= ARGV[1] then return 0 end
   for _, key in ipairs({KEYS[3], KEYS[4]}) do
     local t = redis.call('TYPE', key)['ok']
@@ -225,7 +230,7 @@ local function check()
 end
 local ok, result = pcall(check)
 if ok and result == 1 then return 1 end
-redis.call('SET', guard, '1')
+redis.call('SET', guard, 'refused')
 if ok or type(result) == 'table' then return result end
 return redis.error_reply(tostring(result))
 "#;
@@ -359,26 +364,32 @@ pub struct EncodedBatch {
     pub ack_count: usize,
 }
 
-/// A batch as a watched transaction: `WATCH`, the [`GUARD_SCRIPT`], `MULTI`, its `XACK`s
-/// and `XADD`s, `EXEC`.
+/// A batch as a watched transaction (see [`GUARD_SCRIPT`]), in the parts the
+/// [`CommitPipeline`](super::CommitPipeline) puts together with the guard's tokens.
 #[derive(Debug, Clone)]
 pub struct Watched {
-    /// The commands.
-    pub commands: Vec<u8>,
+    /// The claim fence's key.
+    pub fence: String,
+    /// The guard script's arguments after `EVAL`, encoded: the script, the keys, and every
+    /// `ARGV` but the last (the token the guard must hold).
+    pub check: Vec<u8>,
+    /// How many arguments `check` holds.
+    pub check_args: usize,
+    /// The transaction's `XACK`s (one per input stream with entries) then its `XADD`s.
+    pub body: Vec<u8>,
     /// Records in the batch.
     pub records: usize,
-    /// `XACK` commands in the transaction (one per input stream with entries), before the
-    /// `XADD`s.
+    /// `XACK` commands in `body`.
     pub acks: usize,
-    /// `XADD` commands in the transaction.
+    /// `XADD` commands in `body`.
     pub adds: usize,
 }
 
 impl Watched {
-    /// Replies the commands get: `WATCH`, `EVAL` and `MULTI`, one `QUEUED` per command in
-    /// the transaction, and `EXEC`.
+    /// Replies the transaction gets: `WATCH`, `EVAL` and `MULTI`, one `QUEUED` per command
+    /// in it (the body, and the guard's `SET`), and `EXEC`.
     pub fn replies(&self) -> usize {
-        3 + self.acks + self.adds + 1
+        3 + self.acks + self.adds + 1 + 1
     }
 }
 
@@ -487,7 +498,7 @@ impl CommitBatch {
     /// [`SCRIPT`]'s order.
     fn encode_add(&mut self, t: &CommitTarget, r: &CommitRecord<'_>) {
         let mut maxlen = [0u8; 20];
-        let maxlen = t.maxlen.map(|m| {
+        let maxlen = t.maxlen.filter(|m| *m > 0).map(|m| {
             use std::io::Write;
             let mut at = &mut maxlen[..];
             write!(at, "{m}").expect("20 digits hold a u64");
@@ -537,56 +548,54 @@ impl CommitBatch {
         let guard = super::guard_key(&t.inputs, &t.group, &t.consumer);
         let out = t.output.as_bytes();
         let side = t.side.as_deref().map_or(out, str::as_bytes);
-        let mut c = Vec::with_capacity(self.adds.len() + 2 * self.id_args.len() + 4096);
-        encode_command(&mut c, &[b"WATCH", fence.as_bytes(), guard.as_bytes()]);
+        let mut check = Vec::with_capacity(GUARD_SCRIPT.len() + 512);
         let keys = 4 + t.inputs.len();
-        write_array_header(&mut c, 3 + keys + 6);
-        write_bulk(&mut c, b"EVAL");
-        write_bulk(&mut c, GUARD_SCRIPT.as_bytes());
-        write_bulk(&mut c, keys.to_string().as_bytes());
-        write_bulk(&mut c, fence.as_bytes());
-        write_bulk(&mut c, guard.as_bytes());
-        write_bulk(&mut c, out);
-        write_bulk(&mut c, side);
-        for s in &t.inputs {
-            write_bulk(&mut c, s.as_bytes());
+        write_bulk(&mut check, GUARD_SCRIPT.as_bytes());
+        write_bulk(&mut check, keys.to_string().as_bytes());
+        for key in [fence.as_bytes(), guard.as_bytes(), out, side] {
+            write_bulk(&mut check, key);
         }
-        write_bulk(&mut c, expected.as_bytes());
-        write_bulk(&mut c, t.group.as_bytes());
-        write_bulk(&mut c, (self.first_stream + 1).to_string().as_bytes());
-        write_bulk(&mut c, &self.first_id);
-        write_bulk(&mut c, (self.last_stream + 1).to_string().as_bytes());
-        write_bulk(&mut c, &self.last_id);
-        encode_command(&mut c, &[b"MULTI"]);
+        for s in &t.inputs {
+            write_bulk(&mut check, s.as_bytes());
+        }
+        write_bulk(&mut check, expected.as_bytes());
+        write_bulk(&mut check, t.group.as_bytes());
+        write_bulk(&mut check, (self.first_stream + 1).to_string().as_bytes());
+        write_bulk(&mut check, &self.first_id);
+        write_bulk(&mut check, (self.last_stream + 1).to_string().as_bytes());
+        write_bulk(&mut check, &self.last_id);
+        let mut body = Vec::with_capacity(self.adds.len() + self.id_args.len() + 256);
         let mut acks = 0;
         if t.inputs.len() == 1 {
-            write_array_header(&mut c, 3 + self.kinds.len());
-            write_bulk(&mut c, b"XACK");
-            write_bulk(&mut c, t.inputs[0].as_bytes());
-            write_bulk(&mut c, t.group.as_bytes());
-            c.extend_from_slice(&self.id_args);
+            write_array_header(&mut body, 3 + self.kinds.len());
+            write_bulk(&mut body, b"XACK");
+            write_bulk(&mut body, t.inputs[0].as_bytes());
+            write_bulk(&mut body, t.group.as_bytes());
+            body.extend_from_slice(&self.id_args);
             acks = 1;
         } else {
             for (k, lens) in self.id_lens.iter().enumerate() {
                 if lens.is_empty() {
                     continue;
                 }
-                write_array_header(&mut c, 3 + lens.len());
-                write_bulk(&mut c, b"XACK");
-                write_bulk(&mut c, t.inputs[k].as_bytes());
-                write_bulk(&mut c, t.group.as_bytes());
+                write_array_header(&mut body, 3 + lens.len());
+                write_bulk(&mut body, b"XACK");
+                write_bulk(&mut body, t.inputs[k].as_bytes());
+                write_bulk(&mut body, t.group.as_bytes());
                 let mut at = 0;
                 for len in lens {
-                    write_bulk(&mut c, &self.ids[k][at..at + *len as usize]);
+                    write_bulk(&mut body, &self.ids[k][at..at + *len as usize]);
                     at += *len as usize;
                 }
                 acks += 1;
             }
         }
-        c.extend_from_slice(&self.adds);
-        encode_command(&mut c, &[b"EXEC"]);
+        body.extend_from_slice(&self.adds);
         Some(Watched {
-            commands: c,
+            fence,
+            check,
+            check_args: 2 + keys + 6,
+            body,
             records: self.kinds.len(),
             acks,
             adds: self.add_count,

@@ -1,17 +1,14 @@
 //! [`CommitPipeline`]: commit batches sent on one connection to the output's server, their
-//! replies read in order. A batch read fresh (input and output on one server) goes as a
-//! watched transaction of plain commands (see [`GUARD_SCRIPT`](super::GUARD_SCRIPT)); any
-//! other batch, a batch the guard refused, and every batch sent again after a lost
-//! connection go as the [`SCRIPT`](super::SCRIPT), which is right however often a batch
-//! is sent.
+//! replies read in order.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::commit::{commit_counts, CommitCounts, EncodedBatch, Watched};
 use super::conn::{BlockingConn, StreamConnError};
-use crate::resp::{encode_command, Frame};
+use crate::resp::{encode_command, write_array_header, write_bulk, Frame};
 
 /// A batch the server answered.
 #[derive(Debug)]
@@ -31,8 +28,8 @@ enum Form {
     Eval,
     /// The watched transaction.
     Watched,
-    /// `DEL` of the guard.
-    Unguard,
+    /// `SET` of the guard to a new token.
+    Reset,
 }
 
 /// A request in flight, and what its replies said so far.
@@ -49,56 +46,108 @@ struct Sent {
     queue_error: Option<String>,
 }
 
+impl Sent {
+    fn new(batch: Option<EncodedBatch>, form: Form, sent_at: Instant) -> Sent {
+        Sent {
+            batch,
+            sent_at,
+            form,
+            read: 0,
+            guard: None,
+            queue_error: None,
+        }
+    }
+}
+
 /// What a request's replies came to.
 enum Outcome {
     Committed(CommitCounts),
-    /// The guard refused the watched batch: nothing of it was done.
+    /// The guard refused the watched batch, or its `WATCH` aborted it: nothing was done.
     Refused,
-    Unguarded,
+    Reset,
 }
 
 /// Commit batches in flight on one connection to the output's server, their replies read in
-/// order. A batch read fresh (input and output on one server) goes as a watched transaction
-/// of plain commands (see [`GUARD_SCRIPT`](super::GUARD_SCRIPT)); any other batch, a batch
-/// the guard refused with every watched batch behind it (sent again in their order), and
-/// every batch sent again after a lost connection go as the [`SCRIPT`](super::SCRIPT),
-/// which is right however often a batch is sent.
+/// order.
+///
+/// A batch read fresh (input and output on one server) goes as a watched transaction of
+/// plain commands (see [`GUARD_SCRIPT`](super::GUARD_SCRIPT)); any other batch goes as the
+/// [`SCRIPT`](super::SCRIPT), which is right however often a batch is sent. The guard key
+/// chains the watched batches: each expects the token its predecessor's transaction left,
+/// so when one is refused (or its `EXEC` aborted), every watched batch behind it is refused
+/// too. The pipeline then reads them all, sets the guard to a new token, and sends them
+/// again as the script, in their order. A script batch is never sent behind a watched one
+/// still in flight (the pipeline waits for those first), so the batches commit in the
+/// order they were sent. After a lost connection, [`resend`](Self::resend) sets a new token
+/// first, which aborts or refuses whatever the old connection still had on its way, then
+/// sends everything again as the script.
 #[derive(Debug)]
 pub struct CommitPipeline {
-    /// The commit guard ([`guard_key`](super::guard_key)); `None` for two-server commits,
-    /// which are never watched.
+    /// The commit guard ([`guard_key`](super::guard_key)); `None`: never watch (two-server
+    /// commits, or a server that refuses the transaction's commands).
     guard: Option<String>,
-    /// The guard may be set on the server: it is deleted before the next watched batch.
-    guarded: bool,
+    /// This pipeline's tokens: `NONCE-N`, unique among processes and pipelines.
+    nonce: u64,
+    issued: u64,
+    /// The token the guard holds once every watched batch sent has committed.
+    last_token: String,
     in_flight: VecDeque<Sent>,
-    /// Batches the guard refused, while those behind them are read (before them in order).
+    /// Batches refused, while those behind them are read (before them in order).
     refused: Vec<Sent>,
     /// Batches answered and not yet taken (several after a refusal).
     ready: VecDeque<Committed>,
 }
 
 impl CommitPipeline {
-    /// A pipeline whose watched batches use the commit guard `guard` (`None`: never watch).
-    /// A guard left set by an earlier process is deleted before the first watched batch.
-    pub fn new(guard: Option<String>) -> CommitPipeline {
-        CommitPipeline {
-            guarded: guard.is_some(),
+    /// A pipeline on `conn` whose watched batches use the commit guard `guard` (`None`:
+    /// never watch). It sets the guard to its first token in a transaction of its own,
+    /// which also tries the commands a watched batch needs: if the server refuses one
+    /// (`NOPERM` from an ACL), every batch goes as the script
+    /// ([`watching`](Self::watching) says so).
+    pub fn open(
+        conn: &mut BlockingConn,
+        guard: Option<String>,
+    ) -> Result<CommitPipeline, StreamConnError> {
+        static PIPELINES: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let pipelines = PIPELINES.fetch_add(1, Ordering::Relaxed);
+        let nonce = nanos.rotate_left(17) ^ (u64::from(std::process::id()) << 40) ^ pipelines;
+        let mut p = CommitPipeline {
             guard,
+            nonce,
+            issued: 0,
+            last_token: String::new(),
             in_flight: VecDeque::new(),
             refused: Vec::new(),
             ready: VecDeque::new(),
+        };
+        if let Some(guard) = p.guard.clone() {
+            let token = p.next_token();
+            if try_transaction(conn, &guard, &token)? {
+                p.last_token = token;
+            } else {
+                p.guard = None;
+            }
         }
+        Ok(p)
+    }
+
+    /// Whether batches read fresh go as watched transactions.
+    pub fn watching(&self) -> bool {
+        self.guard.is_some()
+    }
+
+    fn next_token(&mut self) -> String {
+        self.issued += 1;
+        format!("{:016x}-{}", self.nonce, self.issued)
     }
 
     /// Batches sent and not yet taken with [`receive`](Self::receive).
     pub fn len(&self) -> usize {
-        self.ready.len()
-            + self.refused.len()
-            + self
-                .in_flight
-                .iter()
-                .filter(|s| s.form != Form::Unguard)
-                .count()
+        let in_flight = self.in_flight.iter().filter(|s| s.batch.is_some()).count();
+        self.ready.len() + self.refused.len() + in_flight
     }
 
     /// Whether no batch is waiting for its reply.
@@ -106,44 +155,44 @@ impl CommitPipeline {
         self.len() == 0
     }
 
-    /// Sends `batch`: watched when it can go that way, else as the script. On an error the
-    /// batch stays in flight (a reconnect sends it again with [`resend`](Self::resend)).
+    /// Sends `batch`: watched when it can go that way, else as the script (after the
+    /// watched batches in flight are answered). On an error the batch stays in flight (a
+    /// reconnect sends it again with [`resend`](Self::resend)).
     pub fn send(
         &mut self,
         conn: &mut BlockingConn,
         batch: EncodedBatch,
     ) -> Result<(), StreamConnError> {
-        let watch = batch.watched.is_some() && self.guard.is_some();
-        if watch && self.guarded {
-            self.send_unguard(conn)?;
-        }
-        let form = if watch { Form::Watched } else { Form::Eval };
-        self.in_flight.push_back(Sent {
-            batch: Some(batch),
-            sent_at: Instant::now(),
-            form,
-            read: 0,
-            guard: None,
-            queue_error: None,
-        });
-        let sent = self.in_flight.back().expect("just pushed");
-        conn.send(bytes_of(sent))
+        let now = Instant::now();
+        let Some(guard) = self.guard.clone().filter(|_| batch.watched.is_some()) else {
+            while self.in_flight.iter().any(|s| s.form == Form::Watched) {
+                self.step(conn, true)?;
+            }
+            self.in_flight
+                .push_back(Sent::new(Some(batch), Form::Eval, now));
+            return conn.send(&batch_of(self.in_flight.back()).eval);
+        };
+        let next = self.next_token();
+        let prev = std::mem::replace(&mut self.last_token, next.clone());
+        self.in_flight
+            .push_back(Sent::new(Some(batch), Form::Watched, now));
+        let w = watched_of(self.in_flight.back());
+        send_watched(conn, w, &guard, &prev, &next)
     }
 
-    fn send_unguard(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
-        let guard = self.guard.as_deref().expect("watched batches have a guard");
-        let mut del = Vec::with_capacity(guard.len() + 32);
-        encode_command(&mut del, &[b"DEL", guard.as_bytes()]);
-        self.guarded = false;
-        self.in_flight.push_back(Sent {
-            batch: None,
-            sent_at: Instant::now(),
-            form: Form::Unguard,
-            read: 0,
-            guard: None,
-            queue_error: None,
-        });
-        conn.send(&del)
+    /// Sets the guard to a new token: watched batches sent before (on any connection) are
+    /// refused or aborted; those sent after expect it.
+    fn send_reset(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
+        let Some(guard) = self.guard.clone() else {
+            return Ok(());
+        };
+        let token = self.next_token();
+        let mut set = Vec::with_capacity(guard.len() + token.len() + 32);
+        encode_command(&mut set, &[b"SET", guard.as_bytes(), token.as_bytes()]);
+        self.last_token = token;
+        self.in_flight
+            .push_back(Sent::new(None, Form::Reset, Instant::now()));
+        conn.send(&set)
     }
 
     /// The oldest batch's result, waiting for it. An error that
@@ -158,7 +207,8 @@ impl CommitPipeline {
         }
     }
 
-    /// The oldest batch's result if its replies have all arrived; never waits.
+    /// The oldest batch's result if its replies have all arrived; waits only after a
+    /// refusal (for the batches behind it).
     pub fn try_receive(
         &mut self,
         conn: &mut BlockingConn,
@@ -196,56 +246,48 @@ impl CommitPipeline {
                 counts,
             }),
             Outcome::Refused => self.refused.push(sent),
-            Outcome::Unguarded => {}
+            Outcome::Reset => {}
         }
     }
 
-    /// A watched batch was refused, so the guard is set: every watched batch behind it is
-    /// refused too. They are all read, then sent again as the script in their order, and the
-    /// guard is deleted; batches sent after go behind them, so the order holds.
+    /// A watched batch was refused: every watched batch behind it is refused too (the
+    /// chain is broken). They are all read; then the guard gets a new token and they go
+    /// again as the script, in their order, ahead of anything sent later.
     fn after_refusal(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
         while !self.in_flight.is_empty() {
             let outcome = self.read_front(conn, true)?.expect("waited");
             self.settle(outcome);
         }
-        self.guarded = true;
-        for sent in std::mem::take(&mut self.refused) {
-            self.requeue(sent);
-        }
-        self.send_all(conn)
+        let refused = std::mem::take(&mut self.refused);
+        self.send_again(conn, refused)
     }
 
-    /// After a reconnect: sends every batch in flight again, in order, as the script (a
-    /// watched batch may or may not have been carried out), then deletes the guard.
+    /// After a reconnect: sets a new token, which aborts or refuses what the old connection
+    /// may still carry out, then sends every batch in flight again, in order, as the script
+    /// (a watched batch may or may not have been carried out).
     pub fn resend(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
         let refused = std::mem::take(&mut self.refused);
         let in_flight = std::mem::take(&mut self.in_flight);
-        for sent in refused.into_iter().chain(in_flight) {
-            if sent.batch.is_some() {
-                self.requeue(sent);
-            }
-        }
-        self.guarded = self.guard.is_some();
-        self.send_all(conn)
+        let again = refused
+            .into_iter()
+            .chain(in_flight)
+            .filter(|s| s.batch.is_some());
+        self.send_again(conn, again.collect())
     }
 
-    fn requeue(&mut self, sent: Sent) {
-        self.in_flight.push_back(Sent {
-            form: Form::Eval,
-            read: 0,
-            guard: None,
-            queue_error: None,
-            ..sent
-        });
-    }
-
-    /// Sends everything in flight (all as the script), then the guard's deletion.
-    fn send_all(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
-        for sent in &self.in_flight {
-            conn.send(bytes_of(sent))?;
+    /// A new token, then `batches` as the script.
+    fn send_again(
+        &mut self,
+        conn: &mut BlockingConn,
+        batches: Vec<Sent>,
+    ) -> Result<(), StreamConnError> {
+        self.send_reset(conn)?;
+        for sent in batches {
+            self.in_flight
+                .push_back(Sent::new(sent.batch, Form::Eval, sent.sent_at));
         }
-        if self.guarded {
-            self.send_unguard(conn)?;
+        for sent in self.in_flight.iter().filter(|s| s.form == Form::Eval) {
+            conn.send(&batch_of(Some(sent)).eval)?;
         }
         Ok(())
     }
@@ -267,49 +309,99 @@ impl CommitPipeline {
         loop {
             let sent = self.in_flight.front_mut().expect("a request in flight");
             let form = sent.form;
-            let expected = match (form, &sent.batch) {
-                (Form::Watched, Some(b)) => b.watched.as_ref().expect("watched").replies(),
-                _ => 1,
-            };
-            let last = sent.read + 1 == expected;
+            let last = form != Form::Watched || sent.read + 1 == watched_of(Some(sent)).replies();
             let reply = match form {
                 Form::Eval => read(conn, wait, |f| commit_counts(f, addr).map(Piece::Counts)),
-                Form::Unguard => read(conn, wait, |_| Ok(Piece::Done)),
+                Form::Reset => read(conn, wait, |_| Ok(Piece::Done)),
                 Form::Watched if last => {
-                    let w = sent.batch.as_ref().and_then(|b| b.watched.as_ref());
-                    let w = w.expect("watched");
+                    let w = watched_of(Some(sent));
                     read(conn, wait, |f| exec_reply(f, w, addr))
                 }
                 Form::Watched => read(conn, wait, |f| Ok(Piece::of(f))),
             };
-            let piece = match reply {
-                Ok(Some(piece)) => piece,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(e),
+            let Some(piece) = reply? else {
+                return Ok(None);
             };
             let sent = self.in_flight.front_mut().expect("a request in flight");
             let index = sent.read;
             sent.read += 1;
-            match (form, piece) {
-                (Form::Eval, Piece::Counts(c)) => return Ok(Some(Outcome::Committed(c))),
-                (Form::Eval, Piece::Error(message)) => {
+            let outcome = match (form, piece) {
+                (Form::Watched, piece) => watched_piece(sent, index, last, piece, addr)?,
+                (_, Piece::Error(message)) => {
                     return Err(StreamConnError::Server { addr, message })
                 }
-                (Form::Unguard, Piece::Error(message)) => {
-                    return Err(StreamConnError::Server { addr, message })
-                }
-                (Form::Unguard, _) => return Ok(Some(Outcome::Unguarded)),
-                (Form::Watched, piece) => {
-                    if let Some(outcome) = watched_piece(sent, index, last, piece, addr)? {
-                        return Ok(Some(outcome));
-                    }
-                }
+                (Form::Eval, Piece::Counts(c)) => Some(Outcome::Committed(c)),
+                (Form::Reset, _) => Some(Outcome::Reset),
                 (Form::Eval, _) => {
                     return Err(StreamConnError::protocol(addr, "the commit script's reply"))
                 }
+            };
+            if outcome.is_some() {
+                return Ok(outcome);
             }
         }
     }
+}
+
+/// Sets the guard to `token` in a transaction (`WATCH`, `MULTI`, `SET`, `EXEC`): whether
+/// the server allows a watched commit's commands. `NOPERM` (an ACL) means no; any other
+/// error is returned.
+fn try_transaction(
+    conn: &mut BlockingConn,
+    guard: &str,
+    token: &str,
+) -> Result<bool, StreamConnError> {
+    let steps: [&[&[u8]]; 4] = [
+        &[b"WATCH", guard.as_bytes()],
+        &[b"MULTI"],
+        &[b"SET", guard.as_bytes(), token.as_bytes()],
+        &[b"EXEC"],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        match conn.call(step) {
+            Ok(_) => {}
+            Err(StreamConnError::Server { message, .. }) if message.starts_with("NOPERM") => {
+                // Leave the connection as it was: no transaction open, nothing watched.
+                let undo: &[u8] = if i >= 2 { b"DISCARD" } else { b"UNWATCH" };
+                let _ = conn.call(&[undo]);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Writes a watched batch: `WATCH`, the guard script expecting `prev`, `MULTI`, the body,
+/// `SET guard next`, `EXEC`.
+fn send_watched(
+    conn: &mut BlockingConn,
+    w: &Watched,
+    guard: &str,
+    prev: &str,
+    next: &str,
+) -> Result<(), StreamConnError> {
+    let mut head = Vec::with_capacity(w.check.len() + 256);
+    encode_command(&mut head, &[b"WATCH", w.fence.as_bytes(), guard.as_bytes()]);
+    write_array_header(&mut head, 1 + w.check_args + 1);
+    write_bulk(&mut head, b"EVAL");
+    head.extend_from_slice(&w.check);
+    write_bulk(&mut head, prev.as_bytes());
+    encode_command(&mut head, &[b"MULTI"]);
+    conn.send(&head)?;
+    conn.send(&w.body)?;
+    let mut tail = Vec::with_capacity(guard.len() + next.len() + 64);
+    encode_command(&mut tail, &[b"SET", guard.as_bytes(), next.as_bytes()]);
+    encode_command(&mut tail, &[b"EXEC"]);
+    conn.send(&tail)
+}
+
+fn batch_of(sent: Option<&Sent>) -> &EncodedBatch {
+    sent.and_then(|s| s.batch.as_ref()).expect("a batch")
+}
+
+fn watched_of(sent: Option<&Sent>) -> &Watched {
+    batch_of(sent).watched.as_ref().expect("a watched batch")
 }
 
 /// One reply, as far as the pipeline cares.
@@ -358,22 +450,27 @@ fn read(
     }
 }
 
-/// `EXEC`'s reply to a watched batch: nil when aborted, else the `XACK`s' counts then the
-/// `XADD`s' ids. An `XADD` that failed inside (its key changed type since the guard looked)
-/// leaves an entry acknowledged without its output: an error that says so.
+/// `EXEC`'s reply to a watched batch: nil when aborted, else the `XACK`s' counts, the
+/// `XADD`s' ids and the guard `SET`'s `OK`. A command that failed inside (a key that changed
+/// type since the guard looked) may leave entries acknowledged without their outputs: an
+/// error that says so.
 fn exec_reply(frame: Frame<'_>, w: &Watched, addr: SocketAddr) -> Result<Piece, StreamConnError> {
     let items = match frame {
         Frame::Nil | Frame::NilArray => return Ok(Piece::Aborted),
         Frame::Array(items) => items,
         _ => return Err(StreamConnError::protocol(addr, "EXEC's reply")),
     };
+    if items.len() != w.acks + w.adds + 1 {
+        return Err(StreamConnError::protocol(addr, "EXEC's reply count"));
+    }
     let mut acknowledged = 0u64;
     let mut failed = 0usize;
     let mut first_failure = String::new();
     for (i, item) in items.iter().enumerate() {
         match item {
             Frame::Integer(n) if i < w.acks => acknowledged += n.max(0) as u64,
-            Frame::Bulk(_) if i >= w.acks => {}
+            Frame::Bulk(_) if i >= w.acks && i < w.acks + w.adds => {}
+            Frame::Simple(_) if i == w.acks + w.adds => {}
             Frame::Error(m) => {
                 failed += 1;
                 if first_failure.is_empty() {
@@ -383,15 +480,11 @@ fn exec_reply(frame: Frame<'_>, w: &Watched, addr: SocketAddr) -> Result<Piece, 
             _ => return Err(StreamConnError::protocol(addr, "EXEC's replies")),
         }
     }
-    if items.len() != w.acks + w.adds {
-        return Err(StreamConnError::protocol(addr, "EXEC's reply count"));
-    }
     if failed > 0 {
         return Err(StreamConnError::Server {
             addr,
             message: format!(
-                "{failed} of a batch's {} commands failed inside its transaction, after the guard's checks ({first_failure}); their entries may be acknowledged without their outputs",
-                w.acks + w.adds
+                "{failed} command(s) of a batch's transaction failed after the guard's checks ({first_failure}); its entries may be acknowledged without their outputs"
             ),
         });
     }
@@ -432,11 +525,10 @@ fn watched_piece(
             };
         }
         (_, Piece::Executed { acknowledged }) => {
-            let w = sent.batch.as_ref().and_then(|b| b.watched.as_ref());
-            let records = w.expect("watched").records as u64;
+            let records = watched_of(Some(sent)).records as u64;
             // The guard passed, so the entries were this consumer's and pending: an XACK that
             // counts short means a client outside the protocol took some (see SCRIPT). If the
-            // guard script did not run at all (an error reply, yet the transaction went on),
+            // guard script did not run (an error reply, yet the transaction went on),
             // nothing was checked: every entry counts as unverified.
             let unverified = match sent.guard {
                 Some(Ok(true)) => records.saturating_sub(acknowledged),
@@ -452,12 +544,4 @@ fn watched_piece(
         (_, Piece::Counts(_)) => return Err(StreamConnError::protocol(addr, "a watched reply")),
     }
     Ok(None)
-}
-
-fn bytes_of(sent: &Sent) -> &[u8] {
-    let batch = sent.batch.as_ref().expect("a batch");
-    match sent.form {
-        Form::Watched => &batch.watched.as_ref().expect("watched").commands,
-        _ => &batch.eval,
-    }
 }

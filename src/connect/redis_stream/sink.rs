@@ -121,6 +121,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
             CommitMode::Ack => Some(super::guard_key(&input.streams, &group, consumer)),
             CommitMode::Progress(_) => None,
         };
+        let pipeline = CommitPipeline::open(&mut conn, guard)?;
         Ok(RedisStreamSink {
             conn,
             acks_conn,
@@ -135,7 +136,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
             },
             batch: CommitBatch::default(),
             batch_size: 256,
-            pipeline: CommitPipeline::new(guard),
+            pipeline,
             stats: SinkStats::default(),
             error: None,
             last_sequence: None,

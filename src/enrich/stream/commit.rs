@@ -58,12 +58,19 @@ impl StreamCommitter {
         counters: Arc<StreamCounters>,
         live: Option<Arc<crate::metrics::live::LiveMetrics>>,
     ) -> Result<StreamCommitter, EnrichError> {
-        let conn = plan.connect_output(&intake)?;
+        let mut conn = plan.connect_output(&intake)?;
         let t = &plan.target;
         let (acks_conn, guard) = match t.mode {
             CommitMode::Ack => (None, Some(guard_key(&t.inputs, &t.group, &t.consumer))),
             CommitMode::Progress(_) => (Some(plan.connect_input(&intake)?), None),
         };
+        let watch = guard.is_some();
+        let pipeline = CommitPipeline::open(&mut conn, guard).map_err(|e| {
+            EnrichError::Stream(format!("committing to --output {}: {e}", plan.output))
+        })?;
+        if watch && !pipeline.watching() {
+            eprintln!("ringwait enrich: warning: the output's server refuses WATCH, MULTI, EXEC or SET on the commit guard (an ACL?): every batch is committed by the commit script, which costs the server more per entry");
+        }
         Ok(StreamCommitter {
             plan,
             intake,
@@ -72,7 +79,7 @@ impl StreamCommitter {
             batch: CommitBatch::default(),
             poisoned: false,
             down_since: None,
-            pipeline: CommitPipeline::new(guard),
+            pipeline,
             counters,
             latency: crate::metrics::latency_histogram(),
             live: live.map(|l| (l, crate::metrics::latency_histogram(), Instant::now())),

@@ -494,3 +494,28 @@ fn without_the_transaction_commands_every_batch_goes_as_the_script() {
     assert_eq!(calls(addr, "exec"), 0, "no transaction");
     assert_eq!(sources(addr), ids);
 }
+
+/// The connection dies while a script batch waits for the watched batches ahead of it: the
+/// script batch stays in flight (unsent) and goes with the others when they are sent again
+/// on a new connection.
+#[test]
+fn a_script_batch_waiting_when_the_connection_dies_is_sent_again_with_the_rest() {
+    let (redis, ids) = server_with_pending(20);
+    let addr = redis.addr();
+    let mut elsewhere = RedisServer::start();
+    let t = target(None, None);
+    let mut conn = connect(addr);
+    let mut p = pipeline_of(&t, &mut conn);
+    let mut dying = connect(elsewhere.addr());
+    elsewhere.kill();
+    // Written into a dead socket, or refused at once: in flight either way.
+    let _ = p.send(&mut dying, batch(&t, &ids[..10], Some(0)));
+    let waited = p.send(&mut dying, batch(&t, &ids[10..], None));
+    assert!(waited.is_err_and(|e| e.is_connection()), "the wait fails");
+    assert_eq!(p.len(), 2, "both batches still to commit");
+    p.resend(&mut conn).unwrap();
+    for _ in 0..2 {
+        assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
+    }
+    assert_eq!(sources(addr), ids, "both, in order");
+}

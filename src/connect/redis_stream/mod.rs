@@ -9,7 +9,9 @@
 //!   committed (a restart, a claim, a resent batch).
 //!
 //! Both do their I/O without blocking the partition's executor (but for the sink's
-//! acknowledgements when input and output are on two servers): requests are written at
+//! acknowledgements when input and output are on two servers, and for its rare waits on
+//! the batches in flight: after a refused watched batch, and before a script batch goes
+//! behind watched ones, see [`CommitPipeline`]): requests are written at
 //! once, replies are read when they are there, and an idle partition waits on the socket
 //! ([`Source::wait_for_input`](crate::source::Source::wait_for_input),
 //! [`Sink::wait_for_room`](crate::sink::Sink::wait_for_room)).

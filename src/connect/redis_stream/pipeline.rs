@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::commit::{commit_counts, CommitCounts, EncodedBatch, Watched};
 use super::conn::{BlockingConn, StreamConnError};
-use crate::resp::{encode_command, write_array_header, write_bulk, Frame};
+use crate::resp::{encode_command, write_array_header, write_bulk, Frame, OwnedFrame};
 
 /// A batch the server answered.
 #[derive(Debug)]
@@ -125,10 +125,10 @@ impl CommitPipeline {
         };
         if let Some(guard) = p.guard.clone() {
             let token = p.next_token();
-            if try_transaction(conn, &guard, &token)? {
-                p.last_token = token;
-            } else {
-                p.guard = None;
+            match try_transaction(conn, &guard, &token)? {
+                Some(true) => p.last_token = token,
+                Some(false) => {} // the first watched batch is refused, and the guard reset
+                None => p.guard = None,
             }
         }
         Ok(p)
@@ -165,11 +165,11 @@ impl CommitPipeline {
     ) -> Result<(), StreamConnError> {
         let now = Instant::now();
         let Some(guard) = self.guard.clone().filter(|_| batch.watched.is_some()) else {
-            while self.in_flight.iter().any(|s| s.form == Form::Watched) {
-                self.step(conn, true)?;
-            }
+            let waited = self.wait_for_watched(conn);
+            // Kept in flight even when the wait failed, unsent: a resend sends it.
             self.in_flight
                 .push_back(Sent::new(Some(batch), Form::Eval, now));
+            waited?;
             return conn.send(&batch_of(self.in_flight.back()).eval);
         };
         let next = self.next_token();
@@ -180,19 +180,12 @@ impl CommitPipeline {
         send_watched(conn, w, &guard, &prev, &next)
     }
 
-    /// Sets the guard to a new token: watched batches sent before (on any connection) are
-    /// refused or aborted; those sent after expect it.
-    fn send_reset(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
-        let Some(guard) = self.guard.clone() else {
-            return Ok(());
-        };
-        let token = self.next_token();
-        let mut set = Vec::with_capacity(guard.len() + token.len() + 32);
-        encode_command(&mut set, &[b"SET", guard.as_bytes(), token.as_bytes()]);
-        self.last_token = token;
-        self.in_flight
-            .push_back(Sent::new(None, Form::Reset, Instant::now()));
-        conn.send(&set)
+    /// Reads replies until no watched batch is in flight.
+    fn wait_for_watched(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
+        while self.in_flight.iter().any(|s| s.form == Form::Watched) {
+            self.step(conn, true)?;
+        }
+        Ok(())
     }
 
     /// The oldest batch's result, waiting for it. An error that
@@ -262,31 +255,50 @@ impl CommitPipeline {
         self.send_again(conn, refused)
     }
 
-    /// After a reconnect: sets a new token, which aborts or refuses what the old connection
-    /// may still carry out, then sends every batch in flight again, in order, as the script
-    /// (a watched batch may or may not have been carried out).
+    /// After a reconnect: sets a new token and waits for the server to confirm it (so that
+    /// whatever the old connection may still carry out is aborted or refused), then sends
+    /// every batch in flight again, in order, as the script (a watched batch may or may not
+    /// have been carried out).
     pub fn resend(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
         let refused = std::mem::take(&mut self.refused);
         let in_flight = std::mem::take(&mut self.in_flight);
-        let again = refused
-            .into_iter()
-            .chain(in_flight)
-            .filter(|s| s.batch.is_some());
-        self.send_again(conn, again.collect())
+        let again = refused.into_iter().chain(in_flight);
+        self.in_flight = again
+            .filter_map(|s| Some(Sent::new(Some(s.batch?), Form::Eval, s.sent_at)))
+            .collect();
+        if let Some(guard) = self.guard.clone() {
+            let token = self.next_token();
+            conn.call(&[b"SET", guard.as_bytes(), token.as_bytes()])?;
+            self.last_token = token;
+        }
+        for sent in &self.in_flight {
+            conn.send(&batch_of(Some(sent)).eval)?;
+        }
+        Ok(())
     }
 
-    /// A new token, then `batches` as the script.
+    /// After a refusal on this connection: a new token for the watched batches to come,
+    /// then the refused ones as the script. All are in flight before anything is written.
     fn send_again(
         &mut self,
         conn: &mut BlockingConn,
         batches: Vec<Sent>,
     ) -> Result<(), StreamConnError> {
-        self.send_reset(conn)?;
+        let mut set = Vec::new();
+        if let Some(guard) = self.guard.clone() {
+            let token = self.next_token();
+            encode_command(&mut set, &[b"SET", guard.as_bytes(), token.as_bytes()]);
+            self.last_token = token;
+            self.in_flight
+                .push_back(Sent::new(None, Form::Reset, Instant::now()));
+        }
+        let first = self.in_flight.len();
         for sent in batches {
             self.in_flight
                 .push_back(Sent::new(sent.batch, Form::Eval, sent.sent_at));
         }
-        for sent in self.in_flight.iter().filter(|s| s.form == Form::Eval) {
+        conn.send(&set)?;
+        for sent in self.in_flight.range(first..) {
             conn.send(&batch_of(Some(sent)).eval)?;
         }
         Ok(())
@@ -311,13 +323,15 @@ impl CommitPipeline {
             let form = sent.form;
             let last = form != Form::Watched || sent.read + 1 == watched_of(Some(sent)).replies();
             let reply = match form {
-                Form::Eval => read(conn, wait, |f| commit_counts(f, addr).map(Piece::Counts)),
-                Form::Reset => read(conn, wait, |_| Ok(Piece::Done)),
+                Form::Eval => read(conn, wait, false, |f| {
+                    commit_counts(f, addr).map(Piece::Counts)
+                }),
+                Form::Reset => read(conn, wait, false, |_| Ok(Piece::Done)),
                 Form::Watched if last => {
                     let w = watched_of(Some(sent));
-                    read(conn, wait, |f| exec_reply(f, w, addr))
+                    read(conn, wait, true, |f| exec_reply(f, w, addr))
                 }
-                Form::Watched => read(conn, wait, |f| Ok(Piece::of(f))),
+                Form::Watched => read(conn, wait, true, |f| Ok(Piece::of(f))),
             };
             let Some(piece) = reply? else {
                 return Ok(None);
@@ -343,14 +357,15 @@ impl CommitPipeline {
     }
 }
 
-/// Sets the guard to `token` in a transaction (`WATCH`, `MULTI`, `SET`, `EXEC`): whether
-/// the server allows a watched commit's commands. `NOPERM` (an ACL) means no; any other
-/// error is returned.
+/// Sets the guard to `token` in a transaction (`WATCH`, `MULTI`, `SET`, `EXEC`), which
+/// tries the commands a watched commit needs: `Some(whether the token was set)` (not when
+/// another process touched the guard meanwhile), or `None` when the server refuses them
+/// (`NOPERM`, an ACL). Any other error is returned.
 fn try_transaction(
     conn: &mut BlockingConn,
     guard: &str,
     token: &str,
-) -> Result<bool, StreamConnError> {
+) -> Result<Option<bool>, StreamConnError> {
     let steps: [&[&[u8]]; 4] = [
         &[b"WATCH", guard.as_bytes()],
         &[b"MULTI"],
@@ -359,17 +374,18 @@ fn try_transaction(
     ];
     for (i, step) in steps.iter().enumerate() {
         match conn.call(step) {
+            Ok(OwnedFrame::NilArray | OwnedFrame::Nil) if i == 3 => return Ok(Some(false)),
             Ok(_) => {}
-            Err(StreamConnError::Server { message, .. }) if message.starts_with("NOPERM") => {
+            Err(StreamConnError::Server { message, .. }) if message.contains("NOPERM") => {
                 // Leave the connection as it was: no transaction open, nothing watched.
                 let undo: &[u8] = if i >= 2 { b"DISCARD" } else { b"UNWATCH" };
                 let _ = conn.call(&[undo]);
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    Ok(Some(true))
 }
 
 /// Writes a watched batch: `WATCH`, the guard script expecting `prev`, `MULTI`, the body,
@@ -430,10 +446,13 @@ impl Piece {
 }
 
 /// Reads one reply (waiting, or only if it is there); a server's error reply becomes
-/// [`Piece::Error`] unless it is one to reconnect on.
+/// [`Piece::Error`], unless it is one to reconnect on (`BUSY`, `LOADING`…) outside a
+/// watched batch. Inside one, every reply is read, so that `EXEC`'s tells whether the
+/// transaction ran.
 fn read(
     conn: &mut BlockingConn,
     wait: bool,
+    watched: bool,
     f: impl FnOnce(Frame<'_>) -> Result<Piece, StreamConnError>,
 ) -> Result<Option<Piece>, StreamConnError> {
     let reply = if wait {
@@ -442,7 +461,7 @@ fn read(
         conn.try_reply(f)
     };
     match reply {
-        Err(e) if !e.is_connection() => match e {
+        Err(e @ StreamConnError::Server { .. }) if watched || !e.is_connection() => match e {
             StreamConnError::Server { message, .. } => Ok(Some(Piece::Error(message))),
             e => Err(e),
         },
@@ -526,19 +545,28 @@ fn watched_piece(
         }
         (_, Piece::Executed { acknowledged }) => {
             let records = watched_of(Some(sent)).records as u64;
-            // The guard passed, so the entries were this consumer's and pending: an XACK that
-            // counts short means a client outside the protocol took some (see SCRIPT). If the
-            // guard script did not run (an error reply, yet the transaction went on),
-            // nothing was checked: every entry counts as unverified.
-            let unverified = match sent.guard {
-                Some(Ok(true)) => records.saturating_sub(acknowledged),
-                _ => records,
+            return match sent.guard.take() {
+                // The guard passed, so the entries were this consumer's and pending: an
+                // XACK that counts short means a client outside the protocol took some
+                // (see SCRIPT).
+                Some(Ok(true)) => Ok(Some(Outcome::Committed(CommitCounts {
+                    committed: records,
+                    duplicates: 0,
+                    unverified: records.saturating_sub(acknowledged),
+                }))),
+                // The guard failed without aborting the transaction (its refusal could not
+                // be written, or it did not run): committed unchecked.
+                guard => Err(StreamConnError::Server {
+                    addr,
+                    message: format!(
+                        "the commit guard did not pass ({}), yet the batch's transaction ran: its {records} entries were committed unchecked, and may be duplicates",
+                        match guard {
+                            Some(Err(m)) => m,
+                            _ => "no answer".to_string(),
+                        }
+                    ),
+                }),
             };
-            return Ok(Some(Outcome::Committed(CommitCounts {
-                committed: records,
-                duplicates: 0,
-                unverified,
-            })));
         }
         (_, Piece::Done | Piece::Integer(_)) => {}
         (_, Piece::Counts(_)) => return Err(StreamConnError::protocol(addr, "a watched reply")),

@@ -145,8 +145,14 @@ impl StreamCommitter {
             return Ok(());
         }
         let batch = self.batch.take(&self.plan.target);
-        if let Err(e) = self.pipeline.send(&mut self.conn, batch) {
-            return self.recover(e);
+        match self.pipeline.send(&mut self.conn, batch) {
+            Ok(()) => {}
+            Err(e) if e.is_connection() => return self.recover(e),
+            Err(e) => {
+                self.poisoned = true;
+                self.pipeline.clear();
+                return Err(self.fatal(e));
+            }
         }
         while self.pipeline.len() > WINDOW {
             self.receive_one()?;

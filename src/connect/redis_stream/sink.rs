@@ -191,6 +191,7 @@ impl<O: StreamOutput> RedisStreamSink<O> {
                     if let Err(e) = self.acknowledge(&batch) {
                         self.fail(e);
                     }
+                    self.batch.recycle(batch);
                 }
                 Ok(None) => return,
                 Err(e) => self.fail(e),

@@ -184,6 +184,7 @@ impl StreamCommitter {
         if sent.batch.ack_count > 0 {
             self.acknowledge(&sent.batch)?;
         }
+        self.batch.recycle(sent.batch);
         self.counters
             .committed
             .fetch_add(counts.committed, Ordering::Relaxed);

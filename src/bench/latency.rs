@@ -203,7 +203,8 @@ fn run_ringwait(
 }
 
 /// The minimal client: one blocking connection, a writer thread sending each `GET` at its
-/// intended time (one `write` each) and a reader thread timing the replies from those times.
+/// intended time (those due together in one `write`) and a reader thread timing the replies
+/// from those times.
 fn run_raw(addr: SocketAddr, rate: f64, records: u64) -> Result<(Histogram<u64>, f64), BoxError> {
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;

@@ -13,6 +13,9 @@ use crate::resp::{encode_command, write_array_header, write_bulk, Frame};
 /// Buffers a [`CommitBatch`] keeps for reuse: enough for the batches in flight.
 const SPARE_BUFFERS: usize = 16;
 
+/// The largest buffer a [`CommitBatch`] keeps for reuse (a batch of 2,000 records of 4 KiB).
+const SPARE_BUFFER_MAX: usize = 8 << 20;
+
 /// Most records in one commit batch.
 pub const MAX_BATCH: usize = 2000;
 
@@ -496,25 +499,37 @@ impl CommitBatch {
     pub fn recycle(&mut self, batch: EncodedBatch) {
         let watched = batch.watched.into_iter().flat_map(|w| [w.check, w.body]);
         for buffer in [batch.eval, batch.acks].into_iter().chain(watched) {
-            if self.spare.len() < SPARE_BUFFERS && buffer.capacity() > 0 {
+            let size = buffer.capacity();
+            if size == 0 || size > SPARE_BUFFER_MAX {
+                continue; // one outsized batch does not pin its memory for good
+            }
+            if self.spare.len() < SPARE_BUFFERS {
                 self.spare.push(buffer);
+            } else if let Some(i) = (0..self.spare.len()).min_by_key(|&i| self.spare[i].capacity())
+            {
+                // A full pool keeps the largest buffers: they fit every batch to come.
+                if self.spare[i].capacity() < size {
+                    self.spare[i] = buffer;
+                }
             }
         }
     }
 
     /// An empty buffer of at least `capacity` bytes: the smallest spare one that holds it,
-    /// else the largest spare one grown, else a new one.
+    /// else a new one with room to spare.
     fn buffer(&mut self, capacity: usize) -> Vec<u8> {
         let fits = (0..self.spare.len())
             .filter(|&i| self.spare[i].capacity() >= capacity)
             .min_by_key(|&i| self.spare[i].capacity());
-        let largest = (0..self.spare.len()).max_by_key(|&i| self.spare[i].capacity());
-        let mut b = fits
-            .or(largest)
-            .map_or_else(Vec::new, |i| self.spare.swap_remove(i));
-        b.clear();
-        b.reserve(capacity);
-        b
+        match fits {
+            Some(i) => {
+                let mut b = self.spare.swap_remove(i);
+                b.clear();
+                b
+            }
+            // A quarter more, so that it fits the next batches, a little larger or not.
+            None => Vec::with_capacity(capacity + capacity / 4),
+        }
     }
 
     /// The fence every entry was read at, when all were read fresh (and none came twice in a
@@ -693,7 +708,7 @@ impl CommitBatch {
 
     /// Two-server commits: one `XACK` per input stream for the batch's entries.
     fn encode_acks(&mut self, t: &CommitTarget) -> (Vec<u8>, usize) {
-        let mut out = Vec::new();
+        let mut out = self.buffer(self.id_args.len() + 64);
         let mut count = 0;
         for k in 0..self.ids.len() {
             if self.id_lens[k].is_empty() {

@@ -262,19 +262,12 @@ impl CommitPipeline {
     pub fn resend(&mut self, conn: &mut BlockingConn) -> Result<(), StreamConnError> {
         let refused = std::mem::take(&mut self.refused);
         let in_flight = std::mem::take(&mut self.in_flight);
-        let again = refused.into_iter().chain(in_flight);
-        self.in_flight = again
-            .filter_map(|s| Some(Sent::new(Some(s.batch?), Form::Eval, s.sent_at)))
-            .collect();
-        if let Some(guard) = self.guard.clone() {
-            let token = self.next_token();
-            conn.call(&[b"SET", guard.as_bytes(), token.as_bytes()])?;
-            self.last_token = token;
+        self.requeue(refused.into_iter().chain(in_flight));
+        if let Some(set) = self.reset_command() {
+            conn.send(&set)?;
+            conn.reply(|_| Ok(()))?;
         }
-        for sent in &self.in_flight {
-            conn.send(&batch_of(Some(sent)).eval)?;
-        }
-        Ok(())
+        self.send_scripts(conn, 0)
     }
 
     /// After a refusal on this connection: a new token for the watched batches to come,
@@ -284,20 +277,39 @@ impl CommitPipeline {
         conn: &mut BlockingConn,
         batches: Vec<Sent>,
     ) -> Result<(), StreamConnError> {
-        let mut set = Vec::new();
-        if let Some(guard) = self.guard.clone() {
-            let token = self.next_token();
-            encode_command(&mut set, &[b"SET", guard.as_bytes(), token.as_bytes()]);
-            self.last_token = token;
+        let set = self.reset_command();
+        if set.is_some() {
             self.in_flight
                 .push_back(Sent::new(None, Form::Reset, Instant::now()));
         }
         let first = self.in_flight.len();
+        self.requeue(batches);
+        conn.send(set.as_deref().unwrap_or_default())?;
+        self.send_scripts(conn, first)
+    }
+
+    /// Issues a new token: the `SET` that gives it to the guard (`None` without one).
+    fn reset_command(&mut self) -> Option<Vec<u8>> {
+        let guard = self.guard.clone()?;
+        let token = self.next_token();
+        let mut set = Vec::with_capacity(guard.len() + token.len() + 32);
+        encode_command(&mut set, &[b"SET", guard.as_bytes(), token.as_bytes()]);
+        self.last_token = token;
+        Some(set)
+    }
+
+    /// Puts `batches` (a `Reset` has none) in flight again as the script, unsent.
+    fn requeue(&mut self, batches: impl IntoIterator<Item = Sent>) {
         for sent in batches {
-            self.in_flight
-                .push_back(Sent::new(sent.batch, Form::Eval, sent.sent_at));
+            if let Some(batch) = sent.batch {
+                self.in_flight
+                    .push_back(Sent::new(Some(batch), Form::Eval, sent.sent_at));
+            }
         }
-        conn.send(&set)?;
+    }
+
+    /// Writes the scripts of the requests in flight from position `first` on.
+    fn send_scripts(&self, conn: &mut BlockingConn, first: usize) -> Result<(), StreamConnError> {
         for sent in self.in_flight.range(first..) {
             conn.send(&batch_of(Some(sent)).eval)?;
         }

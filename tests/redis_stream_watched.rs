@@ -100,6 +100,31 @@ fn pipeline_of(t: &CommitTarget, conn: &mut BlockingConn) -> CommitPipeline {
     p
 }
 
+/// A server with entries pending, the plain target (one input, no side stream, no `MAXLEN`),
+/// a connection to the server and a pipeline on it.
+struct Fixture {
+    redis: RedisServer,
+    ids: Vec<Vec<u8>>,
+    t: CommitTarget,
+    conn: BlockingConn,
+    p: CommitPipeline,
+}
+
+/// A [`Fixture`] with `n` entries pending for consumer `c`.
+fn pipelined(n: usize) -> Fixture {
+    let (redis, ids) = server_with_pending(n);
+    let t = target(None, None);
+    let mut conn = connect(redis.addr());
+    let p = pipeline_of(&t, &mut conn);
+    Fixture {
+        redis,
+        ids,
+        t,
+        conn,
+        p,
+    }
+}
+
 fn counts(c: u64, d: u64, u: u64) -> CommitCounts {
     CommitCounts {
         committed: c,
@@ -244,9 +269,14 @@ fn a_batch_read_fresh_commits_as_one_transaction_with_the_scripts_entries() {
 /// outputs keep the order of the batches.
 #[test]
 fn a_claim_after_the_read_sends_that_batch_and_those_behind_it_through_the_script_in_order() {
-    let (redis, ids) = server_with_pending(30);
+    let Fixture {
+        redis,
+        ids,
+        t,
+        mut conn,
+        mut p,
+    } = pipelined(30);
     let addr = redis.addr();
-    let t = target(None, None);
     let b1 = batch(&t, &ids[..10], Some(0));
     let b2 = batch(&t, &ids[10..20], Some(0));
     // The claimer: the fence moves, and it commits entry 5.
@@ -258,8 +288,6 @@ fn a_claim_after_the_read_sends_that_batch_and_those_behind_it_through_the_scrip
     .unwrap();
     call(addr, &[b"XACK", b"in", b"g", &ids[5]]).unwrap();
     let b3 = batch(&t, &ids[20..], Some(1));
-    let mut conn = connect(addr);
-    let mut p = pipeline_of(&t, &mut conn);
     call(addr, &[b"CONFIG", b"RESETSTAT"]).unwrap();
     for b in [b1, b2, b3] {
         p.send(&mut conn, b).unwrap();
@@ -332,14 +360,17 @@ fn a_guard_left_by_a_dead_process_is_cleared_before_the_first_watched_batch() {
 /// its `EXEC` comes after. The resend's new token aborts that `EXEC`: one output each.
 #[test]
 fn a_watched_batch_the_old_connection_carries_out_late_adds_nothing_after_a_resend() {
-    let (redis, ids) = server_with_pending(10);
+    let Fixture {
+        redis,
+        ids,
+        t,
+        mut conn,
+        mut p,
+    } = pipelined(10);
     let addr = redis.addr();
     // The pipeline's first send goes to another server (as good as lost), so that the test
     // can play the old connection's part by hand against the real one.
     let elsewhere = RedisServer::start();
-    let t = target(None, None);
-    let mut conn = connect(addr);
-    let mut p = pipeline_of(&t, &mut conn);
     let guard = guard_key(&t.inputs, &t.group, &t.consumer);
     let token = match call(addr, &[b"GET", guard.as_bytes()]).unwrap() {
         OwnedFrame::Bulk(t) => t,
@@ -391,15 +422,18 @@ fn a_watched_batch_the_old_connection_carries_out_late_adds_nothing_after_a_rese
 /// the order the batches were sent in.
 #[test]
 fn a_script_batch_behind_watched_ones_commits_in_its_turn() {
-    let (redis, ids) = server_with_pending(30);
+    let Fixture {
+        redis,
+        ids,
+        t,
+        mut conn,
+        mut p,
+    } = pipelined(30);
     let addr = redis.addr();
-    let t = target(None, None);
     let b1 = batch(&t, &ids[..10], Some(0));
     call(addr, &[b"INCR", FENCE]).unwrap();
     let b2 = batch(&t, &ids[10..20], None);
     let b3 = batch(&t, &ids[20..], Some(1));
-    let mut conn = connect(addr);
-    let mut p = pipeline_of(&t, &mut conn);
     for b in [b1, b2, b3] {
         p.send(&mut conn, b).unwrap();
     }
@@ -415,11 +449,14 @@ fn a_script_batch_behind_watched_ones_commits_in_its_turn() {
 /// the script: one output each, and the pipeline goes on watched after.
 #[test]
 fn a_watched_batch_whose_predecessor_left_no_token_is_refused() {
-    let (redis, ids) = server_with_pending(30);
+    let Fixture {
+        redis,
+        ids,
+        t,
+        mut conn,
+        mut p,
+    } = pipelined(30);
     let addr = redis.addr();
-    let t = target(None, None);
-    let mut conn = connect(addr);
-    let mut p = pipeline_of(&t, &mut conn);
     p.send(&mut conn, batch(&t, &ids[..10], Some(0))).unwrap();
     assert_eq!(p.receive(&mut conn).unwrap().counts, counts(10, 0, 0));
     let guard = guard_key(&t.inputs, &t.group, &t.consumer);
@@ -500,12 +537,15 @@ fn without_the_transaction_commands_every_batch_goes_as_the_script() {
 /// on a new connection.
 #[test]
 fn a_script_batch_waiting_when_the_connection_dies_is_sent_again_with_the_rest() {
-    let (redis, ids) = server_with_pending(20);
+    let Fixture {
+        redis,
+        ids,
+        t,
+        mut conn,
+        mut p,
+    } = pipelined(20);
     let addr = redis.addr();
     let mut elsewhere = RedisServer::start();
-    let t = target(None, None);
-    let mut conn = connect(addr);
-    let mut p = pipeline_of(&t, &mut conn);
     let mut dying = connect(elsewhere.addr());
     elsewhere.kill();
     // Written into a dead socket, or refused at once: in flight either way.
